@@ -1,0 +1,33 @@
+"""`t2i train <family>`: every family trains through the same loop and run-directory layout."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+from t2i.training.launch import TRAINABLE, add_loop_args
+
+HELP = {
+    "clip": "train t2i's small CLIP (image + text encoders, contrastive) on a dataset",
+    "lafite": "train LAFITE (StyleGAN2-style generator conditioned on CLIP features)",
+    "oracle": "train the shapes attribute classifier used by the shapes_accuracy metric",
+}
+
+
+def add_parser(sub) -> None:
+    """Register `t2i train ...`."""
+    p = sub.add_parser("train", help="train a model (clip, lafite, oracle)",
+                       description="Train a model with the shared loop. Runs go to runs/NNNNN-<data>-<family>-<preset>/.")
+    fam = p.add_subparsers(dest="family", required=True, metavar="FAMILY")
+    for name in TRAINABLE:
+        fp = fam.add_parser(name, help=HELP[name], description=HELP[name],
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        importlib.import_module(TRAINABLE[name]).add_args(fp)
+        add_loop_args(fp)
+        fp.set_defaults(func=_run, family=name)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from t2i.training.launch import run_training
+
+    return run_training(args.family, args)

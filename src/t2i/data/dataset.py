@@ -1,0 +1,367 @@
+"""The canonical image-text dataset: a folder or uncompressed zip of PNGs plus dataset.json.
+
+`DatasetWriter` writes one atomically; `ImageTextDataset` reads one as a torch Dataset. The format is
+described in docs/ARCHITECTURE.md. `resolution` is (width, height), as PIL reports image sizes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import struct
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from t2i.data.transforms import pil_to_tensor
+from t2i.errors import T2IError
+
+FORMAT = "t2i-dataset"
+VERSION = 1
+# PNG zlib level: 1 is ~3x faster to encode than PIL's default 6 for ~10% larger files; encoding is
+# the main cost of writing a dataset, and the zip is uncompressed anyway.
+PNG_COMPRESS_LEVEL = 1
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def is_zip_path(path: str | os.PathLike) -> bool:
+    """Whether a dataset path names a zip archive (by its suffix)."""
+    return str(path).lower().endswith(".zip")
+
+
+def encode_png(image: Image.Image) -> bytes:
+    """Encode an image as PNG bytes with the dataset's compression settings."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return buffer.getvalue()
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) read from a PNG's IHDR header, without decoding it."""
+    if len(data) < 24 or data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR":
+        raise ValueError("not a PNG file")
+    return struct.unpack(">II", data[16:24])
+
+
+def _dest_is_empty(dest: Path) -> bool:
+    """Whether dest is absent, an empty folder or an empty file (so writing it loses nothing)."""
+    if not dest.exists():
+        return True
+    if dest.is_dir():
+        return not any(dest.iterdir())
+    return dest.stat().st_size == 0
+
+
+def _remove(path: Path) -> None:
+    """Remove a file or folder tree if it exists."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write JSON to path through a temporary sibling and os.replace."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=1, ensure_ascii=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class DatasetWriter:
+    """Context manager that writes a dataset to a folder or `.zip`, atomically, on successful exit.
+
+    Everything goes into a temporary sibling (`<dest>.tmp-XXXX`) that replaces dest at the end; on
+    an exception the temporary is removed and an existing dest is left untouched.
+    """
+
+    def __init__(
+        self,
+        dest: str | os.PathLike,
+        name: str,
+        resolution: tuple[int, int],
+        overwrite: bool = False,
+    ):
+        self.dest = Path(dest)
+        self.name = name
+        self.resolution = (int(resolution[0]), int(resolution[1]))
+        self.overwrite = overwrite
+        self.records: list[dict] = []
+        self._tmp: Path | None = None
+        self._zip: zipfile.ZipFile | None = None
+        if not overwrite and not _dest_is_empty(self.dest):
+            raise T2IError(f"{self.dest} already exists and is not empty; pass --overwrite "
+                           "(overwrite=True) to replace it, or choose another destination")
+
+    def __enter__(self) -> DatasetWriter:
+        prefix = self.dest.name + ".tmp-"
+        self.dest.parent.mkdir(parents=True, exist_ok=True)
+        if is_zip_path(self.dest):
+            fd, tmp = tempfile.mkstemp(prefix=prefix, dir=self.dest.parent)
+            os.close(fd)
+            self._tmp = Path(tmp)
+            self._zip = zipfile.ZipFile(self._tmp, "w", compression=zipfile.ZIP_STORED)
+        else:
+            self._tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=self.dest.parent))
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self._finish()
+        finally:
+            if self._zip is not None:
+                self._zip.close()
+                self._zip = None
+            if self._tmp is not None:
+                _remove(self._tmp)
+                self._tmp = None
+
+    def add(
+        self,
+        image: Image.Image,
+        captions: list[str],
+        attributes: dict | None = None,
+        captions_by_lang: dict[str, list[str]] | None = None,
+    ) -> str:
+        """Add one RGB image of size `resolution` with its captions; returns its file name."""
+        if image.mode != "RGB":
+            raise T2IError(f"image mode {image.mode!r} is not RGB; convert it with image.convert('RGB')")
+        self._check_size(image.size)
+        return self.add_png(encode_png(image), captions, attributes, captions_by_lang)
+
+    def add_png(
+        self,
+        png: bytes,
+        captions: list[str],
+        attributes: dict | None = None,
+        captions_by_lang: dict[str, list[str]] | None = None,
+    ) -> str:
+        """Add an already encoded RGB PNG (e.g. from a worker process); returns its file name."""
+        if self._tmp is None:
+            raise RuntimeError("DatasetWriter.add outside its `with` block")
+        self._check_size(png_size(png))
+        record: dict[str, Any] = {"file": f"{len(self.records):08d}.png",
+                                  "captions": _check_captions(captions, "captions")}
+        for lang, caps in (captions_by_lang or {}).items():
+            record[f"captions_{lang}"] = _check_captions(caps, f"captions_{lang}")
+        if attributes is not None:
+            record["attributes"] = attributes
+        if self._zip is not None:
+            self._zip.writestr(record["file"], png)
+        else:
+            (self._tmp / record["file"]).write_bytes(png)
+        self.records.append(record)
+        return record["file"]
+
+    def _check_size(self, size: tuple[int, int]) -> None:
+        """Reject an image whose (width, height) is not the dataset resolution."""
+        if tuple(size) != self.resolution:
+            raise T2IError(f"image size {size[0]}x{size[1]} differs from the dataset resolution "
+                           f"{self.resolution[0]}x{self.resolution[1]}; resize or crop it first")
+
+    def _finish(self) -> None:
+        """Write dataset.json and move the temporary into place."""
+        data = _dump_metadata(self.name, self.resolution, self.records).encode("utf-8")
+        if self._zip is not None:
+            self._zip.writestr("dataset.json", data)
+            self._zip.close()
+            self._zip = None
+        else:
+            (self._tmp / "dataset.json").write_bytes(data)
+        if self.dest.exists() or self.dest.is_symlink():
+            # os.replace cannot put a folder over a non-empty folder or a file: set the old dest
+            # aside, move the new one in, then delete the old.
+            old = Path(tempfile.mkdtemp(prefix=self.dest.name + ".old-", dir=self.dest.parent))
+            os.replace(self.dest, old / "old")
+            os.replace(self._tmp, self.dest)
+            _remove(old)
+        else:
+            os.replace(self._tmp, self.dest)
+        self._tmp = None
+
+
+def _dump_metadata(name: str, resolution: tuple[int, int], records: list[dict]) -> str:
+    """dataset.json text with one image entry per line: compact, yet readable and diffable."""
+    head = json.dumps({"format": FORMAT, "version": VERSION, "name": name,
+                       "resolution": list(resolution)}, ensure_ascii=False)
+    entries = ",\n".join(json.dumps(r, ensure_ascii=False) for r in records)
+    return head[:-1] + ', "images": [\n' + entries + "\n]}\n"
+
+
+def _check_captions(captions: list[str], field: str) -> list[str]:
+    """Validate a caption list: a non-empty list of non-empty strings."""
+    if isinstance(captions, str) or not captions or not all(isinstance(c, str) and c.strip() for c in captions):
+        raise T2IError(f"{field} must be a non-empty list of non-empty strings, got {captions!r}")
+    return list(captions)
+
+
+class ImageTextDataset(torch.utils.data.Dataset):
+    """A canonical dataset (folder or zip) as a torch Dataset of uint8 images and captions."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        transform: Callable[[Image.Image], Image.Image | torch.Tensor] | None = None,
+        caption_lang: str = "en",
+    ):
+        self.path = Path(path)
+        self.transform = transform
+        self.caption_lang = caption_lang
+        self.is_zip = self.path.is_file()
+        self._zip: zipfile.ZipFile | None = None
+        self._zip_pid: int | None = None
+        self._fingerprint: str | None = None
+        raw = self._read_metadata()
+        self._json_bytes = raw
+        meta = _parse_metadata(raw, self.path)
+        self.name: str = meta["name"]
+        self.resolution: tuple[int, int] = (int(meta["resolution"][0]), int(meta["resolution"][1]))
+        self.records: list[dict] = meta["images"]
+        self._caption_key = "captions" if caption_lang == "en" else f"captions_{caption_lang}"
+        self._check_records()
+
+    def _read_metadata(self) -> bytes:
+        """dataset.json's bytes, with a T2IError that says what is wrong with the path."""
+        if not self.path.exists():
+            raise T2IError(f"dataset {self.path} does not exist; create one with `t2i data pack "
+                           "SOURCE DEST` or `t2i data shapes --out DEST`")
+        if self.is_zip:
+            try:
+                with zipfile.ZipFile(self.path) as zf:
+                    self._members = {info.filename: info for info in zf.infolist()}
+                    if "dataset.json" not in self._members:
+                        raise T2IError(f"{self.path} has no dataset.json; it is not a t2i dataset "
+                                       "(create one with `t2i data pack SOURCE DEST`)")
+                    return zf.read("dataset.json")
+            except zipfile.BadZipFile as e:
+                raise T2IError(f"{self.path} is not a valid zip file ({e}); rebuild it with "
+                               "`t2i data pack`") from None
+        meta_path = self.path / "dataset.json"
+        if not meta_path.is_file():
+            raise T2IError(f"{self.path} has no dataset.json; it is not a t2i dataset (create one "
+                           f"from images and .txt captions with `t2i data pack {self.path} DEST`)")
+        return meta_path.read_bytes()
+
+    def _check_records(self) -> None:
+        """Fail early on entries without captions or whose image file is missing."""
+        for i, record in enumerate(self.records):
+            file = record.get("file") if isinstance(record, dict) else None
+            if not isinstance(file, str):
+                raise T2IError(f"{self.path}: entry {i} of dataset.json has no 'file'")
+            caps = record.get(self._caption_key)
+            if not isinstance(caps, list) or not caps or not all(isinstance(c, str) for c in caps):
+                langs = sorted(["en"] + [k[len("captions_"):] for k in record if k.startswith("captions_")])
+                raise T2IError(f"{self.path}: entry {i} ({file}) has no {self._caption_key!r} "
+                               f"(caption_lang={self.caption_lang!r}; languages it has: {langs}); "
+                               "every entry needs a non-empty caption list")
+            exists = file in self._members if self.is_zip else (self.path / file).is_file()
+            if not exists:
+                raise T2IError(f"{self.path}: image {file} listed in dataset.json (entry {i}) is "
+                               "missing; rebuild the dataset with `t2i data pack`")
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict:
+        record = self.records[i]
+        image = self.read_image(i)
+        if self.transform is not None:
+            image = self.transform(image)
+        if isinstance(image, Image.Image):
+            image = pil_to_tensor(image)
+        return {"image": image, "captions": list(record[self._caption_key]), "index": i,
+                "attributes": record.get("attributes", {})}
+
+    def _zipfile(self) -> zipfile.ZipFile:
+        """This process's zip handle, opened lazily (DataLoader workers fork and must not share it)."""
+        if self._zip is None or self._zip_pid != os.getpid():
+            self._zip = zipfile.ZipFile(self.path)
+            self._zip_pid = os.getpid()
+        return self._zip
+
+    def _read_bytes(self, file: str) -> bytes:
+        """The raw bytes of one member file."""
+        if self.is_zip:
+            return self._zipfile().read(file)
+        return (self.path / file).read_bytes()
+
+    def read_image(self, i: int) -> Image.Image:
+        """Image i as a PIL RGB image, checked against the dataset resolution."""
+        file = self.records[i]["file"]
+        image = Image.open(io.BytesIO(self._read_bytes(file)))
+        if image.size != self.resolution:
+            raise T2IError(f"{self.path}: image {file} is {image.size[0]}x{image.size[1]} but the "
+                           f"dataset resolution is {self.resolution[0]}x{self.resolution[1]}; "
+                           "rebuild the dataset with `t2i data pack`")
+        return image.convert("RGB") if image.mode != "RGB" else image
+
+    def fingerprint(self) -> str:
+        """Hex sha256 over dataset.json and every image (zip members by CRC32 and size); cached."""
+        if self._fingerprint is None:
+            h = hashlib.sha256(self._json_bytes)
+            for record in self.records:
+                h.update(record["file"].encode("utf-8") + b"\0")
+                if self.is_zip:
+                    info = self._members[record["file"]]
+                    h.update(struct.pack(">IQ", info.CRC, info.file_size))
+                else:
+                    h.update(hashlib.sha256((self.path / record["file"]).read_bytes()).digest())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+    def __getstate__(self) -> dict:
+        # Zip handles cannot be pickled (spawned DataLoader workers); each process reopens its own.
+        state = self.__dict__.copy()
+        state["_zip"] = None
+        state["_zip_pid"] = None
+        return state
+
+    def __del__(self) -> None:
+        if getattr(self, "_zip", None) is not None and self._zip_pid == os.getpid():
+            self._zip.close()
+
+
+def _parse_metadata(raw: bytes, path: Path) -> dict:
+    """Parse and validate dataset.json, with a T2IError naming the problem."""
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise T2IError(f"{path}: dataset.json is not valid JSON ({e}); rebuild the dataset with "
+                       "`t2i data pack`") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise T2IError(f"{path}: dataset.json is not a {FORMAT!r} file (format="
+                       f"{meta.get('format') if isinstance(meta, dict) else None!r})")
+    if meta.get("version") != VERSION:
+        raise T2IError(f"{path}: dataset.json version {meta.get('version')!r} is not supported "
+                       f"(this t2i reads version {VERSION}); rebuild it with this t2i")
+    res = meta.get("resolution")
+    if not (isinstance(res, list) and len(res) == 2 and all(isinstance(v, int) and v > 0 for v in res)):
+        raise T2IError(f"{path}: dataset.json resolution {res!r} must be [width, height]")
+    if not isinstance(meta.get("images"), list):
+        raise T2IError(f"{path}: dataset.json has no 'images' list")
+    meta.setdefault("name", path.stem)
+    return meta
+
+
+def collate(batch: list[dict]) -> dict:
+    """Collate ImageTextDataset items: stacked images, and plain lists for captions and attributes."""
+    return {
+        "image": torch.stack([item["image"] for item in batch]),
+        "captions": [item["captions"] for item in batch],
+        "index": torch.tensor([item["index"] for item in batch]),
+        "attributes": [item["attributes"] for item in batch],
+    }

@@ -1,0 +1,251 @@
+"""`t2i data pack`: import a folder of images with .txt captions into the canonical dataset format.
+
+SOURCE holds `name.png|jpg|jpeg|webp` beside `name.txt` (one caption per line), in any sub-folder.
+Unusable files are skipped with a reason (or, with strict, stop the import); decoding, cropping and
+PNG encoding run in a process pool; nothing in SOURCE is ever written.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+from t2i.data.dataset import DatasetWriter, encode_png, is_zip_path, write_json_atomic
+from t2i.data.transforms import center_crop, center_crop_wide
+from t2i.errors import T2IError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+TRANSFORMS = ("center-crop", "center-crop-wide", "none")
+
+# Skip reasons: the report counts files by these.
+NO_CAPTION = "image without caption file"
+NO_IMAGE = "caption file without image"
+EMPTY_CAPTION = "empty caption file"
+NOT_UTF8 = "caption file not UTF-8"
+SHARED_CAPTION = "several images share one caption file"
+CORRUPT = "corrupt or truncated image"
+WRONG_SIZE = "wrong size for --transform none"
+
+
+@dataclass
+class Skipped:
+    """One file left out of the dataset, and why."""
+
+    file: str  # relative to SOURCE
+    reason: str  # one of the reason constants above
+    detail: str = ""
+
+
+@dataclass
+class Candidate:
+    """An image with a readable, non-empty caption file, not yet decoded."""
+
+    file: str  # relative to SOURCE
+    captions: list[str]
+
+
+@dataclass
+class PackReport:
+    """What an import kept and skipped; written as report.json."""
+
+    source: str
+    dest: str
+    width: int
+    height: int
+    transform: str
+    subset: int | None
+    seed: int
+    kept: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        """Number of skipped files per reason."""
+        return dict(Counter(s.reason for s in self.skipped))
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict, with the per-reason counts first."""
+        d = asdict(self)
+        d["skipped_by_reason"] = self.counts()
+        d["skipped_files"] = d.pop("skipped")
+        return d
+
+    def summary(self, max_files: int = 20) -> str:
+        """Human-readable lines: the first skipped files, then the totals."""
+        lines = [f"skipped {s.file}: {s.reason}" + (f" ({s.detail})" if s.detail else "")
+                 for s in self.skipped[:max_files]]
+        if len(self.skipped) > max_files:
+            lines.append(f"... and {len(self.skipped) - max_files} more skipped files (see the report)")
+        by_reason = ", ".join(f"{n} {r}" for r, n in sorted(self.counts().items()))
+        lines.append(f"kept {self.kept} images in {self.dest}; skipped {len(self.skipped)}"
+                     + (f" ({by_reason})" if by_reason else ""))
+        return "\n".join(lines)
+
+
+def report_path(dest: str | os.PathLike) -> Path:
+    """Where the report goes: inside a folder dataset, beside a zip (DEST.report.json)."""
+    dest = Path(dest)
+    return Path(str(dest) + ".report.json") if is_zip_path(dest) else dest / "report.json"
+
+
+def read_captions(path: Path) -> list[str]:
+    """Non-blank, stripped lines of a caption file; raises UnicodeDecodeError if not UTF-8."""
+    text = path.read_bytes().decode("utf-8").removeprefix("\ufeff")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def scan_source(source: Path) -> tuple[list[Candidate], list[Skipped]]:
+    """Pair images with caption files under source (recursively, sorted), checking the captions."""
+    images: dict[str, list[str]] = {}  # stem (relative, no extension) -> image files
+    texts: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(source):
+        dirnames.sort()
+        for name in filenames:
+            rel = (Path(dirpath) / name).relative_to(source).as_posix()
+            stem, ext = os.path.splitext(rel)
+            if ext.lower() in IMAGE_EXTENSIONS:
+                images.setdefault(stem, []).append(rel)
+            elif ext.lower() == ".txt":
+                texts[stem] = rel
+    candidates, skipped = [], []
+    for stem in sorted(set(images) | set(texts)):
+        files, text = sorted(images.get(stem, [])), texts.get(stem)
+        if text is None:
+            skipped += [Skipped(f, NO_CAPTION, f"expected {stem}.txt") for f in files]
+        elif not files:
+            skipped.append(Skipped(text, NO_IMAGE, f"expected {stem}.png/.jpg/.jpeg/.webp"))
+        elif len(files) > 1:
+            skipped += [Skipped(f, SHARED_CAPTION, f"{', '.join(files)} all match {text}") for f in files]
+        else:
+            try:
+                caps = read_captions(source / text)
+            except UnicodeDecodeError as e:
+                skipped.append(Skipped(text, NOT_UTF8, f"invalid byte at offset {e.start}"))
+                continue
+            if not caps:
+                skipped.append(Skipped(text, EMPTY_CAPTION, "no non-blank line"))
+            else:
+                candidates.append(Candidate(files[0], caps))
+    return candidates, skipped
+
+
+def load_image(path: Path, width: int, height: int, transform: str) -> Image.Image:
+    """Decode (verify, then fully load), orient and transform one image to width x height RGB.
+
+    Raises ValueError(reason, detail) for an unusable image.
+    """
+    try:
+        with Image.open(path) as im:
+            im.verify()  # structural checks (PNG chunk CRCs etc.) without decoding
+        with Image.open(path) as im:
+            im.load()  # decodes every pixel: truncated files fail here
+            image = ImageOps.exif_transpose(im).convert("RGB")
+    except Exception as e:  # decoders raise many types on malformed data (OSError, SyntaxError, ...)
+        raise ValueError(CORRUPT, f"{type(e).__name__}: {e}") from None
+    if transform == "center-crop":
+        return center_crop(image, width, height)
+    if transform == "center-crop-wide":
+        return center_crop_wide(image, width, height)
+    if image.size != (width, height):
+        raise ValueError(WRONG_SIZE, f"{image.size[0]}x{image.size[1]}, expected {width}x{height}")
+    return image
+
+
+def _encode_task(task: tuple[str, int, int, str]) -> tuple[bytes | None, str, str]:
+    """Pool worker: one image file to (PNG bytes, "", "") or (None, reason, detail)."""
+    path, width, height, transform = task
+    try:
+        return encode_png(load_image(Path(path), width, height, transform)), "", ""
+    except ValueError as e:
+        return None, e.args[0], e.args[1]
+
+
+def default_workers() -> int:
+    """The CPU cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _strict_error(s: Skipped) -> T2IError:
+    return T2IError(f"{s.file}: {s.reason}" + (f" ({s.detail})" if s.detail else "")
+                    + "; fix or remove the file, or drop --strict to skip such files")
+
+
+def _check_paths(source: Path, dest: Path, width: int, height: int, transform: str) -> None:
+    """Reject a missing source, a dest inside the source, and bad sizes or transforms."""
+    if not source.is_dir():
+        raise T2IError(f"source folder {source} does not exist (or is not a folder); pass a folder of "
+                       "images with .txt caption files")
+    src, dst = source.resolve(), dest.resolve()
+    if dst == src or src in dst.parents:
+        raise T2IError(f"destination {dest} is inside the source {source}; t2i never writes into the "
+                       "source, choose a destination outside it")
+    if width < 1 or height < 1:
+        raise T2IError(f"--width {width} --height {height}: both must be positive")
+    if transform not in TRANSFORMS:
+        raise T2IError(f"unknown transform {transform!r}; choose one of {', '.join(TRANSFORMS)}")
+
+
+def _choose_subset(candidates: list[Candidate], subset: int | None, seed: int) -> list[Candidate]:
+    """A seeded subset of the (sorted) candidates, in their original order."""
+    if subset is None:
+        return candidates
+    if not 0 < subset <= len(candidates):
+        raise T2IError(f"--subset {subset} must be between 1 and the {len(candidates)} images that have "
+                       "usable captions")
+    keep = sorted(random.Random(seed).sample(range(len(candidates)), subset))
+    return [candidates[i] for i in keep]
+
+
+def pack(
+    source: str | os.PathLike,
+    dest: str | os.PathLike,
+    width: int,
+    height: int,
+    transform: str = "center-crop",
+    strict: bool = False,
+    subset: int | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    workers: int | None = None,
+    progress: bool = True,
+) -> PackReport:
+    """Import SOURCE into a canonical dataset at DEST (folder or .zip); returns the report."""
+    from tqdm import tqdm
+
+    source, dest = Path(source), Path(dest)
+    _check_paths(source, dest, width, height, transform)
+    report = PackReport(str(source), str(dest), width, height, transform, subset, seed)
+    candidates, report.skipped = scan_source(source)
+    if strict and report.skipped:
+        raise _strict_error(report.skipped[0])
+    candidates = _choose_subset(candidates, subset, seed)
+    tasks = [(str(source / c.file), width, height, transform) for c in candidates]
+    workers = workers or default_workers()
+    with DatasetWriter(dest, dest.stem, (width, height), overwrite=overwrite) as writer:
+        # Order-preserving pool: the dataset's order follows the sorted names, whatever the timing.
+        pool = multiprocessing.Pool(workers) if workers > 1 else None
+        try:
+            results = pool.imap(_encode_task, tasks, chunksize=8) if pool else map(_encode_task, tasks)
+            bar = tqdm(results, total=len(tasks), desc=f"packing {dest.name}", unit="img", disable=not progress)
+            for candidate, (png, reason, detail) in zip(candidates, bar):
+                if png is None:
+                    report.skipped.append(Skipped(candidate.file, reason, detail))
+                    if strict:
+                        raise _strict_error(report.skipped[-1])
+                    continue
+                writer.add_png(png, candidate.captions, {"source": candidate.file})
+        finally:
+            if pool is not None:
+                pool.terminate()
+                pool.join()
+        report.kept = len(writer.records)
+        if report.kept == 0:
+            raise T2IError(f"no usable image and caption pairs in {source} ({len(report.skipped)} files "
+                           "skipped); each image needs a NAME.txt beside it with one caption per line")
+    write_json_atomic(report_path(dest), report.to_dict())
+    return report

@@ -1,0 +1,74 @@
+"""Sampling a trained LAFITE model: prompt -> CLIP text feature -> G_ema(z, c) -> images."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from t2i.errors import T2IError
+from t2i.models.lafite.networks import Generator, LafiteNetConfig
+
+
+def load_condition_clip(spec: str, init=None, device="cpu"):
+    """The frozen CLIP LAFITE conditions on, and the meta that rebuilds it from a snapshot.
+
+    A t2i CLIP is stored inside LAFITE snapshots (module "clip"); an open_clip model is referenced
+    by its ARCH:/path spec instead (hundreds of MB, not copied into every snapshot).
+    """
+    from t2i.clip import load_clip
+    from t2i.clip.model import SmallClip
+    from t2i.clip.trainer import clip_from_meta, clip_meta
+
+    if init is not None:
+        meta = init.meta["clip"]
+        if meta["kind"] == "t2i":
+            return clip_from_meta(meta, init.state_dict("clip"), device), meta
+        return load_clip(meta["spec"], device), meta
+    clip = load_clip(spec, device)
+    clip.requires_grad_(False)
+    meta = clip_meta(clip) if isinstance(clip, SmallClip) else {"kind": "open_clip", "spec": spec}
+    return clip, meta
+
+
+class LafitePipeline:
+    """Text-to-image with a LAFITE snapshot: `pipe(prompts, seeds) -> uint8 (N, 3, R, R)`."""
+
+    family = "lafite"
+
+    def __init__(self, G: Generator, clip, meta: dict):
+        self.G, self.clip, self.meta = G, clip, meta
+
+    @classmethod
+    def from_snapshot(cls, snap, device="cpu") -> "LafitePipeline":
+        """Build from a loaded `Snapshot` of family lafite (uses G_ema)."""
+        G = Generator(LafiteNetConfig(**snap.meta["net"]))
+        G.load_state_dict(snap.state_dict("G_ema"))
+        G = G.to(device).eval().requires_grad_(False)
+        clip, _ = load_condition_clip("", snap, device)
+        return cls(G, clip, snap.meta)
+
+    @property
+    def resolution(self) -> int:
+        return self.G.cfg.resolution
+
+    @torch.no_grad()
+    def condition(self, prompts: list[str]) -> torch.Tensor:
+        """(N, c_dim) unit CLIP text features of prompts."""
+        return F.normalize(self.clip.encode_text(prompts).float(), dim=-1)
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str], seeds: list[int], truncation: float = 1.0,
+                 batch: int = 64) -> torch.Tensor:
+        """One image per (prompt, seed) pair, as uint8 (N, 3, R, R)."""
+        from t2i.data.transforms import to_uint8
+
+        if len(prompts) != len(seeds):
+            raise ValueError("one seed per prompt")
+        device = next(self.G.parameters()).device
+        out = []
+        for s in range(0, len(prompts), batch):
+            c = self.condition(prompts[s:s + batch]).to(device)
+            z = torch.stack([torch.randn(self.G.cfg.z_dim, generator=torch.Generator().manual_seed(int(seed)))
+                             for seed in seeds[s:s + batch]]).to(device)
+            out.append(to_uint8(self.G(z, c, truncation=truncation, noise="none").float().cpu()))
+        return torch.cat(out)

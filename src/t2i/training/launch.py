@@ -1,0 +1,177 @@
+"""From `t2i train <family> ...` to a running loop: resolve the config, pick the run directory,
+restore a snapshot, start the shared loop.
+
+The resolved configuration is layered: the family's defaults (and its preset's), then the config of
+the run being resumed, then the options given on the command line. `--resume` continues a run
+exactly (same directory, optimizers, counters) when the options are unchanged apart from how long to
+train; with changed options (e.g. `--subset 885 --g_lr 0.001`) it is a fine-tune: a new run whose
+weights start from the snapshot, with fresh optimizers and counters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+from t2i.errors import T2IError
+from t2i.training.loop import LoopConfig
+
+# Family name -> module with CONFIG (a dataclass type), PRESETS, add_args(parser), build(cfg, loop, d, log),
+# describe(cfg) and, optionally, evaluate(name, snapshot_path, cfg).
+TRAINABLE = {
+    "clip": "t2i.clip.trainer",
+    "lafite": "t2i.models.lafite.trainer",
+    "oracle": "t2i.metrics.oracle_trainer",
+}
+
+# Options that may change on `--resume` without turning it into a fine-tune.
+CONTINUATION_KEYS = {"kimg", "snap", "keep", "metrics", "tick_kimg", "device"}
+
+
+def family_module(name: str):
+    """The trainer module of a family, by name."""
+    if name not in TRAINABLE:
+        raise T2IError(f"unknown family {name!r}; choose from {sorted(TRAINABLE)}")
+    return importlib.import_module(TRAINABLE[name])
+
+
+def add_loop_args(p: argparse.ArgumentParser) -> None:
+    """The shared loop's options; defaults are suppressed so only given options override."""
+    d = LoopConfig()
+    S = argparse.SUPPRESS
+    g = p.add_argument_group("training loop")
+    g.add_argument("--kimg", type=float, default=S, help=f"train until this many thousand images (default {d.kimg})")
+    g.add_argument("--batch", type=int, default=S, help=f"total batch size over all processes (default {d.batch})")
+    g.add_argument("--accum", type=int, default=S, help="split each batch into N micro-batches (gradient accumulation)")
+    g.add_argument("--tick_kimg", type=float, default=S, help=f"progress/stats every N kimg (default {d.tick_kimg})")
+    g.add_argument("--snap", type=int, default=S, help=f"snapshot every N ticks, 0 = only at the end (default {d.snap})")
+    g.add_argument("--keep", type=int, default=S, help="keep only the newest N snapshots (default: all)")
+    g.add_argument("--seed", type=int, default=S, help="random seed (default 0)")
+    g.add_argument("--precision", choices=["fp32", "bf16"], default=S, help="bf16 autocast on CPU or CUDA")
+    g.add_argument("--ema_kimg", type=float, default=S, help="EMA half-life in kimg")
+    g.add_argument("--ema_rampup", type=float, default=S, help="EMA ramp-up ratio (0 = off)")
+    g.add_argument("--grad_clip", type=float, default=S, help="clip gradient norm per phase (0 = off)")
+    g.add_argument("--device", default=S, help="auto | cpu | cuda (default auto)")
+    g.add_argument("--metrics", type=lambda s: [m for m in s.split(",") if m], default=S,
+                   help="comma-separated metrics evaluated at every snapshot")
+    r = p.add_argument_group("run")
+    r.add_argument("--outdir", default="runs", help="parent directory of run directories (default runs)")
+    r.add_argument("--resume", default=None, metavar="PATH|latest",
+                   help="continue from a snapshot or run directory ('latest' = newest run in --outdir); "
+                        "with changed options it becomes a fine-tune in a new run")
+    r.add_argument("--dry-run", dest="dry_run", action="store_true", help="print the resolved config and exit")
+
+
+def _split_explicit(args: argparse.Namespace, config_cls) -> tuple[dict, dict]:
+    loop_fields = {f.name for f in dataclasses.fields(LoopConfig)}
+    fam_fields = {f.name for f in dataclasses.fields(config_cls)}
+    loop, fam = {}, {}
+    for k, v in vars(args).items():
+        if k in loop_fields:
+            loop[k] = v
+        elif k in fam_fields:
+            fam[k] = v
+    return loop, fam
+
+
+def _resume_source(spec: str, outdir: Path) -> Path:
+    from t2i.training.run import latest_run_dir
+    from t2i.training.snapshot import resolve_snapshot
+
+    if spec == "latest":
+        run = latest_run_dir(outdir)
+        if run is None:
+            raise T2IError(f"--resume latest: no run directory in {str(outdir)!r}; train once first or give a path")
+        return resolve_snapshot(run)
+    return resolve_snapshot(spec)
+
+
+def resolve(family: str, args: argparse.Namespace) -> tuple[dict[str, Any], Path | None]:
+    """The resolved {"family", "loop", "config"} dict and the snapshot to start from (or None)."""
+    mod = family_module(family)
+    loop_given, fam_given = _split_explicit(args, mod.CONFIG)
+    base_fam = dataclasses.asdict(mod.CONFIG())
+    base_loop = dataclasses.asdict(LoopConfig())
+    base_loop.update(getattr(mod, "LOOP_DEFAULTS", {}))
+    snapshot = None
+    if args.resume:
+        snapshot = _resume_source(args.resume, Path(args.outdir))
+        meta = json.loads((snapshot / "config.json").read_text())
+        if meta.get("family") != family:
+            raise T2IError(f"--resume {args.resume}: {snapshot} is a {meta.get('family')!r} snapshot, "
+                           f"not {family!r}; give a {family} run or snapshot")
+        base_fam.update(meta.get("config", {}))
+        base_loop.update(meta.get("loop", {}))
+    elif "preset" in fam_given or "preset" in base_fam:
+        preset = fam_given.get("preset", base_fam.get("preset"))
+        base_loop.update(getattr(mod, "PRESET_LOOP_DEFAULTS", {}).get(preset, {}))
+    base_fam.update(fam_given)
+    base_loop.update(loop_given)
+    try:
+        fam_cfg = mod.CONFIG(**base_fam)
+        loop_cfg = LoopConfig(**base_loop)
+    except TypeError as e:
+        raise T2IError(f"configuration does not fit {family}: {e}") from None
+    if hasattr(mod, "validate"):
+        mod.validate(fam_cfg)
+    return {"family": family, "loop": dataclasses.asdict(loop_cfg), "config": dataclasses.asdict(fam_cfg)}, snapshot
+
+
+def is_continuation(resolved: dict, snapshot: Path) -> bool:
+    """True when only continuation options differ from the snapshot's run (exact resume)."""
+    meta = json.loads((snapshot / "config.json").read_text())
+    if meta.get("config") != resolved["config"]:
+        return False
+    old, new = meta.get("loop", {}), resolved["loop"]
+    return all(old.get(k) == v for k, v in new.items() if k not in CONTINUATION_KEYS)
+
+
+def run_training(family: str, args: argparse.Namespace) -> int:
+    """Entry of `t2i train <family>`: resolve, then train (or print with --dry-run)."""
+    resolved, snapshot = resolve(family, args)
+    mod = family_module(family)
+    continuing = snapshot is not None and is_continuation(resolved, snapshot)
+    if args.dry_run:
+        mode = "new run" if snapshot is None else ("exact resume" if continuing else "fine-tune")
+        print(json.dumps({**resolved, "start": mode, "from": str(snapshot) if snapshot else None}, indent=2))
+        return 0
+    from t2i.training import distributed
+    from t2i.training.loop import train
+    from t2i.training.run import RunLog, next_run_dir
+    from t2i.training.snapshot import load_snapshot, load_training_state
+
+    d = distributed.setup(resolved["loop"]["device"])
+    try:
+        fam_cfg = mod.CONFIG(**resolved["config"])
+        loop_cfg = LoopConfig(**resolved["loop"])
+        run_dir = snapshot.parent if continuing else next_run_dir(Path(args.outdir), mod.describe(fam_cfg))
+        if d.world > 1:  # every rank must agree on the directory rank 0 picked
+            import torch.distributed as tdist
+
+            box = [str(run_dir)]
+            tdist.broadcast_object_list(box, src=0)
+            run_dir = Path(box[0])
+        log = RunLog(run_dir, enabled=d.main, tensorboard=False)
+        snap = load_snapshot(snapshot, family=family) if snapshot is not None else None
+        family_obj = mod.build(fam_cfg, loop_cfg, d, log.print, init=snap)
+        state = None
+        if snap is not None:
+            for name, module in family_obj.modules.items():
+                module.load_state_dict(snap.state_dict(name))
+            if continuing:
+                state = load_training_state(snapshot)
+            log.print(("resuming" if continuing else "fine-tuning from") + f" {snapshot}")
+        log.write_config({**resolved, "run_dir": str(run_dir), "world": d.world,
+                          "from": str(snapshot) if snapshot else None})
+        log.close()
+        evaluate = (lambda name, path: mod.evaluate(name, path, fam_cfg, d.device)) if hasattr(mod, "evaluate") else None
+        train(family_obj, loop_cfg, run_dir, d, resume_state=state, evaluate=evaluate)
+        if d.main:
+            print(f"run directory: {run_dir}")
+    finally:
+        distributed.teardown()
+    return 0

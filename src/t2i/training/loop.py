@@ -1,0 +1,265 @@
+"""The one training loop every t2i family uses.
+
+A family says *what* to train (its modules, phases, data and losses); this loop owns *how*:
+gradient accumulation, bf16 autocast, multi-process gradient averaging, clipping, EMA, progress
+counted in images (kimg) with ticks, snapshots, sample grids and metrics. GANs have four phases
+(G main, G reg, D main, D reg, each with its own interval); CLIP, oracle, AR and diffusion have one.
+
+Determinism: at every step the global RNG is reseeded from (seed, step, rank) and the family draws
+its batch from a generator keyed the same way, so a run resumed from a snapshot continues exactly as
+if it had never stopped, on any number of processes.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol
+
+import torch
+from torch import nn
+
+from t2i.training import distributed
+from t2i.training.distributed import Dist
+from t2i.training.run import RunLog, save_grid
+from t2i.training.snapshot import list_snapshots, save_snapshot
+
+
+@dataclass
+class LoopConfig:
+    """Options of the shared loop (the CLI's --kimg, --batch, --snap, ...)."""
+
+    kimg: float = 10.0          # train until this many thousand images have been shown
+    batch: int = 16             # total batch over all processes
+    accum: int = 1              # micro-batches per process and step (gradient accumulation)
+    tick_kimg: float = 1.0      # progress line + stats every this many kimg
+    snap: int = 5               # snapshot every this many ticks (and at the end); 0 = only at the end
+    keep: int = 0               # keep only the newest N snapshots (0 = keep all)
+    seed: int = 0
+    precision: str = "fp32"     # fp32 | bf16 (autocast; fast on CUDA and on CPUs with AVX512-BF16/AMX only)
+    ema_kimg: float = 10.0      # EMA half-life in kimg (for families with EMA modules)
+    ema_rampup: float = 0.05    # EMA half-life at most this fraction of images seen so far (0 = off)
+    grad_clip: float = 0.0      # max gradient norm per phase (0 = off)
+    device: str = "auto"        # auto | cpu | cuda
+    metrics: list[str] = field(default_factory=list)  # evaluated at every snapshot
+
+
+@dataclass
+class Phase:
+    """One optimisation phase: which module it updates, with which optimizer, how often."""
+
+    name: str
+    module: nn.Module
+    opt: torch.optim.Optimizer
+    interval: int = 1           # run every `interval` steps (lazy regularisation)
+
+
+class Family(Protocol):
+    """What a model family gives the loop."""
+
+    name: str
+    modules: dict[str, nn.Module]        # everything saved in a snapshot
+    ema: dict[str, str]                  # {"G_ema": "G"}: EMA target <- source
+
+    def phases(self) -> list[Phase]: ...
+    def batches(self, step: int, batch: int, rank: int, world: int, seed: int) -> Iterator[dict]: ...
+    def loss(self, phase: Phase, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+    def sample_images(self) -> torch.Tensor: ...
+    def real_images(self) -> torch.Tensor: ...
+    def meta(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class Progress:
+    """Counters saved in the training state."""
+
+    step: int = 0
+    nimg: int = 0
+    tick: int = 0
+
+
+def split_batch(batch: dict, parts: int) -> list[dict]:
+    """Split a batch dict (tensors and lists along dim 0) into `parts` micro-batches."""
+    if parts == 1:
+        return [batch]
+    out = [dict() for _ in range(parts)]
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor):
+            chunks = v.chunk(parts)
+        elif isinstance(v, list):
+            size = math.ceil(len(v) / parts)
+            chunks = [v[i * size:(i + 1) * size] for i in range(parts)]
+        else:
+            chunks = [v] * parts
+        for i, c in enumerate(chunks):
+            out[i][k] = c
+    return out
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The RNG seed of one step on one process."""
+    return (seed * 1_000_003 + step * 7919 + rank * 104_729) % (2 ** 63)
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, src: nn.Module, beta: float) -> None:
+    """ema = beta * ema + (1 - beta) * src for parameters; buffers are copied."""
+    for p_ema, p in zip(ema.parameters(), src.parameters()):
+        p_ema.copy_(p.detach().lerp(p_ema, beta))
+    for b_ema, b in zip(ema.buffers(), src.buffers()):
+        b_ema.copy_(b)
+
+
+def ema_beta(cfg: LoopConfig, nimg: int) -> float:
+    """EMA decay for one step (half-life in images, ramped up early in training)."""
+    half_life = cfg.ema_kimg * 1000
+    if cfg.ema_rampup > 0:
+        half_life = min(half_life, nimg * cfg.ema_rampup)
+    return 0.5 ** (cfg.batch / max(half_life, 1e-8))
+
+
+def memory_gb(device: torch.device) -> float:
+    """Peak memory of this process: CUDA allocator peak, or the CPU resident-set peak."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+
+
+def run_phase(family: Family, phase: Phase, micro: list[dict], cfg: LoopConfig, d: Dist,
+              trained: list[nn.Module], stats: dict[str, list[float]]) -> None:
+    """Accumulate one phase's gradients over the micro-batches, average over ranks, step."""
+    for m in trained:
+        m.requires_grad_(m is phase.module)
+    phase.opt.zero_grad(set_to_none=True)
+    use_bf16 = cfg.precision == "bf16"
+    for mb in micro:
+        with torch.autocast(device_type=d.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            loss, values = family.loss(phase, mb)
+        (loss / len(micro)).backward()
+        for k, v in values.items():
+            stats.setdefault(k, []).append(float(v.detach().float().mean()))
+    params = [p for p in phase.module.parameters() if p.requires_grad]
+    distributed.average_gradients(params, d.world)
+    for p in params:
+        if p.grad is not None:
+            torch.nan_to_num_(p.grad, nan=0, posinf=1e5, neginf=-1e5)
+    if cfg.grad_clip > 0:
+        norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        stats.setdefault(f"Grad/{phase.name}", []).append(float(norm))
+    phase.opt.step()
+
+
+def training_state(phases: list[Phase], prog: Progress) -> dict[str, Any]:
+    """What `--resume` needs beyond the weights: optimizers and counters."""
+    return {"progress": asdict(prog), "optimizers": {ph.name: ph.opt.state_dict() for ph in phases}}
+
+
+def restore_training_state(phases: list[Phase], state: dict[str, Any]) -> Progress:
+    """Load optimizer states and counters saved by `training_state`."""
+    for ph in phases:
+        ph.opt.load_state_dict(state["optimizers"][ph.name])
+    return Progress(**state["progress"])
+
+
+def write_snapshot(family: Family, phases: list[Phase], prog: Progress, cfg: LoopConfig,
+                   run_dir: Path, log: RunLog, evaluate: Callable | None) -> Path:
+    """Snapshot + sample grid + metrics; prunes old snapshots when cfg.keep is set."""
+    kimg = prog.nimg / 1000
+    path = save_snapshot(
+        run_dir / f"snapshot-{int(round(kimg * 1000)):06d}",
+        family.modules,
+        {**family.meta(), "kimg": kimg, "loop": asdict(cfg)},
+        training_state(phases, prog),
+    )
+    save_grid(family.sample_images(), run_dir / f"fakes-{int(round(kimg * 1000)):06d}.png")
+    if cfg.keep > 0:
+        import shutil
+
+        for old in list_snapshots(run_dir)[:-cfg.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    for name in cfg.metrics if evaluate else []:
+        t0 = time.time()
+        result = evaluate(name, path)
+        log.metric(name, kimg, path.name, result)
+        log.print(f"metric {name} at {kimg:.1f} kimg ({time.time() - t0:.1f}s): "
+                  + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
+    return path
+
+
+def train(family: Family, cfg: LoopConfig, run_dir: Path, d: Dist, resume_state: dict | None = None,
+          evaluate: Callable[[str, Path], dict] | None = None) -> Progress:
+    """Run the loop until cfg.kimg; returns the final counters. Only rank 0 writes files."""
+    log = RunLog(run_dir, enabled=d.main)
+    phases = family.phases()
+    trained = list({id(ph.module): ph.module for ph in phases}.values())
+    prog = restore_training_state(phases, resume_state) if resume_state else Progress()
+    for m in family.modules.values():
+        distributed.broadcast_module(m)
+    if d.main and not (run_dir / "reals.png").exists():
+        save_grid(family.real_images(), run_dir / "reals.png")
+    if cfg.batch % (d.world * cfg.accum):
+        raise ValueError(f"--batch {cfg.batch} must be divisible by processes x --accum ({d.world} x {cfg.accum})")
+    batch_rank = cfg.batch // d.world
+    total = int(cfg.kimg * 1000)
+    tick_nimg = max(1, int(cfg.tick_kimg * 1000))
+    data = family.batches(prog.step, batch_rank, d.rank, d.world, cfg.seed)
+    bar = _progress_bar(d, total, prog.nimg)
+    stats: dict[str, list[float]] = {}
+    tick_start_nimg, tick_start_time, start_time = prog.nimg, time.time(), time.time()
+    log.print(f"training {family.name} to {cfg.kimg} kimg, batch {cfg.batch} on {d.world} process(es), "
+              f"device {d.device}, precision {cfg.precision}, starting at {prog.nimg / 1000:.3f} kimg")
+    while prog.nimg < total:
+        torch.manual_seed(step_seed(cfg.seed, prog.step, d.rank))
+        micro = split_batch(next(data), cfg.accum)
+        for ph in phases:
+            if prog.step % ph.interval == 0:
+                run_phase(family, ph, micro, cfg, d, trained, stats)
+        prog.nimg += cfg.batch
+        prog.step += 1
+        for target, source in family.ema.items():
+            update_ema(family.modules[target], family.modules[source], ema_beta(cfg, prog.nimg))
+        if bar is not None:
+            bar.update(cfg.batch)
+        done = prog.nimg >= total
+        if prog.nimg >= tick_start_nimg + tick_nimg or done:
+            prog.tick += 1
+            elapsed = time.time() - tick_start_time
+            values = {k: float(distributed.all_reduce_mean(torch.tensor(sum(v) / len(v)), d.world))
+                      for k, v in sorted(stats.items())}
+            sec_per_kimg = elapsed / max(prog.nimg - tick_start_nimg, 1) * 1000
+            values.update({"Timing/sec_per_kimg": sec_per_kimg, "Resources/peak_mem_gb": memory_gb(d.device)})
+            log.stats(prog.nimg / 1000, values)
+            if bar is not None:
+                bar.set_postfix_str(f"kimg {prog.nimg / 1000:.1f} sec/kimg {sec_per_kimg:.1f} "
+                                    f"mem {values['Resources/peak_mem_gb']:.2f}GB", refresh=False)
+            log.print(_tick_line(prog, time.time() - start_time, values))
+            stats.clear()
+            tick_start_nimg, tick_start_time = prog.nimg, time.time()
+            if done or (cfg.snap > 0 and prog.tick % cfg.snap == 0):
+                if d.main:
+                    write_snapshot(family, phases, prog, cfg, run_dir, log, evaluate)
+                tick_start_time = time.time()
+    if bar is not None:
+        bar.close()
+    log.print(f"done: {prog.nimg / 1000:.3f} kimg in {time.time() - start_time:.1f}s")
+    log.close()
+    return prog
+
+
+def _progress_bar(d: Dist, total: int, initial: int):
+    if not d.main:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="img", unit_scale=True, dynamic_ncols=True,
+                mininterval=1.0, desc="train", leave=False)
+
+
+def _tick_line(prog: Progress, elapsed: float, values: dict[str, float]) -> str:
+    parts = [f"tick {prog.tick:<4d}", f"kimg {prog.nimg / 1000:<8.3f}", f"time {elapsed:<7.1f}s",
+             f"sec/kimg {values['Timing/sec_per_kimg']:<7.2f}", f"mem {values['Resources/peak_mem_gb']:.2f}GB"]
+    parts += [f"{k} {v:.4g}" for k, v in values.items() if not k.startswith(("Timing/", "Resources/"))]
+    return "  ".join(parts)

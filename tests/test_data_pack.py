@@ -1,0 +1,214 @@
+"""Tests for `t2i data pack`: pairing, skipping with reasons, strict mode, subsets, the CLI."""
+
+import hashlib
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from t2i.cli import data as cli_data
+from t2i.cli import main
+from t2i.data import pack as pack_module
+from t2i.data import shapes
+from t2i.data.dataset import ImageTextDataset
+from t2i.data.pack import (
+    CORRUPT,
+    EMPTY_CAPTION,
+    NO_CAPTION,
+    NO_IMAGE,
+    NOT_UTF8,
+    SHARED_CAPTION,
+    WRONG_SIZE,
+    pack,
+)
+from t2i.errors import T2IError
+
+
+def _jpeg(seed: int, size=(48, 32)) -> bytes:
+    rng = np.random.default_rng(seed)
+    array = np.repeat(np.repeat(rng.integers(0, 256, (size[1] // 8, size[0] // 8, 3), dtype=np.uint8), 8, 0), 8, 1)
+    buffer = io.BytesIO()
+    Image.fromarray(array, "RGB").save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def _good_source(root, n=4):
+    """n valid pairs in nested folders (a/ and b/), mixed formats."""
+    for i in range(n):
+        folder = root / ("a" if i % 2 == 0 else "b/c")
+        folder.mkdir(parents=True, exist_ok=True)
+        if i == 1:
+            Image.open(io.BytesIO(_jpeg(i))).save(folder / f"img{i}.png")
+            name = f"img{i}.png"
+        elif i == 3:
+            Image.open(io.BytesIO(_jpeg(i))).convert("RGBA").save(folder / f"img{i}.webp")
+            name = f"img{i}.webp"
+        else:
+            (folder / f"img{i}.jpg").write_bytes(_jpeg(i))
+            name = f"img{i}.jpg"
+        (folder / f"img{i}.txt").write_text(f"caption {i}\n\n  second {i}  \n", encoding="utf-8")
+        yield f"{folder.relative_to(root).as_posix()}/{name}"
+
+
+BAD_FILES = {
+    CORRUPT: ("bad/random.jpg", "bad/random.txt"),
+    NO_CAPTION: ("bad/lonely.jpg", None),
+    NO_IMAGE: (None, "bad/orphan.txt"),
+    EMPTY_CAPTION: ("bad/empty.jpg", "bad/empty.txt"),
+    NOT_UTF8: ("bad/latin.jpg", "bad/latin.txt"),
+}
+
+
+def _add_bad(root, reason):
+    image, text = BAD_FILES[reason]
+    (root / "bad").mkdir(exist_ok=True)
+    if image is not None:
+        (root / image).write_bytes(b"\x00garbage" * 20 if reason == CORRUPT else _jpeg(9))
+    if text is not None:
+        content = {EMPTY_CAPTION: b"\n  \n", NOT_UTF8: "caf\xe9".encode("latin-1")}.get(reason, b"ok caption")
+        (root / text).write_bytes(content)
+    return image if reason in (CORRUPT, NO_CAPTION) else text  # the file the report names
+
+
+def _snapshot(root):
+    return {p.relative_to(root).as_posix(): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def messy(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    good = list(_good_source(src))
+    for reason in BAD_FILES:
+        _add_bad(src, reason)
+    data = _jpeg(5)
+    (src / "bad" / "trunc.jpg").write_bytes(data[: len(data) // 2])
+    (src / "bad" / "trunc.txt").write_text("truncated")
+    (src / "bad" / "dup.jpg").write_bytes(_jpeg(6))
+    (src / "bad" / "dup.png").write_bytes(_jpeg(6))
+    (src / "bad" / "dup.txt").write_text("two images")
+    (src / "notes.md").write_text("ignored")
+    return src, good
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_pack_keeps_good_skips_bad_and_never_touches_source(tmp_path, messy, workers):
+    src, good = messy
+    before = _snapshot(src)
+    report = pack(src, tmp_path / "out", 32, 24, "center-crop", workers=workers, progress=False)
+    assert _snapshot(src) == before
+    assert report.kept == 4
+    assert report.counts() == {CORRUPT: 2, NO_CAPTION: 1, NO_IMAGE: 1, EMPTY_CAPTION: 1, NOT_UTF8: 1,
+                               SHARED_CAPTION: 2}
+    skipped = {s.file: s.reason for s in report.skipped}
+    assert skipped["bad/trunc.jpg"] == CORRUPT and skipped["bad/random.jpg"] == CORRUPT
+    assert skipped["bad/latin.txt"] == NOT_UTF8 and skipped["bad/orphan.txt"] == NO_IMAGE
+    ds = ImageTextDataset(tmp_path / "out")
+    assert len(ds) == 4 and ds.resolution == (32, 24) and ds.name == "out"
+    assert [r["attributes"]["source"] for r in ds.records] == sorted(good)
+    by_source = {r["attributes"]["source"]: r["captions"] for r in ds.records}
+    assert by_source["a/img0.jpg"] == ["caption 0", "second 0"]
+    assert ds[3]["image"].shape == (3, 24, 32)
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert saved["kept"] == 4 and saved["skipped_by_reason"][CORRUPT] == 2
+    assert {s["file"] for s in saved["skipped_files"]} == set(skipped)
+
+
+def test_workers_give_identical_zip_and_report_beside_it(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    list(_good_source(src, n=20))
+    pack(src, tmp_path / "one" / "d.zip", 16, 16, "center-crop-wide", workers=1, progress=False)
+    pack(src, tmp_path / "two" / "d.zip", 16, 16, "center-crop-wide", workers=2, progress=False)
+    one, two = ImageTextDataset(tmp_path / "one" / "d.zip"), ImageTextDataset(tmp_path / "two" / "d.zip")
+    assert one.fingerprint() == two.fingerprint() and len(one) == 20
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["d.zip", "d.zip.report.json"]
+
+
+@pytest.mark.parametrize("reason", list(BAD_FILES) + ["truncated"])
+def test_strict_fails_on_each_bad_input(tmp_path, reason):
+    src = tmp_path / "src"
+    src.mkdir()
+    list(_good_source(src, n=2))
+    if reason == "truncated":
+        data = _jpeg(5)
+        (src / "trunc.jpg").write_bytes(data[: len(data) // 2])
+        (src / "trunc.txt").write_text("truncated")
+        name, reason = "trunc.jpg", CORRUPT
+    else:
+        name = _add_bad(src, reason)
+    with pytest.raises(T2IError, match=f"{name}: {reason}.*drop --strict"):
+        pack(src, tmp_path / "out", 16, 16, "center-crop", strict=True, progress=False)
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["src"]
+    report = pack(src, tmp_path / "out", 16, 16, "center-crop", progress=False)
+    assert report.kept == 2 and report.counts() == {reason: 1}
+
+
+def test_transform_none_requires_exact_size(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "right.jpg").write_bytes(_jpeg(0, (48, 32)))
+    (src / "right.txt").write_text("right")
+    (src / "wrong.jpg").write_bytes(_jpeg(1, (32, 32)))
+    (src / "wrong.txt").write_text("wrong")
+    report = pack(src, tmp_path / "out", 48, 32, "none", progress=False)
+    assert report.kept == 1
+    assert [(s.file, s.reason, s.detail) for s in report.skipped] == [("wrong.jpg", WRONG_SIZE, "32x32, expected 48x32")]
+    with pytest.raises(T2IError, match="wrong.jpg: wrong size"):
+        pack(src, tmp_path / "strict", 48, 32, "none", strict=True, progress=False)
+
+
+def test_subset_is_deterministic(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    list(_good_source(src, n=12))
+
+    def sources(dest, seed):
+        pack(src, tmp_path / dest, 16, 16, "center-crop", subset=5, seed=seed, progress=False)
+        return [r["attributes"]["source"] for r in ImageTextDataset(tmp_path / dest).records]
+
+    first = sources("a", 1)
+    assert len(first) == 5 and first == sorted(first)
+    assert sources("b", 1) == first and sources("c", 2) != first
+    with pytest.raises(T2IError, match="--subset 13 must be between 1 and the 12"):
+        pack(src, tmp_path / "d", 16, 16, "center-crop", subset=13, progress=False)
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(T2IError, match="does not exist"):
+        pack(tmp_path / "nope", tmp_path / "out", 16, 16, "center-crop", progress=False)
+    src = tmp_path / "src"
+    src.mkdir()
+    with pytest.raises(T2IError, match="inside the source"):
+        pack(src, src / "out", 16, 16, "center-crop", progress=False)
+    (src / "only.txt").write_text("no image")
+    with pytest.raises(T2IError, match="no usable image and caption pairs"):
+        pack(src, tmp_path / "out", 16, 16, "center-crop", progress=False)
+    assert not (tmp_path / "out").exists()
+    list(_good_source(src, n=1))
+    pack(src, tmp_path / "out", 16, 16, "center-crop", progress=False)
+    with pytest.raises(T2IError, match="--overwrite"):
+        pack(src, tmp_path / "out", 16, 16, "center-crop", progress=False)
+
+
+def test_cli_constants_match_the_library():
+    assert cli_data.PACK_TRANSFORMS == pack_module.TRANSFORMS
+    assert cli_data.SHAPES_SPLITS == shapes.SPLITS[:3]
+
+
+def test_cli_pack(tmp_path, messy, capsys):
+    src, _ = messy
+    dest = tmp_path / "out.zip"
+    args = ["data", "pack", str(src), str(dest), "--width", "32", "--height", "32", "--transform", "center-crop"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "kept 4 images" in captured.err and "skipped bad/random.jpg: corrupt" in captured.err
+    assert "out.zip.report.json" in captured.out
+    assert len(ImageTextDataset(dest)) == 4
+    assert main(args + ["--overwrite", "--strict"]) == 2
+    assert "drop --strict" in capsys.readouterr().err
+    assert len(ImageTextDataset(dest)) == 4  # the failed run left the old dataset in place
