@@ -212,3 +212,33 @@ def test_cli_pack(tmp_path, messy, capsys):
     assert main(args + ["--overwrite", "--strict"]) == 2
     assert "drop --strict" in capsys.readouterr().err
     assert len(ImageTextDataset(dest)) == 4  # the failed run left the old dataset in place
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    image = Image.new("RGB", (48, 32), (255, 0, 0))
+    image.paste((0, 0, 255), (0, 0, 8, 32))  # blue band on the stored left edge
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: viewers rotate it 90 degrees clockwise
+    image.save(src / "photo.jpg", exif=exif, quality=95)
+    (src / "photo.txt").write_text("a rotated photo")
+    report = pack(src, tmp_path / "out", 32, 48, "none", progress=False)
+    assert report.kept == 1  # 48x32 as stored, 32x48 as shown
+    shown = ImageTextDataset(tmp_path / "out")[0]["image"]
+    assert shown[2, :4].float().mean() > 200 and shown[0, -4:].float().mean() > 200  # blue on top, red below
+
+
+@pytest.mark.parametrize("transform", ["center-crop", "center-crop-wide"])
+def test_reduced_jpeg_decoding_matches_full_decoding(tmp_path, transform):
+    from t2i.data.pack import load_image
+    from t2i.data.transforms import center_crop, center_crop_wide
+
+    y, x = np.mgrid[0:600, 0:1000]
+    array = np.stack([x * 255 // 1000, y * 255 // 600, (x + y) % 256], -1).astype(np.uint8)
+    Image.fromarray(array).save(tmp_path / "big.jpg", quality=95)
+    fast = np.asarray(load_image(tmp_path / "big.jpg", 64, 48, transform)).astype(int)
+    crop = center_crop if transform == "center-crop" else center_crop_wide
+    full = np.asarray(crop(Image.open(tmp_path / "big.jpg").convert("RGB"), 64, 48)).astype(int)
+    assert fast.shape == full.shape == (48, 64, 3)
+    assert np.abs(fast - full)[..., :2].mean() < 2  # the smooth channels agree to within 2 levels

@@ -60,7 +60,8 @@ def _add_pack(sub) -> None:
     p.add_argument("--transform", choices=PACK_TRANSFORMS, required=True,
                    help="center-crop: largest centred box, resized; center-crop-wide: fit the width, "
                         "crop or pad the height; none: images must already be WIDTH x HEIGHT")
-    p.add_argument("--strict", action="store_true", help="fail on the first unusable file instead of skipping it")
+    p.add_argument("--strict", action="store_true",
+                   help="fail on the first unusable file instead of skipping it")
     p.add_argument("--subset", type=int, default=None, help="keep a seeded random subset of N images")
     p.add_argument("--seed", type=int, default=0, help="seed for --subset (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing destination")

@@ -28,6 +28,7 @@ class ClipTrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.05
     subset: int = 0             # train on the first N images only (0 = all)
+    warmup_kimg: float = 5.0    # linear learning-rate warm-up (without it the towers collapse early)
 
 
 CONFIG = ClipTrainConfig
@@ -44,6 +45,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=S, help="AdamW learning rate (default 1e-3)")
     p.add_argument("--weight_decay", type=float, default=S, help="AdamW weight decay (default 0.05)")
     p.add_argument("--subset", type=int, default=S, help="use only the first N images (default all)")
+    p.add_argument("--warmup_kimg", type=float, default=S, help="linear lr warm-up length in kimg (default 5)")
 
 
 def validate(cfg: ClipTrainConfig) -> None:
@@ -99,7 +101,8 @@ class ClipFamily:
 
     def phases(self) -> list[Phase]:
         opt = torch.optim.AdamW(self.clip.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
-        return [Phase("clip", self.clip, opt)]
+        warmup = max(self.cfg.warmup_kimg * 1000, 1.0)
+        return [Phase("clip", self.clip, opt, lr_scale=lambda nimg: min(1.0, (nimg + 1) / warmup))]
 
     def batches(self, step, batch, rank, world, seed):
         def fetch(idx, g):

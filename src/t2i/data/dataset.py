@@ -204,7 +204,8 @@ def _dump_metadata(name: str, resolution: tuple[int, int], records: list[dict]) 
 
 def _check_captions(captions: list[str], field: str) -> list[str]:
     """Validate a caption list: a non-empty list of non-empty strings."""
-    if isinstance(captions, str) or not captions or not all(isinstance(c, str) and c.strip() for c in captions):
+    valid = not isinstance(captions, str) and all(isinstance(c, str) and c.strip() for c in captions)
+    if not captions or not valid:
         raise T2IError(f"{field} must be a non-empty list of non-empty strings, got {captions!r}")
     return list(captions)
 

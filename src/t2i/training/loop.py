@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator, Protocol
 import torch
 from torch import nn
 
+from t2i.errors import T2IError
 from t2i.training import distributed
 from t2i.training.distributed import Dist
 from t2i.training.run import RunLog, save_grid
@@ -55,6 +56,7 @@ class Phase:
     module: nn.Module
     opt: torch.optim.Optimizer
     interval: int = 1           # run every `interval` steps (lazy regularisation)
+    lr_scale: Callable[[int], float] | None = None  # images seen -> factor on the optimizer's base lr
 
 
 class Family(Protocol):
@@ -129,8 +131,12 @@ def memory_gb(device: torch.device) -> float:
 
 
 def run_phase(family: Family, phase: Phase, micro: list[dict], cfg: LoopConfig, d: Dist,
-              trained: list[nn.Module], stats: dict[str, list[float]]) -> None:
+              trained: list[nn.Module], stats: dict[str, list[float]], nimg: int) -> None:
     """Accumulate one phase's gradients over the micro-batches, average over ranks, step."""
+    if phase.lr_scale is not None:
+        for group in phase.opt.param_groups:
+            group.setdefault("base_lr", group["lr"])
+            group["lr"] = group["base_lr"] * phase.lr_scale(nimg)
     for m in trained:
         m.requires_grad_(m is phase.module)
     phase.opt.zero_grad(set_to_none=True)
@@ -174,7 +180,9 @@ def write_snapshot(family: Family, phases: list[Phase], prog: Progress, cfg: Loo
         {**family.meta(), "kimg": kimg, "loop": asdict(cfg)},
         training_state(phases, prog),
     )
-    save_grid(family.sample_images(), run_dir / f"fakes-{int(round(kimg * 1000)):06d}.png")
+    fakes = family.sample_images()
+    if fakes is not None:
+        save_grid(fakes, run_dir / f"fakes-{int(round(kimg * 1000)):06d}.png", nrow=8)
     if cfg.keep > 0:
         import shutil
 
@@ -200,8 +208,9 @@ def train(family: Family, cfg: LoopConfig, run_dir: Path, d: Dist, resume_state:
         distributed.broadcast_module(m)
     if d.main and not (run_dir / "reals.png").exists():
         save_grid(family.real_images(), run_dir / "reals.png")
-    if cfg.batch % (d.world * cfg.accum):
-        raise ValueError(f"--batch {cfg.batch} must be divisible by processes x --accum ({d.world} x {cfg.accum})")
+    if cfg.batch < 1 or cfg.accum < 1 or cfg.batch % (d.world * cfg.accum):
+        raise T2IError(f"--batch {cfg.batch} must be a positive multiple of processes x --accum "
+                       f"({d.world} x {cfg.accum})")
     batch_rank = cfg.batch // d.world
     total = int(cfg.kimg * 1000)
     tick_nimg = max(1, int(cfg.tick_kimg * 1000))
@@ -216,7 +225,7 @@ def train(family: Family, cfg: LoopConfig, run_dir: Path, d: Dist, resume_state:
         micro = split_batch(next(data), cfg.accum)
         for ph in phases:
             if prog.step % ph.interval == 0:
-                run_phase(family, ph, micro, cfg, d, trained, stats)
+                run_phase(family, ph, micro, cfg, d, trained, stats, prog.nimg)
         prog.nimg += cfg.batch
         prog.step += 1
         for target, source in family.ema.items():

@@ -58,13 +58,15 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None) -> None
 class RunLog:
     """Writes a run's log.txt, stats.jsonl, metric-<name>.jsonl and TensorBoard events (main rank only)."""
 
-    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True):
+    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True, log_file: bool = True):
         self.dir = Path(run_dir)
         self.enabled = enabled
         self._tb = None
+        self._log = None
         if enabled:
             self.dir.mkdir(parents=True, exist_ok=True)
-            self._log = open(self.dir / "log.txt", "a", encoding="utf-8")
+            if log_file:
+                self._log = open(self.dir / "log.txt", "a", encoding="utf-8")
             if tensorboard:
                 try:
                     from torch.utils.tensorboard import SummaryWriter
@@ -78,8 +80,9 @@ class RunLog:
         if not self.enabled:
             return
         print(msg, flush=True)
-        self._log.write(msg + "\n")
-        self._log.flush()
+        if self._log is not None:
+            self._log.write(msg + "\n")
+            self._log.flush()
 
     def write_config(self, config: dict[str, Any]) -> None:
         """Write the resolved configuration to config.json."""
@@ -112,6 +115,7 @@ class RunLog:
     def close(self) -> None:
         """Flush and close files."""
         if self.enabled:
-            self._log.close()
+            if self._log is not None:
+                self._log.close()
             if self._tb is not None:
                 self._tb.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
 import tempfile
@@ -157,4 +158,8 @@ def load_training_state(snapshot_dir: Path) -> dict[str, Any]:
     f = Path(snapshot_dir) / STATE_FILE
     if not f.is_file():
         raise T2IError(f"{snapshot_dir} has no {STATE_FILE}; it is an exported model and cannot be resumed")
-    return torch.load(f, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(f, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
+        raise T2IError(f"{f} cannot be read ({type(e).__name__}); the file is truncated or damaged, "
+                       "or holds more than tensors and plain Python values") from None

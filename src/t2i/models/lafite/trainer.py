@@ -136,7 +136,7 @@ class LafiteFamily:
 
     def phases(self) -> list[Phase]:
         def adam(module, lr, interval):
-            ratio = interval / (interval + 1)  # lazy regularisation (StyleGAN2 Appendix B)
+            ratio = interval / (interval + 1) if interval else 1.0  # lazy regularisation (StyleGAN2 Appendix B)
             return torch.optim.Adam(module.parameters(), lr=lr * ratio, betas=(0.0, 0.99 ** ratio), eps=1e-8)
 
         cfg = self.cfg

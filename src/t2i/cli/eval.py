@@ -1,0 +1,66 @@
+"""`t2i eval MODEL --data DATASET --metrics fid,clip_score,r_precision,shapes_accuracy`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from t2i.errors import T2IError
+
+
+def add_parser(sub) -> None:
+    """Register `t2i eval`."""
+    p = sub.add_parser(
+        "eval", help="evaluate a model (FID, CLIP score, R-precision, shapes accuracy)",
+        description="Evaluate a text-to-image model. Results are printed as a table and appended to "
+                    "metric-<name>.jsonl in the model's run directory (or --out).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("model", nargs="?", help="run directory or snapshot (default: the embedded model)")
+    p.add_argument("--data", help="dataset (t2i format): reals for fid, captions for fid/clip_score/r_precision")
+    p.add_argument("--metrics", default="shapes_accuracy",
+                   help="comma-separated: fid, clip_score, r_precision, shapes_accuracy")
+    p.add_argument("--n", type=int, default=1000, help="generated images per metric (per split for shapes_accuracy)")
+    p.add_argument("--clip", help="CLIP for clip_score/r_precision: t2i CLIP run, or ARCH:/path (default: the model's)")
+    p.add_argument("--inception", help="Inception FID weights (pt_inception-2015-12-05-6726825d.pth) for real data")
+    p.add_argument("--oracle", help="shapes oracle run/snapshot (default: the shipped one)")
+    p.add_argument("--seed", type=int, default=0, help="seed of prompts and latents")
+    p.add_argument("--batch", type=int, default=64, help="generation / feature batch size")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--out", help="directory for metric-<name>.jsonl (default: the model's run directory)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from t2i.metrics.evaluate import METRICS, EvalOptions, evaluate_metric
+
+    names = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METRICS]
+    if unknown or not names:
+        raise T2IError(f"unknown metric(s) {unknown}; choose from {', '.join(METRICS)}")
+    if not 1 <= args.n <= 100_000:
+        raise T2IError(f"--n {args.n} must be between 1 and 100000")
+    import torch
+
+    from t2i.models import DEFAULT_MODEL, load_pipeline
+    from t2i.training.run import RunLog
+    from t2i.training.snapshot import resolve_snapshot
+
+    snapshot = resolve_snapshot(args.model) if args.model else DEFAULT_MODEL
+    pipe = load_pipeline(snapshot, args.device)
+    opts = EvalOptions(data=args.data, n=args.n, clip=args.clip, inception=args.inception, oracle=args.oracle,
+                       seed=args.seed, batch=args.batch)
+    out = Path(args.out) if args.out else (snapshot.parent if args.model else Path("."))
+    log = RunLog(out, tensorboard=False, log_file=False)
+    kimg = float(pipe.meta.get("kimg", 0.0))
+    rows = []
+    for name in names:
+        result = evaluate_metric(name, pipe, opts, device=torch.device(args.device))
+        log.metric(name, kimg, snapshot.name, result)
+        rows += [(name, k, v) for k, v in result.items()]
+    width = max(len(f"{m}/{k}") for m, k, _ in rows)
+    print(f"{'metric':<{width}}  value")
+    for m, k, v in rows:
+        print(f"{m + '/' + k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{m + '/' + k:<{width}}  {v}")
+    print(f"appended to {out}/metric-<name>.jsonl")
+    log.close()
+    return 0

@@ -1,0 +1,65 @@
+"""Session fixtures: one tiny shapes dataset, one tiny CLIP run and one LAFITE `test` run, built once
+through the real CLI and shared (read-only) by the training, generate and eval tests. Tests that
+change a run copy it into their own tmp_path first."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from t2i.cli import main
+
+
+def cli(*argv: str) -> None:
+    """Run `t2i ARGV...` in-process and require success."""
+    code = main([str(a) for a in argv])
+    assert code == 0, f"t2i {' '.join(map(str, argv))} exited with {code}"
+
+
+@pytest.fixture(scope="session")
+def shapes16(tmp_path_factory) -> Path:
+    """64 shapes images at 16px (4 English captions each)."""
+    root = tmp_path_factory.mktemp("shapes16")
+    cli("data", "shapes", "--out", root / "data", "--n", 64, "--size", 16, "--seed", 0)
+    return root / "data"
+
+
+@pytest.fixture(scope="session")
+def session_runs(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="session")
+def clip_run(shapes16, session_runs) -> Path:
+    """`t2i train clip --preset tiny`: 4 steps of batch 32 (0.128 kimg), one snapshot."""
+    cli("train", "clip", "--data", shapes16, "--preset", "tiny", "--kimg", 0.1, "--batch", 32,
+        "--outdir", session_runs)
+    (run,) = session_runs.glob("*-clip-tiny")
+    return run
+
+
+@pytest.fixture(scope="session")
+def lafite_run(shapes16, clip_run, session_runs) -> Path:
+    """`t2i train lafite --preset test`: 16px nets, batch 8, two ticks, a snapshot per tick."""
+    cli("train", "lafite", "--data", shapes16, "--clip", clip_run, "--preset", "test", "--kimg", 0.032,
+        "--outdir", session_runs)
+    (run,) = session_runs.glob("*-lafite-test")
+    return run
+
+
+@pytest.fixture
+def copy_run(tmp_path):
+    """Copy a session run into this test's tmp_path (so the test may change it)."""
+    def copy(run: Path) -> Path:
+        return Path(shutil.copytree(run, tmp_path / "runs" / run.name))
+    return copy
+
+
+@pytest.fixture(autouse=True)
+def _restore_grad_mode():
+    """`t2i generate` disables autograd for its (normally short-lived) process; undo it between tests."""
+    yield
+    torch.set_grad_enabled(True)

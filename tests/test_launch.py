@@ -1,0 +1,142 @@
+"""`t2i train`: config layering (defaults <- preset <- resumed run <- CLI), --dry-run, exact resume vs
+fine-tune, and clean errors."""
+
+import json
+
+import pytest
+import torch
+
+from t2i.cli import main
+from t2i.training.snapshot import list_snapshots, load_snapshot
+
+
+def dry_run(capsys, *argv) -> dict:
+    capsys.readouterr()
+    assert main(["train", *map(str, argv), "--dry-run"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def fails(capsys, *argv) -> str:
+    """Run `t2i ARGV`, require exit code 2, return stderr."""
+    capsys.readouterr()
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert "t2i: error: " in err and "Traceback" not in err  # (progress bars may precede it)
+    return err.split("t2i: error: ", 1)[1]
+
+
+def test_dry_run_applies_preset_loop_defaults_and_explicit_options_win(capsys, tmp_path):
+    out = tmp_path / "runs"
+    r = dry_run(capsys, "lafite", "--data", "d", "--clip", "c", "--preset", "test", "--outdir", out)
+    assert r["start"] == "new run" and r["from"] is None and r["family"] == "lafite"
+    assert r["loop"]["batch"] == 8 and r["loop"]["kimg"] == 0.032 and r["loop"]["snap"] == 1
+    assert r["loop"]["ema_kimg"] == 0.01 and r["loop"]["seed"] == 0          # preset + plain default
+    assert r["config"]["preset"] == "test" and r["config"]["g_lr"] == 0.0025 and r["config"]["data"] == "d"
+
+    r = dry_run(capsys, "lafite", "--data", "d", "--clip", "c", "--preset", "test", "--batch", 4,
+                "--g_lr", 0.01, "--mirror", 1, "--metrics", "fid,clip_score", "--outdir", out)
+    assert r["loop"]["batch"] == 4 and r["loop"]["kimg"] == 0.032            # explicit wins, rest from preset
+    assert r["config"]["g_lr"] == 0.01 and r["config"]["mirror"] is True
+    assert r["loop"]["metrics"] == ["fid", "clip_score"]
+
+    tiny = dry_run(capsys, "lafite", "--data", "d", "--clip", "c", "--outdir", out)  # default preset
+    assert tiny["config"]["preset"] == "tiny" and tiny["loop"]["batch"] == 32 and tiny["loop"]["kimg"] == 200.0
+
+    clip = dry_run(capsys, "clip", "--data", "d", "--preset", "tiny", "--kimg", 0.5, "--outdir", out)
+    assert clip["loop"]["batch"] == 128 and clip["loop"]["kimg"] == 0.5      # family LOOP_DEFAULTS + CLI
+    assert not out.exists()                                                   # a dry run writes nothing
+
+
+def test_unknown_preset_is_a_clean_error(capsys, tmp_path):
+    err = fails(capsys, "train", "lafite", "--data", "d", "--clip", "c", "--preset", "huge", "--dry-run")
+    assert "'huge'" in err and "paper256" in err
+
+
+def test_resume_with_only_continuation_options_is_exact(capsys, lafite_run):
+    snap = list_snapshots(lafite_run)[-1]
+    r = dry_run(capsys, "lafite", "--data", "ignored-by-nothing", "--resume", lafite_run, "--kimg", 1,
+                "--snap", 3, "--keep", 1)
+    # --data differs from the run's: that is a fine-tune; give the run's own data to continue exactly.
+    assert r["start"] == "fine-tune"
+    data = json.loads((lafite_run / "config.json").read_text())["config"]["data"]
+    r = dry_run(capsys, "lafite", "--data", data, "--resume", lafite_run, "--kimg", 1, "--snap", 3, "--keep", 1)
+    assert r["start"] == "exact resume" and r["from"] == str(snap)
+    assert r["loop"]["kimg"] == 1 and r["loop"]["batch"] == 8 and r["config"]["preset"] == "test"
+
+
+def test_resume_latest_picks_the_newest_run(capsys, lafite_run, session_runs):
+    data = json.loads((lafite_run / "config.json").read_text())["config"]["data"]
+    r = dry_run(capsys, "lafite", "--data", data, "--resume", "latest", "--outdir", session_runs)
+    assert r["start"] == "exact resume" and r["from"] == str(list_snapshots(lafite_run)[-1])
+
+
+def test_resume_with_changed_options_is_a_fine_tune(capsys, lafite_run):
+    data = json.loads((lafite_run / "config.json").read_text())["config"]["data"]
+    r = dry_run(capsys, "lafite", "--data", data, "--resume", lafite_run, "--subset", 8, "--g_lr", 0.001)
+    assert r["start"] == "fine-tune"
+    assert r["config"]["subset"] == 8 and r["config"]["g_lr"] == 0.001
+    assert r["config"]["clip"] == json.loads((lafite_run / "config.json").read_text())["config"]["clip"]
+    assert r["loop"]["batch"] == 8                                   # the resumed run's loop, not the default
+    r = dry_run(capsys, "lafite", "--data", data, "--resume", lafite_run, "--batch", 4)
+    assert r["start"] == "fine-tune"                                 # a loop option outside the continuation set
+
+
+def test_resume_latest_without_runs_is_a_clean_error(capsys, tmp_path):
+    err = fails(capsys, "train", "clip", "--data", "d", "--resume", "latest", "--outdir", tmp_path / "none")
+    assert "--resume latest" in err and "none" in err
+
+
+def test_resuming_a_clip_run_as_lafite_names_both_families(capsys, clip_run):
+    err = fails(capsys, "train", "lafite", "--data", "d", "--resume", clip_run)
+    assert "'clip'" in err and "'lafite'" in err
+
+
+def test_bad_batch_is_a_clean_error(capsys, shapes16, tmp_path):
+    err = fails(capsys, "train", "clip", "--data", shapes16, "--preset", "tiny", "--batch", 30, "--accum", 4,
+                "--outdir", tmp_path)
+    assert "--batch 30" in err and "--accum" in err
+
+
+@pytest.mark.slow
+def test_exact_resume_continues_the_run_bitwise(capsys, shapes16, clip_run, tmp_path):
+    """0.064 kimg, then --resume to 0.1 == the session run trained to 0.1 kimg in one go."""
+    out = tmp_path / "runs"
+    common = ["--data", shapes16, "--batch", 32, "--outdir", out]
+    assert main(["train", "clip", *map(str, common), "--preset", "tiny", "--kimg", "0.064"]) == 0
+    (run,) = out.iterdir()
+    assert [p.name for p in list_snapshots(run)] == ["snapshot-000064"]
+    assert main(["train", "clip", *map(str, common), "--resume", str(run), "--kimg", "0.1"]) == 0
+
+    assert [p.name for p in out.iterdir()] == [run.name]                    # same run directory
+    assert [p.name for p in list_snapshots(run)] == ["snapshot-000064", "snapshot-000128"]
+    assert "resuming " in (run / "log.txt").read_text()
+    assert json.loads((run / "config.json").read_text())["from"] == str(run / "snapshot-000064")
+    resumed, whole = load_snapshot(run), load_snapshot(clip_run)
+    assert resumed.meta["kimg"] == whole.meta["kimg"] == 0.128
+    assert resumed.tensors.keys() == whole.tensors.keys()
+    for k, v in whole.tensors.items():
+        assert torch.equal(resumed.tensors[k], v), k
+
+
+@pytest.mark.slow
+def test_fine_tune_starts_a_new_run_from_the_snapshot_weights(capsys, lafite_run, tmp_path):
+    out = tmp_path / "runs"
+    source = load_snapshot(lafite_run)
+    before = sorted(p.name for p in lafite_run.iterdir())
+    data = source.meta["config"]["data"]
+    # Zero learning rates: the fine-tune's G and D must stay exactly the snapshot's.
+    assert main(["train", "lafite", "--data", data, "--resume", str(lafite_run), "--g_lr", "0", "--d_lr", "0",
+                 "--kimg", "0.008", "--outdir", str(out)]) == 0
+    (run,) = out.iterdir()
+    assert run.name == "00000-data-lafite-test"
+    assert [p.name for p in list_snapshots(run)] == ["snapshot-000008"]      # fresh counters
+    assert sorted(p.name for p in lafite_run.iterdir()) == before             # source run untouched
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["from"] == str(source.path) and cfg["config"]["g_lr"] == 0.0
+    assert "fine-tuning from" in (run / "log.txt").read_text()
+    tuned = load_snapshot(run, family="lafite")
+    for module in ("G", "D"):
+        sd = tuned.state_dict(module)
+        for k, v in source.state_dict(module).items():
+            if k != "mapping.w_avg":  # a running statistic, updated by every G step
+                assert torch.equal(sd[k], v), f"{module}.{k}"
