@@ -4,6 +4,7 @@ change a run copy it into their own tmp_path first."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,24 @@ import pytest
 import torch
 
 from t2i.cli import main
+
+
+@contextlib.contextmanager
+def single_thread():
+    """Run torch on one thread: these models are tiny, and on a busy 2-core machine a second thread
+    mostly waits for the CPU (runs compared bitwise must also use the same thread count)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_thread():
+    with single_thread():
+        yield
 
 
 def cli(*argv: str) -> None:
@@ -35,8 +54,9 @@ def session_runs(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def clip_run(shapes16, session_runs) -> Path:
     """`t2i train clip --preset tiny`: 4 steps of batch 32 (0.128 kimg), one snapshot."""
-    cli("train", "clip", "--data", shapes16, "--preset", "tiny", "--kimg", 0.1, "--batch", 32,
-        "--outdir", session_runs)
+    with single_thread():
+        cli("train", "clip", "--data", shapes16, "--preset", "tiny", "--kimg", 0.1, "--batch", 32,
+            "--outdir", session_runs)
     (run,) = session_runs.glob("*-clip-tiny")
     return run
 
@@ -44,9 +64,23 @@ def clip_run(shapes16, session_runs) -> Path:
 @pytest.fixture(scope="session")
 def lafite_run(shapes16, clip_run, session_runs) -> Path:
     """`t2i train lafite --preset test`: 16px nets, batch 8, two ticks, a snapshot per tick."""
-    cli("train", "lafite", "--data", shapes16, "--clip", clip_run, "--preset", "test", "--kimg", 0.032,
-        "--outdir", session_runs)
+    with single_thread():
+        cli("train", "lafite", "--data", shapes16, "--clip", clip_run, "--preset", "test", "--kimg", 0.032,
+            "--outdir", session_runs)
     (run,) = session_runs.glob("*-lafite-test")
+    return run
+
+
+@pytest.fixture
+def cli_error(capsys):
+    """Run `t2i ARGV...` in-process; require exit code 2 with a `t2i: error:` line and no traceback;
+    return the message."""
+    def run(*argv) -> str:
+        capsys.readouterr()
+        assert main([str(a) for a in argv]) == 2
+        err = capsys.readouterr().err
+        assert "t2i: error: " in err and "Traceback" not in err  # (progress bars may precede it)
+        return err.split("t2i: error: ", 1)[1]
     return run
 
 

@@ -23,7 +23,7 @@ class LinearFamily:
     name = "linear"
 
     def __init__(self, dim: int = 4, n: int = 64, lr: float = 0.05, noise: float = 0.1, samples: bool = True,
-                 shared_batches: bool = False):
+                 shared_batches: bool = False, lr_scale=None):
         g = torch.Generator().manual_seed(1234)
         self.x = torch.randn(n, dim, generator=g)
         self.y = self.x @ torch.randn(dim, generator=g) + 0.5
@@ -35,9 +35,12 @@ class LinearFamily:
         self.modules = {"net": self.net, "net_ema": self.net_ema}
         self.ema = {"net_ema": "net"}
         self.lr, self.noise, self.samples, self.shared_batches = lr, noise, samples, shared_batches
+        self.lr_scale = lr_scale
 
     def phases(self) -> list[Phase]:
-        return [Phase("main", self.net, torch.optim.SGD(self.net.parameters(), lr=self.lr, momentum=0.9))]
+        opt = torch.optim.SGD(self.net.parameters(), lr=self.lr, momentum=0.9)
+        self.opt = opt  # (tests inspect it after training)
+        return [Phase("main", self.net, opt, lr_scale=self.lr_scale)]
 
     def _fetch(self, idx, g):
         return {"x": self.x[idx], "y": self.y[idx], "index": idx.tolist()}

@@ -1,7 +1,9 @@
 """Tests for t2i.data.dataset: writing and reading the canonical format, atomicity, errors."""
 
 import json
+import os
 import pickle
+import stat
 import zipfile
 
 import numpy as np
@@ -172,3 +174,13 @@ def test_zip_dataset_pickles_and_works_in_dataloader_workers(tmp_path):
     loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collate)
     indices = [i for batch in loader for i in batch["index"].tolist()]
     assert indices == list(range(6))
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        folder, archive = _write(tmp_path / "d"), _write(tmp_path / "d.zip")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+    assert stat.S_IMODE(archive.stat().st_mode) == 0o644

@@ -9,20 +9,19 @@ import torch
 from t2i.cli import main
 from t2i.training.snapshot import list_snapshots, load_snapshot
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(autouse=True)
+def _work_in_tmp(tmp_path, monkeypatch):
+    """Default outputs (out.png, runs/) must never land in the repository."""
+    monkeypatch.chdir(tmp_path)
+
 
 def dry_run(capsys, *argv) -> dict:
     capsys.readouterr()
     assert main(["train", *map(str, argv), "--dry-run"]) == 0
     return json.loads(capsys.readouterr().out)
-
-
-def fails(capsys, *argv) -> str:
-    """Run `t2i ARGV`, require exit code 2, return stderr."""
-    capsys.readouterr()
-    assert main([str(a) for a in argv]) == 2
-    err = capsys.readouterr().err
-    assert "t2i: error: " in err and "Traceback" not in err  # (progress bars may precede it)
-    return err.split("t2i: error: ", 1)[1]
 
 
 def test_dry_run_applies_preset_loop_defaults_and_explicit_options_win(capsys, tmp_path):
@@ -47,17 +46,13 @@ def test_dry_run_applies_preset_loop_defaults_and_explicit_options_win(capsys, t
     assert not out.exists()                                                   # a dry run writes nothing
 
 
-def test_unknown_preset_is_a_clean_error(capsys, tmp_path):
-    err = fails(capsys, "train", "lafite", "--data", "d", "--clip", "c", "--preset", "huge", "--dry-run")
+def test_unknown_preset_is_a_clean_error(cli_error, tmp_path):
+    err = cli_error("train", "lafite", "--data", "d", "--clip", "c", "--preset", "huge", "--dry-run")
     assert "'huge'" in err and "paper256" in err
 
 
 def test_resume_with_only_continuation_options_is_exact(capsys, lafite_run):
     snap = list_snapshots(lafite_run)[-1]
-    r = dry_run(capsys, "lafite", "--data", "ignored-by-nothing", "--resume", lafite_run, "--kimg", 1,
-                "--snap", 3, "--keep", 1)
-    # --data differs from the run's: that is a fine-tune; give the run's own data to continue exactly.
-    assert r["start"] == "fine-tune"
     data = json.loads((lafite_run / "config.json").read_text())["config"]["data"]
     r = dry_run(capsys, "lafite", "--data", data, "--resume", lafite_run, "--kimg", 1, "--snap", 3, "--keep", 1)
     assert r["start"] == "exact resume" and r["from"] == str(snap)
@@ -81,24 +76,23 @@ def test_resume_with_changed_options_is_a_fine_tune(capsys, lafite_run):
     assert r["start"] == "fine-tune"                                 # a loop option outside the continuation set
 
 
-def test_resume_latest_without_runs_is_a_clean_error(capsys, tmp_path):
-    err = fails(capsys, "train", "clip", "--data", "d", "--resume", "latest", "--outdir", tmp_path / "none")
+def test_resume_latest_without_runs_is_a_clean_error(cli_error, tmp_path):
+    err = cli_error("train", "clip", "--data", "d", "--resume", "latest", "--outdir", tmp_path / "none")
     assert "--resume latest" in err and "none" in err
 
 
-def test_resuming_a_clip_run_as_lafite_names_both_families(capsys, clip_run):
-    err = fails(capsys, "train", "lafite", "--data", "d", "--resume", clip_run)
+def test_resuming_a_clip_run_as_lafite_names_both_families(cli_error, clip_run):
+    err = cli_error("train", "lafite", "--data", "d", "--resume", clip_run)
     assert "'clip'" in err and "'lafite'" in err
 
 
-def test_bad_batch_is_a_clean_error(capsys, shapes16, tmp_path):
-    err = fails(capsys, "train", "clip", "--data", shapes16, "--preset", "tiny", "--batch", 30, "--accum", 4,
+def test_bad_batch_is_a_clean_error(cli_error, shapes16, tmp_path):
+    err = cli_error("train", "clip", "--data", shapes16, "--preset", "tiny", "--batch", 30, "--accum", 4,
                 "--outdir", tmp_path)
     assert "--batch 30" in err and "--accum" in err
 
 
-@pytest.mark.slow
-def test_exact_resume_continues_the_run_bitwise(capsys, shapes16, clip_run, tmp_path):
+def test_exact_resume_continues_the_run_bitwise(shapes16, clip_run, tmp_path):
     """0.064 kimg, then --resume to 0.1 == the session run trained to 0.1 kimg in one go."""
     out = tmp_path / "runs"
     common = ["--data", shapes16, "--batch", 32, "--outdir", out]
@@ -118,8 +112,7 @@ def test_exact_resume_continues_the_run_bitwise(capsys, shapes16, clip_run, tmp_
         assert torch.equal(resumed.tensors[k], v), k
 
 
-@pytest.mark.slow
-def test_fine_tune_starts_a_new_run_from_the_snapshot_weights(capsys, lafite_run, tmp_path):
+def test_fine_tune_starts_a_new_run_from_the_snapshot_weights(lafite_run, tmp_path):
     out = tmp_path / "runs"
     source = load_snapshot(lafite_run)
     before = sorted(p.name for p in lafite_run.iterdir())

@@ -103,6 +103,7 @@ def test_gradient_accumulation_gives_the_same_update(tmp_path):
 def test_bad_batch_or_accum_is_a_t2ierror(tmp_path, batch, accum):
     with pytest.raises(T2IError, match="--batch"):
         train(LinearFamily(), cfg(batch=batch, accum=accum), tmp_path / "run", Dist())
+    assert not (tmp_path / "run").exists()   # rejected before anything is written
 
 
 def test_seed_changes_the_data_and_noise(tmp_path):
@@ -112,10 +113,14 @@ def test_seed_changes_the_data_and_noise(tmp_path):
     assert not torch.equal(a.net.weight, b.net.weight)
 
 
+def warmup(nimg: int) -> float:
+    return min(1.0, (nimg + 1) / 100)
+
+
 def resume(run_dir, c: LoopConfig) -> tuple[LinearFamily, object]:
     """What `t2i train --resume` does: rebuild, load the newest snapshot's weights and state, train."""
     snap = load_snapshot(run_dir, family="linear")
-    fam = LinearFamily()
+    fam = LinearFamily(lr_scale=warmup)
     for name, module in fam.modules.items():
         module.load_state_dict(snap.state_dict(name))
     prog = train(fam, c, run_dir, Dist(), resume_state=load_training_state(snap.path))
@@ -123,10 +128,11 @@ def resume(run_dir, c: LoopConfig) -> tuple[LinearFamily, object]:
 
 
 def test_exact_resume_is_bitwise_identical(tmp_path):
-    whole = LinearFamily()
+    """Half the images, then resume to the end == all at once (with noise, momentum, EMA, lr warm-up)."""
+    whole = LinearFamily(lr_scale=warmup)
     prog_whole = train(whole, cfg(kimg=0.128), tmp_path / "whole", Dist())
 
-    first = LinearFamily()
+    first = LinearFamily(lr_scale=warmup)
     train(first, cfg(kimg=0.064), tmp_path / "split", Dist())
     resumed, prog_resumed = resume(tmp_path / "split", cfg(kimg=0.128))
 
@@ -177,8 +183,8 @@ def test_run_directory_contents(tmp_path):
     assert sum(line.startswith("tick ") for line in log.splitlines()) == 3
     assert "done: 0.096 kimg" in log
 
-    reals = Image.open(run / "reals.png")
-    assert reals.size == (16, 16)  # 4 images of 8px in a 2 x 2 grid
+    with Image.open(run / "reals.png") as reals:
+        assert reals.size == (16, 16)  # 4 images of 8px in a 2 x 2 grid
     snap = load_snapshot(run / "snapshot-000064")
     assert snap.meta["kimg"] == 0.064 and snap.meta["loop"]["batch"] == 16 and snap.meta["family"] == "linear"
     assert load_training_state(snap.path)["progress"] == {"step": 4, "nimg": 64, "tick": 2}
@@ -211,6 +217,23 @@ def test_metrics_are_evaluated_at_every_snapshot(tmp_path):
     lines = [json.loads(line) for line in (run / "metric-toy.jsonl").read_text().splitlines()]
     assert [(m["kimg"], m["snapshot"], m["results"]) for m in lines] == [
         (0.032, "snapshot-000032", {"score": 1.0, "n": 3}), (0.064, "snapshot-000064", {"score": 2.0, "n": 3})]
+
+
+def test_lr_scale_multiplies_the_base_learning_rate(tmp_path):
+    """First SGD step (momentum buffer = gradient): the update is lr * lr_scale(nimg) * gradient."""
+    start = params(LinearFamily().net)
+    steps = {}
+    for scale in (1.0, 0.25):
+        fam = LinearFamily(noise=0.0, lr_scale=lambda nimg, s=scale: s)
+        train(fam, cfg(kimg=0.016), tmp_path / f"run{scale}", Dist())
+        steps[scale] = [a - b for a, b in zip(params(fam.net), start)]
+    for full, quarter in zip(steps[1.0], steps[0.25]):
+        assert torch.allclose(quarter, 0.25 * full, rtol=1e-5, atol=1e-7)
+    seen = []
+    fam = LinearFamily(lr_scale=lambda nimg: seen.append(nimg) or 0.5)
+    train(fam, cfg(kimg=0.048), tmp_path / "r", Dist())
+    assert seen == [0, 16, 32]                                        # images seen before each step
+    assert fam.opt.param_groups[0]["lr"] == pytest.approx(0.025)      # base lr x scale, not compounded
 
 
 def test_grad_clip_bounds_the_update_and_is_logged(tmp_path):

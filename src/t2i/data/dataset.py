@@ -68,16 +68,39 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def _umask() -> int:
+    """The process umask (reading it means setting it; restored at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _make_temp(dest: Path, directory: bool) -> Path:
+    """A temporary sibling of dest, with the permissions a plain open()/mkdir() would give.
+
+    tempfile creates files 0600 and folders 0700, which would make a shared dataset unreadable.
+    """
+    prefix = dest.name + ".tmp-"
+    if directory:
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=dest.parent))
+        os.chmod(tmp, 0o777 & ~_umask())
+    else:
+        fd, name = tempfile.mkstemp(prefix=prefix, dir=dest.parent)
+        os.close(fd)
+        tmp = Path(name)
+        os.chmod(tmp, 0o666 & ~_umask())
+    return tmp
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Write JSON to path through a temporary sibling and os.replace."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".tmp-", dir=path.parent)
+    tmp = _make_temp(path, directory=False)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1, ensure_ascii=False)
+        tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False), encoding="utf-8")
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -107,15 +130,10 @@ class DatasetWriter:
                            "(overwrite=True) to replace it, or choose another destination")
 
     def __enter__(self) -> DatasetWriter:
-        prefix = self.dest.name + ".tmp-"
         self.dest.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = _make_temp(self.dest, directory=not is_zip_path(self.dest))
         if is_zip_path(self.dest):
-            fd, tmp = tempfile.mkstemp(prefix=prefix, dir=self.dest.parent)
-            os.close(fd)
-            self._tmp = Path(tmp)
             self._zip = zipfile.ZipFile(self._tmp, "w", compression=zipfile.ZIP_STORED)
-        else:
-            self._tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=self.dest.parent))
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

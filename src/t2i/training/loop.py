@@ -200,6 +200,9 @@ def write_snapshot(family: Family, phases: list[Phase], prog: Progress, cfg: Loo
 def train(family: Family, cfg: LoopConfig, run_dir: Path, d: Dist, resume_state: dict | None = None,
           evaluate: Callable[[str, Path], dict] | None = None) -> Progress:
     """Run the loop until cfg.kimg; returns the final counters. Only rank 0 writes files."""
+    if cfg.batch < 1 or cfg.accum < 1 or cfg.batch % (d.world * cfg.accum):
+        raise T2IError(f"--batch {cfg.batch} must be a positive multiple of processes x --accum "
+                       f"({d.world} x {cfg.accum})")
     log = RunLog(run_dir, enabled=d.main)
     phases = family.phases()
     trained = list({id(ph.module): ph.module for ph in phases}.values())
@@ -208,9 +211,6 @@ def train(family: Family, cfg: LoopConfig, run_dir: Path, d: Dist, resume_state:
         distributed.broadcast_module(m)
     if d.main and not (run_dir / "reals.png").exists():
         save_grid(family.real_images(), run_dir / "reals.png")
-    if cfg.batch < 1 or cfg.accum < 1 or cfg.batch % (d.world * cfg.accum):
-        raise T2IError(f"--batch {cfg.batch} must be a positive multiple of processes x --accum "
-                       f"({d.world} x {cfg.accum})")
     batch_rank = cfg.batch // d.world
     total = int(cfg.kimg * 1000)
     tick_nimg = max(1, int(cfg.tick_kimg * 1000))

@@ -163,3 +163,19 @@ def load_training_state(snapshot_dir: Path) -> dict[str, Any]:
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
         raise T2IError(f"{f} cannot be read ({type(e).__name__}); the file is truncated or damaged, "
                        "or holds more than tensors and plain Python values") from None
+
+
+def export_snapshot(src: str | Path, dest: str | Path, modules: list[str], dtype: str = "float16") -> Path:
+    """Write a sampling-only copy of a snapshot: the named modules only, stored in `dtype`, no training
+    state (how the embedded default model is made small). Loading casts back to the model's dtype."""
+    snap = load_snapshot(src)
+    keep = {k: v.to(getattr(torch, dtype)) if v.is_floating_point() else v
+            for k, v in snap.tensors.items() if k.split(".", 1)[0] in modules}
+    dest = Path(dest)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
+    save_file(keep, tmp / MODEL_FILE, metadata={"family": snap.family})
+    (tmp / CONFIG_FILE).write_text(json.dumps({**snap.meta, "exported_from": str(snap.path)}, indent=2,
+                                              ensure_ascii=False))
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+    return dest
