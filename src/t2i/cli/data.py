@@ -69,10 +69,35 @@ def _add_pack(sub) -> None:
     p.set_defaults(func=cmd_pack)
 
 
+def cmd_features(args: argparse.Namespace) -> int:
+    """Precompute CLIP image and caption features beside a dataset (cached, content-keyed)."""
+    from t2i.clip import load_clip
+    from t2i.data.dataset import ImageTextDataset
+    from t2i.data.features import features_path, load_or_compute_features
+
+    dataset = ImageTextDataset(args.dataset, caption_lang=args.lang)
+    clip = load_clip(args.clip, args.device)
+    feats = load_or_compute_features(dataset, clip, args.lang, device=args.device)
+    print(f"{len(feats.image)} image and {len(feats.text)} caption features ({clip.identity}) in "
+          f"{features_path(dataset, clip, args.lang)}")
+    return 0
+
+
+def _add_features(sub) -> None:
+    p = sub.add_parser("features", help="precompute CLIP image and caption features of a dataset",
+                       description="Compute CLIP features once and store them beside the dataset, keyed by the "
+                                   "dataset's content and the CLIP's weights (never reused when either changes).")
+    p.add_argument("dataset", help="dataset folder or zip (t2i format)")
+    p.add_argument("--clip", required=True, help="t2i CLIP run/snapshot, or ARCH:/path/to/weights (open_clip)")
+    p.add_argument("--lang", default="en", help="caption language (en, ko, ...)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.set_defaults(func=cmd_features)
+
+
 def add_parser(subparsers) -> None:
     """Register `t2i data` and its sub-commands."""
-    parser = subparsers.add_parser("data", help="create datasets: shapes, pack")
+    parser = subparsers.add_parser("data", help="create datasets and features: shapes, pack, features")
     sub = parser.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
     _add_shapes(sub)
     _add_pack(sub)
-    # Further sub-commands (e.g. `features`, CLIP features beside a dataset) register here the same way.
+    _add_features(sub)
