@@ -3,7 +3,7 @@
 Every batch is rendered on the fly from (seed, step), over all (shape, colour) combinations (the
 held-out ones included), so the oracle never overfits a fixed set and judges every composition.
 The shipped oracle (t2i/assets/shapes-oracle) is reproduced with:
-    t2i train oracle --kimg 300 --batch 64 --precision bf16
+    t2i train oracle --kimg 300 --batch 64        # 508 s on one core; 99.9% on 2000 fresh scenes
 """
 
 from __future__ import annotations

@@ -74,7 +74,11 @@ class FC(nn.Module):
 
 
 class Conv(nn.Module):
-    """Plain conv with equalised learning rate, optional lrelu and 2x average-pool downsampling."""
+    """Plain conv with equalised learning rate, optional lrelu and 2x average-pool downsampling.
+
+    Downsampling pools *before* the convolution: exact for the 1x1 skip (both are linear) and a
+    quarter of the convolution's cost for the 3x3 (the D's most expensive layers at full resolution).
+    """
 
     def __init__(self, cin: int, cout: int, k: int, act: bool = True, down: bool = False, bias: bool = True):
         super().__init__()
@@ -83,9 +87,9 @@ class Conv(nn.Module):
         self.gain, self.act, self.down = 1 / math.sqrt(cin * k * k), act, down
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.conv2d(x, self.weight * self.gain, self.bias, padding=self.weight.shape[-1] // 2)
         if self.down:
             x = F.avg_pool2d(x, 2)
+        x = F.conv2d(x, self.weight * self.gain, self.bias, padding=self.weight.shape[-1] // 2)
         return F.leaky_relu(x, 0.2) * SQRT2 if self.act else x
 
 

@@ -121,8 +121,9 @@ class LafiteFamily:
         self.keep = keep
         self.grid_prompts = [dataset.records[int(i)]["captions"][0] for i in keep[:: max(1, len(keep) // 8)][:8]]
         self.net = net
-        self.G = Generator(net).to(d.device)
-        self.D = Discriminator(net).to(d.device)
+        # channels_last: oneDNN's convolutions are ~25% faster on CPU with it (and so are cuDNN's on GPU).
+        self.G = Generator(net).to(d.device, memory_format=torch.channels_last)
+        self.D = Discriminator(net).to(d.device, memory_format=torch.channels_last)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.modules = {"G": self.G, "D": self.D, "G_ema": self.G_ema}
         if self.clip_meta["kind"] == "t2i":  # small enough to travel inside every snapshot
@@ -168,7 +169,7 @@ class LafiteFamily:
         c = mix_conditions(batch["img_fts"].to(dev), batch["txt_fts"].to(dev), self.cfg.mixing_prob,
                            self.cfg.pseudo_noise, self.cfg.text_noise)
         z = torch.randn(len(c), self.net.z_dim, device=dev)
-        real = to_model(batch["image"].to(dev))
+        real = to_model(batch["image"].to(dev)).contiguous(memory_format=torch.channels_last)
         if phase.name == "G_main":
             return self.objective.g_main(z, c)
         if phase.name == "G_reg":
