@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import hashlib
 import logging
 import os
 import zipfile
@@ -15,19 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from t2i.errors import T2IError
+from t2i.io import sha256_file
 
 # Keys OpenAI's state dicts carry besides the weights (hyper-parameters stored as tensors); the
 # architecture comes from the open_clip config instead, so they are dropped before loading.
 _OPENAI_CONFIG_KEYS = ("input_resolution", "context_length", "vocab_size")
-
-
-def _sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks so multi-GB weights never sit in memory twice."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _check_arch(arch: str) -> dict:
@@ -236,5 +227,5 @@ def load_open_clip(
     except RuntimeError as e:  # same keys, different shapes: a sibling arch (other width or resolution)
         raise T2IError(f"{path} does not fit {arch}: {str(e)[:400]}; {hint}.") from e
     model = model.to(device).eval().requires_grad_(False)
-    identity = f"open_clip:{arch}:{_sha256_file(path)[:16]}"
+    identity = f"open_clip:{arch}:{sha256_file(path)[:16]}"
     return OpenClipModel(model, arch, open_clip.get_tokenizer(arch), identity, config["embed_dim"])

@@ -10,9 +10,7 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import struct
-import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +21,7 @@ from PIL import Image
 
 from t2i.data.transforms import pil_to_tensor
 from t2i.errors import T2IError
+from t2i.io import remove, replace_atomic, temp_sibling
 
 FORMAT = "t2i-dataset"
 VERSION = 1
@@ -60,50 +59,6 @@ def _dest_is_empty(dest: Path) -> bool:
     return dest.stat().st_size == 0
 
 
-def _remove(path: Path) -> None:
-    """Remove a file or folder tree if it exists."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
-def _umask() -> int:
-    """The process umask (reading it means setting it; restored at once)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _make_temp(dest: Path, directory: bool) -> Path:
-    """A temporary sibling of dest, with the permissions a plain open()/mkdir() would give.
-
-    tempfile creates files 0600 and folders 0700, which would make a shared dataset unreadable.
-    """
-    prefix = dest.name + ".tmp-"
-    if directory:
-        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=dest.parent))
-        os.chmod(tmp, 0o777 & ~_umask())
-    else:
-        fd, name = tempfile.mkstemp(prefix=prefix, dir=dest.parent)
-        os.close(fd)
-        tmp = Path(name)
-        os.chmod(tmp, 0o666 & ~_umask())
-    return tmp
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON to path through a temporary sibling and os.replace."""
-    path = Path(path)
-    tmp = _make_temp(path, directory=False)
-    try:
-        tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 class DatasetWriter:
     """Context manager that writes a dataset to a folder or `.zip`, atomically, on successful exit.
 
@@ -131,7 +86,7 @@ class DatasetWriter:
 
     def __enter__(self) -> DatasetWriter:
         self.dest.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = _make_temp(self.dest, directory=not is_zip_path(self.dest))
+        self._tmp = temp_sibling(self.dest, directory=not is_zip_path(self.dest))
         if is_zip_path(self.dest):
             self._zip = zipfile.ZipFile(self._tmp, "w", compression=zipfile.ZIP_STORED)
         return self
@@ -145,7 +100,7 @@ class DatasetWriter:
                 self._zip.close()
                 self._zip = None
             if self._tmp is not None:
-                _remove(self._tmp)
+                remove(self._tmp)
                 self._tmp = None
 
     def add(
@@ -200,15 +155,7 @@ class DatasetWriter:
             self._zip = None
         else:
             (self._tmp / "dataset.json").write_bytes(data)
-        if self.dest.exists() or self.dest.is_symlink():
-            # os.replace cannot put a folder over a non-empty folder or a file: set the old dest
-            # aside, move the new one in, then delete the old.
-            old = Path(tempfile.mkdtemp(prefix=self.dest.name + ".old-", dir=self.dest.parent))
-            os.replace(self.dest, old / "old")
-            os.replace(self._tmp, self.dest)
-            _remove(old)
-        else:
-            os.replace(self._tmp, self.dest)
+        replace_atomic(self._tmp, self.dest)
         self._tmp = None
 
 

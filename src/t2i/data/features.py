@@ -8,8 +8,6 @@ never reuses stale features (the original keyed its caches by name, a known sour
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from t2i.data.transforms import to_model
 from t2i.errors import T2IError
+from t2i.io import atomic_path
 
 
 @dataclass
@@ -81,10 +80,7 @@ def load_or_compute_features(dataset, clip, lang: str = "en", device="cpu", log=
             return Features(t["image"], t["text"], t["offsets"])
     log(f"computing CLIP features of {len(dataset)} images with {clip.identity} -> {path}")
     feats = compute_features(dataset, clip, lang, device=device)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    save_file({"image": feats.image, "text": feats.text, "offsets": feats.offsets}, tmp,
-              metadata={"dataset": dataset.fingerprint(), "clip": clip.identity, "lang": lang})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({"image": feats.image, "text": feats.text, "offsets": feats.offsets}, str(tmp),
+                  metadata={"dataset": dataset.fingerprint(), "clip": clip.identity, "lang": lang})
     return feats

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from t2i.data.dataset import DatasetWriter, encode_png, is_zip_path, write_json_atomic
+from t2i.data.dataset import DatasetWriter, encode_png, is_zip_path
+from t2i.io import write_json_atomic
 from t2i.data.transforms import center_crop, center_crop_wide
 from t2i.errors import T2IError
 

@@ -79,7 +79,6 @@ def _is_shapes(dataset) -> bool:
 
 def fid(pipe, opts: EvalOptions, device) -> dict:
     """FID between generated images (for dataset captions) and the dataset's images."""
-    from t2i.data.dataset import ImageTextDataset
     from t2i.metrics.fid import InceptionExtractor, RealStatsCache, compute_stats, fid_from_stats
 
     dataset = _need_data(opts, "fid")

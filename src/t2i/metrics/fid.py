@@ -6,7 +6,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,26 +14,11 @@ import numpy as np
 import torch
 
 from t2i.errors import T2IError
+from t2i.io import atomic_path, sha256_file
 
 INCEPTION_WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 _STATS_FORMAT = "t2i-feature-stats"
 _STATS_VERSION = 1
-
-
-def _sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _atomic_target(path: Path) -> Path:
-    """A fresh temporary path beside `path`, so os.replace onto it stays on one filesystem."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    return Path(tmp)
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
@@ -76,12 +60,8 @@ class FeatureStats:
             "mu": np.ascontiguousarray(self.mu, np.float64),
             "sigma": np.ascontiguousarray(self.sigma, np.float64),
         }
-        tmp = _atomic_target(path)
-        try:
+        with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata={"t2i": json.dumps(meta)})
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FeatureStats:
@@ -196,7 +176,7 @@ class InceptionExtractor:
             ) from e
         self.net = net.to(device)
         self.device = torch.device(device)
-        self.identity = f"torch-fidelity:inception-v3-compat:pool3-2048:{_sha256_file(path)[:16]}"
+        self.identity = f"torch-fidelity:inception-v3-compat:pool3-2048:{sha256_file(path)[:16]}"
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, H, W) images, any size (resized to 299 inside) -> (B, 2048) float32 features."""

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from t2i.training.snapshot import write_json_atomic
+from t2i.io import write_json_atomic
 
 RUN_RE = re.compile(r"^(\d{5})-(.+)$")
 

@@ -14,11 +14,8 @@ Nothing is ever unpickled: weights come from safetensors, training state from
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from t2i.errors import T2IError
+from t2i.io import atomic_path, recover_replaced
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -57,16 +55,6 @@ class Snapshot:
         return sd
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to `path` through a temporary file and os.replace."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def save_snapshot(
     dest: Path,
     modules: dict[str, torch.nn.Module],
@@ -76,8 +64,7 @@ def save_snapshot(
     """Atomically write a snapshot directory at `dest` (replacing an older one of that name)."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
-    try:
+    with atomic_path(dest, directory=True) as tmp:
         tensors = {}
         for name, module in modules.items():
             for key, value in module.state_dict().items():
@@ -88,23 +75,14 @@ def save_snapshot(
             json.dump(meta, f, indent=2, ensure_ascii=False)
         if training_state is not None:
             torch.save(training_state, tmp / STATE_FILE)
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(dest, old)
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest
 
 
 def list_snapshots(run_dir: Path) -> list[Path]:
     """Complete snapshot directories of a run, oldest first."""
     run_dir = Path(run_dir)
+    for aside in run_dir.glob(".snapshot-*.old") if run_dir.is_dir() else []:
+        recover_replaced(aside.with_name(aside.name[1:-len(".old")]))  # a crash mid-overwrite
     found = []
     for p in run_dir.iterdir() if run_dir.is_dir() else []:
         m = SNAPSHOT_RE.match(p.name)
@@ -116,6 +94,7 @@ def list_snapshots(run_dir: Path) -> list[Path]:
 def resolve_snapshot(path: str | Path) -> Path:
     """Turn a run directory (-> its latest snapshot) or a snapshot directory into a snapshot path."""
     p = Path(path)
+    recover_replaced(p)
     if not p.exists():
         raise T2IError(f"model path {str(p)!r} does not exist; give a run directory or a snapshot directory")
     if p.is_file():
@@ -171,11 +150,8 @@ def export_snapshot(src: str | Path, dest: str | Path, modules: list[str], dtype
     snap = load_snapshot(src)
     keep = {k: v.to(getattr(torch, dtype)) if v.is_floating_point() else v
             for k, v in snap.tensors.items() if k.split(".", 1)[0] in modules}
-    dest = Path(dest)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
-    save_file(keep, tmp / MODEL_FILE, metadata={"family": snap.family})
-    (tmp / CONFIG_FILE).write_text(json.dumps({**snap.meta, "exported_from": str(snap.path)}, indent=2,
-                                              ensure_ascii=False))
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
-    return dest
+    with atomic_path(dest, directory=True) as tmp:
+        save_file(keep, tmp / MODEL_FILE, metadata={"family": snap.family})
+        (tmp / CONFIG_FILE).write_text(json.dumps({**snap.meta, "exported_from": str(snap.path)}, indent=2,
+                                                  ensure_ascii=False))
+    return Path(dest)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from t2i.errors import T2IError
 from t2i.models.lafite.networks import Generator, LafiteNetConfig
 
 
