@@ -8,6 +8,7 @@ import importlib
 from t2i.training.launch import TRAINABLE, add_loop_args
 
 HELP = {
+    "bpe": "train a byte-level BPE tokenizer (with BPE-dropout) on a dataset's captions",
     "clip": "train t2i's small CLIP (image + text encoders, contrastive) on a dataset",
     "lafite": "train LAFITE (StyleGAN2-style generator conditioned on CLIP features)",
     "oracle": "train the shapes attribute classifier used by the shapes_accuracy metric",
@@ -16,15 +17,22 @@ HELP = {
 
 def add_parser(sub) -> None:
     """Register `t2i train ...`."""
-    p = sub.add_parser("train", help="train a model (clip, lafite, oracle)",
+    p = sub.add_parser("train", help="train a model (" + ", ".join(sorted(HELP)) + ")",
                        description="Train a model with the shared loop. Runs go to runs/NNNNN-<data>-<family>-<preset>/.")
     fam = p.add_subparsers(dest="family", required=True, metavar="FAMILY")
     for name in TRAINABLE:
         fp = fam.add_parser(name, help=HELP[name], description=HELP[name],
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-        importlib.import_module(TRAINABLE[name]).add_args(fp)
-        add_loop_args(fp)
+        mod = importlib.import_module(TRAINABLE[name])
+        mod.add_args(fp)
+        add_loop_args(fp, mod)
         fp.set_defaults(func=_run, family=name)
+    from t2i.text import train as bpe
+
+    bp = fam.add_parser("bpe", help=HELP["bpe"], description=HELP["bpe"] + ". " + bpe.__doc__.split("\n\n")[1],
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    bpe.add_args(bp)
+    bp.set_defaults(func=bpe.run, family="bpe")
 
 
 def _run(args: argparse.Namespace) -> int:

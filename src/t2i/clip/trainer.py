@@ -63,13 +63,11 @@ def describe(cfg: ClipTrainConfig) -> str:
 
 def open_caption_sets(cfg: ClipTrainConfig):
     """The dataset, per image its captions over all requested languages, and the image count."""
-    from t2i.data.dataset import ImageTextDataset
+    from t2i.data.dataset import ImageTextDataset, captions_by_image
 
     dataset = ImageTextDataset(cfg.data)
-    keys = ["captions" if lang == "en" else f"captions_{lang}" for lang in cfg.langs.split(",") if lang.strip()]
     n = len(dataset) if cfg.subset <= 0 else min(cfg.subset, len(dataset))
-    captions = [[c for k in keys for c in dataset.records[i].get(k, [])] for i in range(n)]
-    return dataset, captions, n
+    return dataset, captions_by_image(dataset, cfg.langs, n), n
 
 
 class ClipFamily:

@@ -323,6 +323,17 @@ def _parse_metadata(raw: bytes, path: Path) -> dict:
     return meta
 
 
+def captions_by_image(dataset: ImageTextDataset, langs: str = "en", n: int | None = None) -> list[list[str]]:
+    """Per image (the first n), its captions in every language of the comma-separated `langs`
+    ("en" = `captions`, "ko" = `captions_ko`, ...), languages in the order given."""
+    keys = ["captions" if lang.strip() == "en" else f"captions_{lang.strip()}" for lang in langs.split(",")
+            if lang.strip()]
+    if not keys:
+        raise T2IError(f"no caption language in {langs!r}; give e.g. en or en,ko")
+    n = len(dataset) if n is None else n
+    return [[c for k in keys for c in dataset.records[i].get(k, [])] for i in range(n)]
+
+
 def collate(batch: list[dict]) -> dict:
     """Collate ImageTextDataset items: stacked images, and plain lists for captions and attributes."""
     return {

@@ -39,21 +39,32 @@ def family_module(name: str):
     return importlib.import_module(TRAINABLE[name])
 
 
-def add_loop_args(p: argparse.ArgumentParser) -> None:
-    """The shared loop's options; defaults are suppressed so only given options override."""
-    d = LoopConfig()
+def _loop_default_text(name: str, mod) -> str:
+    """"default X" for a loop option, as the family (and each of its presets) resolves it."""
+    base = {**dataclasses.asdict(LoopConfig()), **getattr(mod, "LOOP_DEFAULTS", {})}
+    per_preset = {p: d[name] for p, d in getattr(mod, "PRESET_LOOP_DEFAULTS", {}).items() if name in d}
+    if per_preset:
+        return "default by preset: " + ", ".join(f"{p} {v}" for p, v in per_preset.items())
+    return f"default {base[name]}"
+
+
+def add_loop_args(p: argparse.ArgumentParser, mod=None) -> None:
+    """The shared loop's options; defaults are suppressed so only given options override. With the
+    family's trainer module `mod`, the help shows that family's defaults."""
     S = argparse.SUPPRESS
+    d = (lambda name: _loop_default_text(name, mod)) if mod else (lambda name: f"default {getattr(LoopConfig(), name)}")
     g = p.add_argument_group("training loop")
-    g.add_argument("--kimg", type=float, default=S, help=f"train until this many thousand images (default {d.kimg})")
-    g.add_argument("--batch", type=int, default=S, help=f"total batch size over all processes (default {d.batch})")
+    g.add_argument("--kimg", type=float, default=S, help=f"train until this many thousand images ({d('kimg')})")
+    g.add_argument("--batch", type=int, default=S, help=f"total batch size over all processes ({d('batch')})")
     g.add_argument("--accum", type=int, default=S, help="split each batch into N micro-batches (gradient accumulation)")
-    g.add_argument("--tick_kimg", type=float, default=S, help=f"progress/stats every N kimg (default {d.tick_kimg})")
-    g.add_argument("--snap", type=int, default=S, help=f"snapshot every N ticks, 0 = only at the end (default {d.snap})")
+    g.add_argument("--tick_kimg", type=float, default=S, help=f"progress/stats every N kimg ({d('tick_kimg')})")
+    g.add_argument("--snap", type=int, default=S, help=f"snapshot every N ticks, 0 = only at the end ({d('snap')})")
     g.add_argument("--keep", type=int, default=S, help="keep only the newest N snapshots (default: all)")
     g.add_argument("--seed", type=int, default=S, help="random seed (default 0)")
-    g.add_argument("--precision", choices=["fp32", "bf16"], default=S, help="bf16 autocast on CPU or CUDA")
-    g.add_argument("--ema_kimg", type=float, default=S, help="EMA half-life in kimg")
-    g.add_argument("--ema_rampup", type=float, default=S, help="EMA ramp-up ratio (0 = off)")
+    g.add_argument("--precision", choices=["fp32", "bf16"], default=S,
+                   help="bf16 autocast on CUDA, or on CPUs with AVX512-BF16/AMX (default fp32)")
+    g.add_argument("--ema_kimg", type=float, default=S, help=f"EMA half-life in kimg ({d('ema_kimg')})")
+    g.add_argument("--ema_rampup", type=float, default=S, help=f"EMA ramp-up ratio, 0 = off ({d('ema_rampup')})")
     g.add_argument("--grad_clip", type=float, default=S, help="clip gradient norm per phase (0 = off)")
     g.add_argument("--device", default=S, help="auto | cpu | cuda (default auto)")
     g.add_argument("--metrics", type=lambda s: [m for m in s.split(",") if m], default=S,
