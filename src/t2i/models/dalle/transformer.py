@@ -1,0 +1,152 @@
+"""The DALL-E transformer: one decoder-only stack over [<bos>; text tokens; image tokens].
+
+Architecture only (STYLE 1): the loss (text + 7 * image) / 8 lives in `objective.py`, sampling in
+`sampling.py`. One embedding table and one output head cover a joint vocabulary laid out as
+
+    [0, text_vocab)                          text ids (BPE ids, then one padding id per position)
+    text_vocab                               <bos>, the first input token
+    [text_vocab + 1, text_vocab + 1 + n)     image ids (VQGAN codes, offset)
+
+Position t predicts token t + 1, so the first `text_len` positions predict text and the last
+`image_len` predict image tokens; `forward` masks the logits of the other modality to -inf, so a
+text position can never predict an image id (and vice versa).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class DalleConfig:
+    """Transformer shape; vocabularies and lengths are set from the BPE and the VQGAN in use."""
+
+    dim: int = 256
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: int = 4
+    dropout: float = 0.0
+    text_len: int = 32          # text tokens (captions are cut or padded to it)
+    text_vocab: int = 0         # BPE vocabulary + text_len per-position padding ids
+    image_len: int = 64         # image tokens (VQGAN h * w)
+    image_vocab: int = 0        # VQGAN codebook size
+
+    @property
+    def bos(self) -> int:
+        return self.text_vocab
+
+    @property
+    def vocab(self) -> int:
+        return self.text_vocab + 1 + self.image_vocab
+
+    @property
+    def seq_len(self) -> int:
+        """Input positions: <bos> + text + image tokens but the last (which is only predicted)."""
+        return self.text_len + self.image_len
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS: dict[str, DalleConfig] = {
+    "test": DalleConfig(dim=32, depth=2, heads=2, text_len=16),
+    "tiny": DalleConfig(dim=256, depth=4, heads=4, text_len=32),
+    # dalle-pytorch's benchmark shape: dim 512, depth 2, 8 heads of 64, 256 text + 256 image tokens.
+    "bench": DalleConfig(dim=512, depth=2, heads=8, text_len=256, image_len=256),
+    # The DALL-E paper's shape (12B parameters; GPU clusters only): 64 layers, width 3968, 62 heads.
+    "paper": DalleConfig(dim=3968, depth=64, heads=62, text_len=256, image_len=1024),
+}
+
+
+class Attention(nn.Module):
+    """Causal multi-head self-attention with an optional key/value cache for sampling."""
+
+    def __init__(self, cfg: DalleConfig):
+        super().__init__()
+        self.heads = cfg.heads
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
+        self.proj = nn.Linear(cfg.dim, cfg.dim)
+        self.dropout = cfg.dropout
+
+    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # (B, h, T, d)
+        if cache is not None:
+            if "k" in cache:  # new tokens attend to every cached one and causally among themselves
+                k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
+            cache["k"], cache["v"] = k, v
+        past = k.shape[2] - T
+        if past == 0:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                               dropout_p=self.dropout if self.training else 0.0)
+        else:
+            mask = torch.ones(T, k.shape[2], dtype=torch.bool, device=x.device).tril(past)  # (T, past + T)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(ln(x)), x + mlp(ln(x))."""
+
+    def __init__(self, cfg: DalleConfig):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(cfg.dim), nn.LayerNorm(cfg.dim)
+        self.attn = Attention(cfg)
+        self.mlp = nn.Sequential(nn.Linear(cfg.dim, cfg.mlp_ratio * cfg.dim), nn.GELU(approximate="tanh"),
+                                 nn.Linear(cfg.mlp_ratio * cfg.dim, cfg.dim), nn.Dropout(cfg.dropout))
+
+    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), cache)
+        return x + self.mlp(self.ln2(x))
+
+
+class DalleTransformer(nn.Module):
+    """tokens (B, T) over the joint vocabulary -> logits (B, T, vocab), other modality masked to -inf."""
+
+    def __init__(self, cfg: DalleConfig):
+        super().__init__()
+        if cfg.text_vocab <= 0 or cfg.image_vocab <= 0:
+            raise ValueError("DalleConfig.text_vocab and image_vocab must be set from the BPE and the VQGAN")
+        if cfg.dim % cfg.heads:
+            raise ValueError(f"dim {cfg.dim} is not a multiple of heads {cfg.heads}")
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab, cfg.dim)
+        self.pos_emb = nn.Parameter(torch.zeros(cfg.seq_len, cfg.dim))
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.depth)])
+        self.ln_f = nn.LayerNorm(cfg.dim)
+        self.head = nn.Linear(cfg.dim, cfg.vocab, bias=False)
+        self.apply(self._init)
+        nn.init.normal_(self.pos_emb, std=0.02)
+        modality = torch.zeros(cfg.seq_len, cfg.vocab, dtype=torch.bool)  # True = allowed
+        modality[:cfg.text_len, :cfg.text_vocab] = True                   # text positions -> text ids
+        modality[cfg.text_len:, cfg.text_vocab + 1:] = True               # image positions -> image ids
+        self.register_buffer("allowed", modality, persistent=False)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    def sequence(self, text: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
+        """Input tokens [<bos>; text; image ids offset] from text ids (B, text_len) and image codes (B, n)."""
+        bos = torch.full_like(text[:, :1], self.cfg.bos)
+        parts = [bos, text] + ([image + self.cfg.text_vocab + 1] if image is not None else [])
+        return torch.cat(parts, 1)
+
+    def forward(self, tokens: torch.Tensor, caches: list[dict] | None = None, start: int = 0,
+                mask_logits: bool = True) -> torch.Tensor:
+        """Logits (B, T, vocab) for tokens (B, T) at positions start..start+T-1 (start > 0 with caches)."""
+        T = tokens.shape[1]
+        x = self.tok_emb(tokens) + self.pos_emb[start:start + T]
+        for i, block in enumerate(self.blocks):
+            x = block(x, caches[i] if caches is not None else None)
+        logits = self.head(self.ln_f(x))
+        if mask_logits:
+            logits = logits.masked_fill(~self.allowed[start:start + T], float("-inf"))
+        return logits
