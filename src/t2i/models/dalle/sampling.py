@@ -41,7 +41,7 @@ def generate(model: DalleTransformer, text: torch.Tensor, temperature: float = 1
         text = torch.cat([text, null_text(cfg, B, text.device)])
     seq = model.sequence(text)                                            # (B', 1 + text_len)
     caches = [{} for _ in model.blocks] if use_cache else None
-    logits = model(seq, caches)[:, -1, first:]
+    logits = model.image_logits(model.hidden(seq, caches)[:, -1])        # (B', image_vocab)
     pos, out = seq.shape[1], []
     for i in range(cfg.image_len):
         step = guided(logits, guidance_scale) if guidance_scale != 1.0 else logits.float()
@@ -52,9 +52,9 @@ def generate(model: DalleTransformer, text: torch.Tensor, temperature: float = 1
             break
         token = (code + first).repeat(2 if guidance_scale != 1.0 else 1, 1)
         if use_cache:  # feed only the new token; the blocks' caches hold every earlier one
-            logits = model(token, caches, start=pos)[:, -1, first:]
+            logits = model.image_logits(model.hidden(token, caches, start=pos)[:, -1])
         else:
             seq = torch.cat([seq, token], 1)
-            logits = model(seq)[:, -1, first:]
+            logits = model.image_logits(model.hidden(seq)[:, -1])
         pos += 1
     return torch.cat(out, 1)

@@ -139,14 +139,26 @@ class DalleTransformer(nn.Module):
         parts = [bos, text] + ([image + self.cfg.text_vocab + 1] if image is not None else [])
         return torch.cat(parts, 1)
 
-    def forward(self, tokens: torch.Tensor, caches: list[dict] | None = None, start: int = 0,
-                mask_logits: bool = True) -> torch.Tensor:
-        """Logits (B, T, vocab) for tokens (B, T) at positions start..start+T-1 (start > 0 with caches)."""
+    def hidden(self, tokens: torch.Tensor, caches: list[dict] | None = None, start: int = 0) -> torch.Tensor:
+        """Final hidden states (B, T, dim) of tokens (B, T) at positions start..start+T-1."""
         T = tokens.shape[1]
         x = self.tok_emb(tokens) + self.pos_emb[start:start + T]
         for i, block in enumerate(self.blocks):
             x = block(x, caches[i] if caches is not None else None)
-        logits = self.head(self.ln_f(x))
+        return self.ln_f(x)
+
+    def text_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits over text ids only (..., text_vocab): a slice of the head, half the cost of all of it."""
+        return F.linear(h, self.head.weight[:self.cfg.text_vocab])
+
+    def image_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits over image codes only (..., image_vocab), index = VQGAN code."""
+        return F.linear(h, self.head.weight[self.cfg.text_vocab + 1:])
+
+    def forward(self, tokens: torch.Tensor, caches: list[dict] | None = None, start: int = 0,
+                mask_logits: bool = True) -> torch.Tensor:
+        """Logits (B, T, vocab) for tokens (B, T) at positions start..start+T-1 (start > 0 with caches)."""
+        logits = self.head(self.hidden(tokens, caches, start))
         if mask_logits:
-            logits = logits.masked_fill(~self.allowed[start:start + T], float("-inf"))
+            logits = logits.masked_fill(~self.allowed[start:start + tokens.shape[1]], float("-inf"))
         return logits
