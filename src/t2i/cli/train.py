@@ -12,6 +12,7 @@ HELP = {
     "clip": "train t2i's small CLIP (image + text encoders, contrastive) on a dataset",
     "lafite": "train LAFITE (StyleGAN2-style generator conditioned on CLIP features)",
     "oracle": "train the shapes attribute classifier used by the shapes_accuracy metric",
+    "vqgan": "train a VQGAN image tokenizer (DALL-E first stage: codebook + patch-GAN, taming layout)",
 }
 
 

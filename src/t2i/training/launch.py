@@ -26,6 +26,7 @@ TRAINABLE = {
     "clip": "t2i.clip.trainer",
     "lafite": "t2i.models.lafite.trainer",
     "oracle": "t2i.metrics.oracle_trainer",
+    "vqgan": "t2i.models.dalle.vqgan_trainer",
 }
 
 # Options that may change on `--resume` without turning it into a fine-tune.

@@ -1,0 +1,391 @@
+"""VQGAN first stage (taming-transformers, arXiv 2012.09841): architecture only, no losses.
+
+The encoder maps an image (B, 3, H, W) in [-1, 1] to a grid of z_channels vectors at H / f, with
+f = 2 ** (len(ch_mult) - 1); `quant_conv` projects them to embed_dim, the vector quantizer snaps each
+one to its nearest codebook row (token ids (B, H / f, W / f)), `post_quant_conv` and the decoder map
+the codes back to an image. The patch discriminator scores overlapping patches of an image.
+
+Module and parameter names follow the taming-transformers layout exactly (encoder.down.0.block.0.norm1,
+encoder.mid.attn_1.q, quantize.embedding.weight, decoder.up.3.upsample.conv, ...) so its checkpoints
+load by name (see `t2i.models.dalle.taming`). The one t2i addition is the quantizer's `unused_steps`
+buffer, a training counter for dead-code restarts that taming checkpoints do not carry. The loss
+(reconstruction, perceptual, codebook, adversarial) lives in `vqgan_objective.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class VQGANConfig:
+    """Architecture of the VQGAN and its patch discriminator; round-trips to JSON.
+
+    The first fields are taming's `ddconfig` names (plus n_embed, embed_dim); `norm_groups` is fixed
+    at 32 in taming and only smaller for t2i's narrow presets.
+    """
+
+    resolution: int = 256
+    in_channels: int = 3
+    out_ch: int = 3
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)   # one level each; f = 2 ** (len - 1)
+    num_res_blocks: int = 2
+    attn_resolutions: tuple[int, ...] = (16,)    # feature-map sides that get self-attention
+    z_channels: int = 256
+    embed_dim: int = 256
+    n_embed: int = 8192
+    dropout: float = 0.0
+    norm_groups: int = 32
+    disc_ndf: int = 64          # discriminator channels of the first layer
+    disc_layers: int = 3        # stride-2 convolutions of the discriminator
+    disc_norm: str = "batch"    # batch | group
+
+    def __post_init__(self):
+        self.ch_mult = tuple(self.ch_mult)
+        self.attn_resolutions = tuple(self.attn_resolutions)
+
+    @property
+    def factor(self) -> int:
+        """Downsampling factor f: an H x W image becomes H/f x W/f tokens."""
+        return 2 ** (len(self.ch_mult) - 1)
+
+    @property
+    def token_side(self) -> int:
+        """Tokens per side for an image of `resolution` pixels."""
+        return self.resolution // self.factor
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ch_mult"], d["attn_resolutions"] = list(self.ch_mult), list(self.attn_resolutions)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> VQGANConfig:
+        return cls(**d)
+
+
+PRESETS: dict[str, VQGANConfig] = {
+    # CPU: 64px shapes, f8 -> 8x8 = 64 tokens, 512 codes; 16 channels at 64 and 32px, 32 at 16px, 64 at 8px.
+    "tiny": VQGANConfig(resolution=64, ch=16, ch_mult=(1, 1, 2, 4), num_res_blocks=1, attn_resolutions=(8,),
+                        z_channels=32, embed_dim=32, n_embed=512, norm_groups=8, disc_ndf=16, disc_layers=3),
+    # Smallest possible, for unit tests: 16px, f2 -> 8x8 tokens, attention at 8x8.
+    "test": VQGANConfig(resolution=16, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,),
+                        z_channels=8, embed_dim=8, n_embed=32, norm_groups=4, disc_ndf=8, disc_layers=2),
+    # taming's ImageNet f16 configuration (256px -> 16x16 tokens) with the prototype's 8192 codes.
+    "paper": VQGANConfig(resolution=256, ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2,
+                         attn_resolutions=(16,), z_channels=256, embed_dim=256, n_embed=8192),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Blocks (taming's diffusionmodules layout: GroupNorm eps 1e-6, swish).
+
+def normalize(channels: int, groups: int) -> nn.GroupNorm:
+    return nn.GroupNorm(groups, channels, eps=1e-6, affine=True)
+
+
+class ResnetBlock(nn.Module):
+    """norm1-swish-conv1-norm2-swish-dropout-conv2 plus a 1x1 `nin_shortcut` when channels change."""
+
+    def __init__(self, cin: int, cout: int, groups: int, dropout: float):
+        super().__init__()
+        self.norm1 = normalize(cin, groups)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.norm2 = normalize(cout, groups)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.nin_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return (x if self.nin_shortcut is None else self.nin_shortcut(x)) + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over all positions, 1x1 convs q, k, v, proj_out, residual."""
+
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.norm = normalize(channels, groups)
+        self.q, self.k, self.v, self.proj_out = (nn.Conv2d(channels, channels, 1) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        h = self.norm(x)
+        q, k, v = (m(h).reshape(B, 1, C, H * W).transpose(-1, -2) for m in (self.q, self.k, self.v))  # (B, 1, HW, C)
+        h = F.scaled_dot_product_attention(q, k, v)        # softmax(q k^T / sqrt(C)) v, as taming
+        return x + self.proj_out(h.transpose(-1, -2).reshape(B, C, H, W))
+
+
+class Downsample(nn.Module):
+    """3x3 stride-2 conv after zero padding right and bottom by one (taming's asymmetric padding)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour 2x, then a 3x3 conv."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+def mid_block(channels: int, cfg: VQGANConfig) -> nn.Module:
+    """taming's `mid`: block_1, attn_1, block_2 at the lowest resolution."""
+    mid = nn.Module()
+    mid.block_1 = ResnetBlock(channels, channels, cfg.norm_groups, cfg.dropout)
+    mid.attn_1 = AttnBlock(channels, cfg.norm_groups)
+    mid.block_2 = ResnetBlock(channels, channels, cfg.norm_groups, cfg.dropout)
+    return mid
+
+
+def run_level(level: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """One level's resnet blocks, each followed by its attention block when the level has them."""
+    for i, block in enumerate(level.block):
+        h = block(h)
+        if len(level.attn) > 0:
+            h = level.attn[i](h)
+    return h
+
+
+class Encoder(nn.Module):
+    """(B, in_channels, R, R) -> (B, z_channels, R/f, R/f)."""
+
+    def __init__(self, cfg: VQGANConfig):
+        super().__init__()
+        g, res = cfg.norm_groups, cfg.resolution
+        self.conv_in = nn.Conv2d(cfg.in_channels, cfg.ch, 3, padding=1)
+        self.down = nn.ModuleList()
+        cin = cfg.ch
+        for i, mult in enumerate(cfg.ch_mult):
+            level = nn.Module()
+            level.block, level.attn = nn.ModuleList(), nn.ModuleList()
+            for _ in range(cfg.num_res_blocks):
+                level.block.append(ResnetBlock(cin, cfg.ch * mult, g, cfg.dropout))
+                cin = cfg.ch * mult
+                if res in cfg.attn_resolutions:
+                    level.attn.append(AttnBlock(cin, g))
+            if i != len(cfg.ch_mult) - 1:
+                level.downsample = Downsample(cin)
+                res //= 2
+            self.down.append(level)
+        self.mid = mid_block(cin, cfg)
+        self.norm_out = normalize(cin, g)
+        self.conv_out = nn.Conv2d(cin, cfg.z_channels, 3, padding=1)   # taming's double_z=False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(x)
+        for level in self.down:
+            h = run_level(level, h)
+            if hasattr(level, "downsample"):
+                h = level.downsample(h)
+        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class Decoder(nn.Module):
+    """(B, z_channels, R/f, R/f) -> (B, out_ch, R, R); `up` is indexed by level like the encoder's
+    `down` (up.0 is the full-resolution level) although it runs from the last level to the first."""
+
+    def __init__(self, cfg: VQGANConfig):
+        super().__init__()
+        g, levels = cfg.norm_groups, len(cfg.ch_mult)
+        cin = cfg.ch * cfg.ch_mult[-1]
+        res = cfg.resolution // cfg.factor
+        self.conv_in = nn.Conv2d(cfg.z_channels, cin, 3, padding=1)
+        self.mid = mid_block(cin, cfg)
+        up = []
+        for i in reversed(range(levels)):
+            level = nn.Module()
+            level.block, level.attn = nn.ModuleList(), nn.ModuleList()
+            for _ in range(cfg.num_res_blocks + 1):
+                level.block.append(ResnetBlock(cin, cfg.ch * cfg.ch_mult[i], g, cfg.dropout))
+                cin = cfg.ch * cfg.ch_mult[i]
+                if res in cfg.attn_resolutions:
+                    level.attn.append(AttnBlock(cin, g))
+            if i != 0:
+                level.upsample = Upsample(cin)
+                res *= 2
+            up.insert(0, level)
+        self.up = nn.ModuleList(up)
+        self.norm_out = normalize(cin, g)
+        self.conv_out = nn.Conv2d(cin, cfg.out_ch, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(z)
+        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
+        for level in reversed(self.up):
+            h = run_level(level, h)
+            if hasattr(level, "upsample"):
+                h = level.upsample(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Vector quantizer.
+
+def code_usage(ids: torch.Tensor, n_embed: int) -> dict[str, torch.Tensor]:
+    """Distinct codes among `ids` and the perplexity exp(H(p)) of their frequencies p (n_embed when
+    every code is used equally often, 1 when one code takes everything)."""
+    counts = torch.bincount(ids.flatten(), minlength=n_embed).float()
+    p = counts / counts.sum().clamp(min=1)
+    entropy = -(p * torch.log(p.clamp(min=1e-10))).sum()
+    return {"VQ/used_codes": (counts > 0).sum().float(), "VQ/perplexity": entropy.exp()}
+
+
+class VectorQuantizer(nn.Module):
+    """Nearest codebook row by L2 distance, with a straight-through gradient to the encoder."""
+
+    def __init__(self, n_embed: int, embed_dim: int):
+        super().__init__()
+        self.n_embed, self.embed_dim = n_embed, embed_dim
+        self.embedding = nn.Embedding(n_embed, embed_dim)
+        nn.init.uniform_(self.embedding.weight, -1.0 / n_embed, 1.0 / n_embed)   # taming's initialisation
+        # Training steps since each code was last chosen (t2i only; see restart_dead_codes).
+        self.register_buffer("unused_steps", torch.zeros(n_embed, dtype=torch.long))
+
+    @torch.no_grad()
+    def nearest(self, z: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, h, w) of the codes nearest to z (B, embed_dim, h, w)."""
+        B, C, h, w = z.shape
+        flat = z.permute(0, 2, 3, 1).reshape(-1, C).float()                       # (B*h*w, C)
+        e = self.embedding.weight.float()
+        # ||z - e||^2 = ||z||^2 - 2 z.e + ||e||^2; the ||z||^2 term does not change the argmin.
+        # fp32 even under bf16 autocast: near-ties between codes are common and bf16 would flip them.
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            d = e.square().sum(1)[None, :] - 2 * flat @ e.t()                     # (B*h*w, n_embed)
+        return d.argmin(1).reshape(B, h, w)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Codebook vectors of token ids (B, h, w) as (B, embed_dim, h, w); differentiable w.r.t. the codebook."""
+        return self.embedding(ids).permute(0, 3, 1, 2)
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """z (B, embed_dim, h, w) -> (z_q straight-through, ids (B, h, w), usage stats)."""
+        ids = self.nearest(z)
+        z_q = self.embed(ids).to(z.dtype)
+        # Straight-through estimator: the forward value is z_q, the gradient w.r.t. z is the one w.r.t. z_q.
+        return z + (z_q - z).detach(), ids, code_usage(ids, self.n_embed)
+
+    @torch.no_grad()
+    def restart_dead_codes(self, z: torch.Tensor, ids: torch.Tensor, patience: int) -> int:
+        """Count this step's usage; codes unused for `patience` steps move onto random encoder outputs
+        z (B, embed_dim, h, w) of the batch. Returns how many codes were restarted.
+
+        Under torchrun the usage is combined over ranks and rank 0's replacement vectors are
+        broadcast, so every rank keeps the same codebook.
+        """
+        used = torch.zeros(self.n_embed, dtype=torch.int32, device=ids.device)
+        used[ids.flatten()] = 1
+        multi = dist.is_available() and dist.is_initialized()
+        if multi:
+            dist.all_reduce(used, op=dist.ReduceOp.MAX)
+        self.unused_steps.add_(1).masked_fill_(used.bool(), 0)
+        dead = (self.unused_steps >= patience).nonzero().squeeze(1)
+        if len(dead) == 0:
+            return 0
+        flat = z.detach().permute(0, 2, 3, 1).reshape(-1, self.embed_dim)
+        if len(flat) >= len(dead):   # distinct vectors where possible, so restarted codes do not tie
+            pick = torch.randperm(len(flat), device=flat.device)[:len(dead)]
+        else:
+            pick = torch.randint(len(flat), (len(dead),), device=flat.device)
+        new = flat[pick].to(self.embedding.weight.dtype)
+        if multi:
+            dist.broadcast(new, src=0)
+        self.embedding.weight[dead] = new
+        self.unused_steps[dead] = 0
+        return len(dead)
+
+
+# ----------------------------------------------------------------------------------------------
+# The autoencoder and the discriminator.
+
+class VQGAN(nn.Module):
+    """encoder -> quant_conv -> quantize -> post_quant_conv -> decoder."""
+
+    def __init__(self, cfg: VQGANConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.embed_dim, 1)
+        self.quantize = VectorQuantizer(cfg.n_embed, cfg.embed_dim)
+        self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1)
+        self.decoder = Decoder(cfg)
+
+    def encode_latents(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-quantisation latents z (B, embed_dim, R/f, R/f) of images x in [-1, 1]."""
+        return self.quant_conv(self.encoder(x))
+
+    def decode_latents(self, z_q: torch.Tensor) -> torch.Tensor:
+        """Images in about [-1, 1] from quantised latents (B, embed_dim, h, w)."""
+        return self.decoder(self.post_quant_conv(z_q))
+
+    def forward(self, x: torch.Tensor):
+        """x (B, 3, R, R) -> (reconstruction, z before quantisation, ids (B, h, w), usage stats)."""
+        z = self.encode_latents(x)
+        z_q, ids, stats = self.quantize(z)
+        return self.decode_latents(z_q), z, ids, stats
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, h, w) of images (B, 3, R, R) in [-1, 1]."""
+        return self.quantize.nearest(self.encode_latents(images))
+
+    @torch.no_grad()
+    def decode_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, h*f, w*f) in about [-1, 1] from token ids (B, h, w)."""
+        return self.decode_latents(self.quantize.embed(ids))
+
+
+class PatchDiscriminator(nn.Module):
+    """NLayerDiscriminator-style PatchGAN: (B, 3, R, R) -> logits (B, 1, h', w'), one per patch.
+
+    conv4x4/2 + lrelu, then (disc_layers - 1) x [conv4x4/2, norm, lrelu], one conv4x4/1 + norm + lrelu,
+    and a conv4x4/1 to one channel; channels double per layer up to 8 x disc_ndf. Layer names
+    (`main.N`) follow taming's `loss.discriminator.main.N`.
+    """
+
+    def __init__(self, cfg: VQGANConfig):
+        super().__init__()
+        if cfg.disc_norm not in ("batch", "group"):
+            raise ValueError(f"disc_norm {cfg.disc_norm!r} must be 'batch' or 'group'")
+        ndf = cfg.disc_ndf
+
+        def norm(c):
+            return nn.BatchNorm2d(c) if cfg.disc_norm == "batch" else normalize(c, min(cfg.norm_groups, c))
+
+        layers: list[nn.Module] = [nn.Conv2d(cfg.in_channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2)]
+        mult = 1
+        for n in range(1, cfg.disc_layers + 1):
+            prev, mult = mult, min(2 ** n, 8)
+            stride = 2 if n < cfg.disc_layers else 1
+            # No bias before a norm layer, whose shift replaces it.
+            layers += [nn.Conv2d(ndf * prev, ndf * mult, 4, stride, 1, bias=False), norm(ndf * mult),
+                       nn.LeakyReLU(0.2)]
+        layers.append(nn.Conv2d(ndf * mult, 1, 4, 1, 1))
+        self.main = nn.Sequential(*layers)
+        for m in self.modules():   # pix2pix initialisation, as taming's weights_init
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+                nn.init.normal_(m.weight, 1.0, 0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.main(x)

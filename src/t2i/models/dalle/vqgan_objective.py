@@ -1,0 +1,166 @@
+"""The VQGAN first-stage objective (taming-transformers, arXiv 2012.09841, Sec. 3.1-3.2).
+
+    L_G = |x - x_rec|_1 + w_p LPIPS(x, x_rec)                                 (reconstruction, "nll")
+          + w_cb (||sg[z] - z_q||^2 + beta ||z - sg[z_q]||^2)                  (codebook + commitment)
+          + lambda * f(nimg) * (-D(x_rec))                                      (adversarial, hinge G)
+    lambda = clamp(||grad_L nll|| / (||grad_L g_adv|| + 1e-4), 0, 1e4) * disc_weight   (Eq. 7)
+    L_D = f(nimg) * 0.5 (relu(1 - D(x)) + relu(1 + D(x_rec)))                  (hinge D)
+
+where L is the decoder's last layer and f(nimg) switches the discriminator on after `disc_start_kimg`
+thousand images (taming: `disc_start` steps). The codebook term uses beta on the commitment part as in
+the VQ-VAE paper (taming's legacy quantizer put it on the codebook part).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from t2i.errors import T2IError
+
+
+@dataclass
+class VQGANLossWeights:
+    """Weights and switches of the VQGAN loss (names as taming's VQLPIPSWithDiscriminator)."""
+
+    beta: float = 0.25               # commitment weight
+    codebook_weight: float = 1.0
+    perceptual_weight: float = 1.0   # used only with --perceptual lpips:...
+    disc_weight: float = 0.8         # taming's ImageNet configs
+    disc_start_kimg: float = 50.0    # the discriminator trains (and G sees it) after this many kimg
+    restart_patience: int = 200      # restart codes unused for this many steps (0 = never)
+
+
+def codebook_loss(z: torch.Tensor, z_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(||sg[z] - z_q||^2, ||z - sg[z_q]||^2) as means: the first moves codes, the second (weighted by
+    beta in the loss) commits z to its code."""
+    return F.mse_loss(z_q, z.detach()), F.mse_loss(z, z_q.detach())
+
+
+def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+    """0.5 * (mean relu(1 - D(x)) + mean relu(1 + D(x_rec)))."""
+    return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
+
+
+def adaptive_weight(nll: torch.Tensor, g_adv: torch.Tensor, last_layer: torch.Tensor,
+                    disc_weight: float) -> torch.Tensor:
+    """lambda = clamp(||grad nll|| / (||grad g_adv|| + 1e-4), 0, 1e4) * disc_weight at `last_layer`
+    (Eq. 7 of the VQGAN paper); detached, so it scales the adversarial gradient without being trained."""
+    (g_nll,) = torch.autograd.grad(nll, last_layer, retain_graph=True)
+    (g_gan,) = torch.autograd.grad(g_adv, last_layer, retain_graph=True)
+    lam = g_nll.float().norm() / (g_gan.float().norm() + 1e-4)
+    return lam.clamp(0.0, 1e4).detach() * disc_weight
+
+
+def disc_factor(nimg: int, disc_start_kimg: float) -> float:
+    """1 once `disc_start_kimg` thousand images have been shown, else 0 (taming's adopt_weight)."""
+    return 1.0 if nimg >= disc_start_kimg * 1000 else 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Perceptual loss: LPIPS (VGG16 trunk) from local weights only.
+
+VGG16_SLICES = [(0, 4), (4, 9), (9, 16), (16, 23), (23, 30)]   # lpips' slice1..slice5 of vgg16.features
+
+
+def lpips_trunk_state(vgg_state: dict[str, torch.Tensor], path: str) -> dict[str, torch.Tensor]:
+    """Rename a torchvision vgg16 state_dict (`features.N.weight`) to lpips' `sliceK.N.weight`."""
+    out = {}
+    for key, value in vgg_state.items():
+        parts = key.split(".")
+        if parts[0] != "features" or len(parts) != 3 or not parts[1].isdigit():
+            continue                                        # classifier.* is not part of the trunk
+        n = int(parts[1])
+        for k, (lo, hi) in enumerate(VGG16_SLICES, start=1):
+            if lo <= n < hi:
+                out[f"slice{k}.{n}.{parts[2]}"] = value
+    if not out:
+        raise T2IError(f"{path} has no torchvision vgg16 `features.N.*` weights (keys like "
+                       f"{sorted(vgg_state)[:3]}); save torchvision.models.vgg16(...).state_dict()")
+    return out
+
+
+def load_lpips(vgg_path: str, device) -> nn.Module:
+    """A frozen LPIPS(vgg) whose trunk is the user's torchvision vgg16 weights; nothing is downloaded."""
+    try:
+        import lpips
+    except ImportError:
+        raise T2IError("--perceptual lpips:... needs the lpips package (its linear layers ship inside it): "
+                       "pip install lpips; or train with --perceptual none") from None
+    if not Path(vgg_path).is_file():
+        raise T2IError(f"--perceptual lpips:{vgg_path}: no such file; give a torchvision vgg16 state_dict "
+                       "saved with torch.save(torchvision.models.vgg16(weights=...).state_dict(), path)")
+    try:
+        state = torch.load(vgg_path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+        raise T2IError(f"{vgg_path} cannot be read as a tensor state_dict ({type(e).__name__}); "
+                       "save a plain torchvision vgg16 state_dict") from None
+    if not isinstance(state, dict):
+        raise T2IError(f"{vgg_path} holds a {type(state).__name__}, not a vgg16 state_dict")
+    # pnet_rand: build the trunk without pretrained weights (no download), then load the user's.
+    with warnings.catch_warnings():   # lpips still passes torchvision's deprecated `pretrained=False`
+        warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
+        model = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
+    model.net.load_state_dict(lpips_trunk_state(state, vgg_path), strict=True)
+    return model.to(device).eval().requires_grad_(False)
+
+
+def load_perceptual(spec: str, device) -> nn.Module | None:
+    """`none` -> None; `lpips:/path/to/vgg16.pth` -> a frozen LPIPS module (x, y in [-1, 1]) -> (B, 1, 1, 1)."""
+    if spec == "none":
+        return None
+    if spec.startswith("lpips:") and len(spec) > len("lpips:"):
+        return load_lpips(spec[len("lpips:"):], device)
+    raise T2IError(f"--perceptual {spec!r}: use 'none' or 'lpips:/path/to/vgg16.pth' "
+                   "(a torchvision vgg16 state_dict)")
+
+
+# ----------------------------------------------------------------------------------------------
+
+class VQGANLoss:
+    """The two phase losses; x is a batch of images in [-1, 1], nimg the images shown before this step."""
+
+    def __init__(self, vqgan: nn.Module, disc: nn.Module, perceptual: nn.Module | None, w: VQGANLossWeights):
+        self.vqgan, self.disc, self.perceptual, self.w = vqgan, disc, perceptual, w
+
+    def g_main(self, x: torch.Tensor, nimg: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Reconstruction + perceptual + codebook/commitment (+ adaptive hinge-G term once D is on);
+        then the dead-code restart, from this batch's encoder outputs."""
+        w = self.w
+        x_rec, z, ids, stats = self.vqgan(x)
+        rec = (x - x_rec).abs().mean()
+        nll = rec
+        stats = {**stats, "Loss/G/rec": rec.detach()}
+        if self.perceptual is not None:
+            p = self.perceptual(x.float(), x_rec.float()).mean()
+            nll = nll + w.perceptual_weight * p
+            stats["Loss/G/perceptual"] = p.detach()
+        cb, commit = codebook_loss(z.float(), self.vqgan.quantize.embed(ids).float())
+        loss = nll + w.codebook_weight * (cb + w.beta * commit)
+        stats.update({"Loss/G/codebook": cb.detach(), "Loss/G/commit": commit.detach()})
+        if disc_factor(nimg, w.disc_start_kimg) > 0:
+            logits = self.disc(x_rec)
+            g_adv = -logits.float().mean()
+            lam = adaptive_weight(nll, g_adv, self.vqgan.decoder.conv_out.weight, w.disc_weight)
+            loss = loss + lam * g_adv
+            stats.update({"Loss/G/adv": g_adv.detach(), "Loss/G/adaptive_weight": lam, "Scores/fake": -g_adv.detach()})
+        if w.restart_patience > 0:
+            restarted = self.vqgan.quantize.restart_dead_codes(z, ids, w.restart_patience)
+            stats["VQ/restarted"] = torch.tensor(float(restarted))
+        return loss, stats
+
+    def d_main(self, x: torch.Tensor, nimg: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Hinge loss on reals vs reconstructions; before disc_start a zero loss with no D forward, so
+        D's parameters get no gradient and Adam leaves them (and its moments) untouched."""
+        if disc_factor(nimg, self.w.disc_start_kimg) == 0:
+            return torch.zeros((), device=x.device, requires_grad=True), {}
+        with torch.no_grad():
+            x_rec = self.vqgan(x)[0]
+        logits_real, logits_fake = self.disc(x.detach()), self.disc(x_rec)
+        loss = hinge_d_loss(logits_real.float(), logits_fake.float())
+        return loss, {"Loss/D/adv": loss.detach(), "Scores/real": logits_real.detach().float().mean()}

@@ -1,0 +1,217 @@
+"""`t2i train vqgan`: the DALL-E family's VQGAN first stage in the shared loop (phases G main, D main).
+
+G main updates the autoencoder (encoder, codebook, decoder) with reconstruction + perceptual +
+codebook/commitment losses and, after `--disc_start_kimg`, the adaptively weighted adversarial term;
+it also runs the dead-code restart once per call. D main trains the patch discriminator (hinge) once
+it has started. Images seen so far come with each batch (step x global batch, exactly the loop's own
+count), so the delayed start survives `--resume`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+
+from t2i.data.loader import load_images, step_batches
+from t2i.data.transforms import to_model, to_uint8
+from t2i.errors import T2IError
+from t2i.models.dalle.vqgan import PRESETS, VQGAN, PatchDiscriminator, VQGANConfig, code_usage
+from t2i.models.dalle.vqgan_objective import VQGANLoss, VQGANLossWeights, load_perceptual
+from t2i.training.loop import Phase
+
+
+@dataclass
+class VQGANTrainConfig(VQGANLossWeights):
+    """Options of `t2i train vqgan` (loss weights inherited from VQGANLossWeights)."""
+
+    data: str = ""
+    preset: str = "tiny"
+    perceptual: str = "none"     # none | lpips:/path/to/torchvision-vgg16.pth
+    lr: float = 1e-4             # Adam, both phases (taming: 4.5e-6 x batch)
+    mirror: bool = False         # random horizontal flips (off for layouts where left/right matters)
+
+
+CONFIG = VQGANTrainConfig
+PRESET_LOOP_DEFAULTS = {
+    "tiny": {"batch": 16, "kimg": 200.0, "tick_kimg": 4.0, "snap": 10},
+    "test": {"batch": 8, "kimg": 0.032, "tick_kimg": 0.016, "snap": 1},
+    "paper": {"batch": 12, "kimg": 12000.0, "tick_kimg": 4.0, "snap": 50},
+}
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    """Options of `t2i train vqgan`; each shows its default."""
+    S = argparse.SUPPRESS
+    defaults = VQGANTrainConfig()
+    help_ = {
+        "data": "dataset folder or zip (t2i format)",
+        "preset": f"network preset: {', '.join(PRESETS)}",
+        "perceptual": "perceptual loss: none, or lpips:/path/to/vgg16.pth (a torchvision vgg16 state_dict; "
+                      "needs `pip install lpips`)",
+        "lr": "Adam learning rate of the autoencoder and the discriminator",
+        "mirror": "random horizontal flips (1/0)",
+        "beta": "commitment weight: ||z - sg[z_q]||^2 counts beta times",
+        "codebook_weight": "weight of the codebook + commitment loss",
+        "perceptual_weight": "weight of the LPIPS term (with --perceptual lpips:...)",
+        "disc_weight": "factor on the adaptive weight of the adversarial term",
+        "disc_start_kimg": "start the discriminator after this many thousand images (taming's ImageNet runs: "
+                           "250k steps of batch 12, about 3000 kimg)",
+        "restart_patience": "re-initialise codes unused for this many steps from encoder outputs (0 = never)",
+    }
+    for f in fields(VQGANTrainConfig):
+        kind = (lambda s: bool(int(s))) if f.type in (bool, "bool") else type(getattr(defaults, f.name))
+        extra = {"choices": sorted(PRESETS)} if f.name == "preset" else {}
+        p.add_argument(f"--{f.name}", type=kind, default=S, required=f.name == "data",
+                       help=f"{help_[f.name]} (default {getattr(defaults, f.name)!r})", **extra)
+
+
+def validate(cfg: VQGANTrainConfig) -> None:
+    """Reject options that cannot work, before anything heavy runs."""
+    if cfg.preset not in PRESETS:
+        raise T2IError(f"unknown VQGAN preset {cfg.preset!r}; choose from {sorted(PRESETS)}")
+    if not cfg.data:
+        raise T2IError("--data is required: a dataset folder or zip in t2i format")
+    if cfg.perceptual != "none" and not cfg.perceptual.startswith("lpips:"):
+        raise T2IError(f"--perceptual {cfg.perceptual!r}: use 'none' or 'lpips:/path/to/vgg16.pth'")
+    for name in ("beta", "codebook_weight", "perceptual_weight", "disc_weight", "disc_start_kimg",
+                 "restart_patience"):
+        if getattr(cfg, name) < 0:
+            raise T2IError(f"--{name} {getattr(cfg, name)} must be >= 0")
+    if cfg.lr <= 0:
+        raise T2IError(f"--lr {cfg.lr} must be > 0")
+
+
+def describe(cfg: VQGANTrainConfig) -> str:
+    """Run-directory description, e.g. shapes64-vqgan-tiny."""
+    return f"{Path(cfg.data.rstrip('/')).stem}-vqgan-{cfg.preset}"
+
+
+def check_resolution(dataset, net: VQGANConfig, data: str, preset: str) -> None:
+    """The dataset's images must have the preset's square resolution."""
+    w, h = dataset.resolution
+    if w != net.resolution or h != net.resolution:
+        raise T2IError(f"dataset {data!r} is {w}x{h} but VQGAN preset {preset!r} takes {net.resolution}x"
+                       f"{net.resolution}; repack the data with `t2i data pack --width {net.resolution} "
+                       f"--height {net.resolution}` or pick another preset")
+
+
+def millions(module: torch.nn.Module) -> float:
+    """Parameter count in millions."""
+    return sum(p.numel() for p in module.parameters()) / 1e6
+
+
+class VQGANFamily:
+    """Modules `vqgan` (encoder, codebook, decoder) and `D` (patch discriminator); data = images only."""
+
+    name = "vqgan"
+
+    def __init__(self, cfg: VQGANTrainConfig, d, log, init=None):
+        from t2i.data.dataset import ImageTextDataset
+
+        self.cfg, self.device = cfg, d.device
+        self.net = VQGANConfig.from_dict(init.meta["net"]) if init else copy.deepcopy(PRESETS[cfg.preset])
+        dataset = ImageTextDataset(cfg.data)
+        check_resolution(dataset, self.net, cfg.data, cfg.preset)
+        self.images = load_images(dataset)
+        self.vqgan = VQGAN(self.net).to(d.device)
+        self.D = PatchDiscriminator(self.net).to(d.device)
+        self.modules = {"vqgan": self.vqgan, "D": self.D}
+        self.ema = {}
+        self.objective = VQGANLoss(self.vqgan, self.D, load_perceptual(cfg.perceptual, d.device), cfg)
+        side = self.net.token_side
+        log(f"VQGAN {cfg.preset}: {millions(self.vqgan):.2f}M parameters (D {millions(self.D):.2f}M); "
+            f"{len(self.images)} images at {self.net.resolution}px -> {side}x{side} tokens of "
+            f"{self.net.n_embed} codes; perceptual {cfg.perceptual}; D starts at {cfg.disc_start_kimg} kimg")
+
+    def phases(self) -> list[Phase]:
+        def adam(module):
+            return torch.optim.Adam(module.parameters(), lr=self.cfg.lr, betas=(0.5, 0.9))  # taming's betas
+
+        return [Phase("G_main", self.vqgan, adam(self.vqgan)), Phase("D_main", self.D, adam(self.D))]
+
+    def batches(self, step, batch, rank, world, seed):
+        def fetch(idx, g):
+            images = self.images[idx]
+            if self.cfg.mirror:
+                flip = torch.rand(len(idx), generator=g) < 0.5
+                images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+            return {"image": images}
+        # Images shown before step k: k x the global batch, the loop's own count (split_batch passes
+        # the int unchanged to every micro-batch).
+        for k, b in enumerate(step_batches(len(self.images), fetch, step, batch, seed, rank), start=step):
+            yield {**b, "nimg": k * batch * world}
+
+    def loss(self, phase: Phase, batch: dict):
+        x = to_model(batch["image"].to(self.device))
+        if phase.name == "G_main":
+            return self.objective.g_main(x, batch["nimg"])
+        return self.objective.d_main(x, batch["nimg"])
+
+    @torch.no_grad()
+    def sample_images(self) -> torch.Tensor:
+        """Rows alternate 8 originals and their 8 reconstructions (4 pairs of rows), uint8."""
+        n = min(32, len(self.images))
+        step = max(1, len(self.images) // n)
+        real = self.images[::step][:n]
+        was_training = self.vqgan.training
+        self.vqgan.eval()   # (dropout off; the quantizer's usage counters only move in restart_dead_codes)
+        rec = to_uint8(self.vqgan.decode_ids(self.vqgan.encode(to_model(real.to(self.device)))).cpu())
+        self.vqgan.train(was_training)
+        rows = [t for i in range(0, n, 8) for t in (real[i:i + 8], rec[i:i + 8])]
+        return torch.cat(rows)
+
+    def real_images(self) -> torch.Tensor:
+        return self.images[:64]
+
+    def meta(self) -> dict:
+        return {"family": "vqgan", "config": asdict(self.cfg), "net": self.net.to_dict()}
+
+
+def build(cfg: VQGANTrainConfig, loop, d, log, init=None) -> VQGANFamily:
+    """The VQGAN family object for the shared loop."""
+    return VQGANFamily(cfg, d, log, init)
+
+
+def load_vqgan_snapshot(path, device="cpu") -> VQGAN:
+    """A frozen VQGAN from a `t2i train vqgan` run or snapshot."""
+    from t2i.training.snapshot import load_snapshot
+
+    snap = load_snapshot(path, family="vqgan")
+    model = VQGAN(VQGANConfig.from_dict(snap.meta["net"]))
+    model.load_state_dict(snap.state_dict("vqgan"))
+    return model.to(device).eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def reconstruction_metrics(vqgan: VQGAN, images: torch.Tensor, device, batch: int = 50) -> dict:
+    """Mean per-image PSNR (dB, on uint8 pixels) of reconstructions, and codebook usage over all tokens."""
+    psnr, ids = [], []
+    for i in range(0, len(images), batch):
+        real = images[i:i + batch]
+        x = to_model(real.to(device))
+        tokens = vqgan.encode(x)
+        rec = to_uint8(vqgan.decode_ids(tokens).cpu())
+        mse = (rec.float() - real.float()).square().mean([1, 2, 3]).clamp(min=1e-10)
+        psnr.append(10 * torch.log10(255.0 ** 2 / mse))
+        ids.append(tokens.cpu())
+    usage = code_usage(torch.cat(ids), vqgan.cfg.n_embed)
+    used = int(usage["VQ/used_codes"])
+    return {"psnr_db": float(torch.cat(psnr).mean()), "used_codes": used,
+            "usage": used / vqgan.cfg.n_embed, "perplexity": float(usage["VQ/perplexity"]), "n": len(images)}
+
+
+def evaluate(name: str, snapshot: Path, cfg: VQGANTrainConfig, device) -> dict:
+    """Metrics of a VQGAN snapshot on its training data (psnr: reconstruction PSNR and codebook usage
+    over up to 1000 images)."""
+    from t2i.data.dataset import ImageTextDataset
+
+    if name != "psnr":
+        raise T2IError(f"metric {name!r} is not available while training a VQGAN; use psnr")
+    vqgan = load_vqgan_snapshot(snapshot, device)
+    dataset = ImageTextDataset(cfg.data)
+    images = load_images(dataset, min(len(dataset), 1000))
+    return reconstruction_metrics(vqgan, images, device)

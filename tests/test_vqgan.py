@@ -1,0 +1,372 @@
+"""DALL-E's VQGAN first stage: config round-trip, taming key layout, straight-through gradients,
+codebook/commitment loss, dead-code restart, perplexity, adaptive weight, delayed discriminator, the
+taming loader, the LPIPS perceptual loss, and `t2i train vqgan` end to end with resume."""
+
+import argparse
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from t2i.data.dataset import ImageTextDataset
+from t2i.errors import T2IError
+from t2i.models.dalle.taming import load_taming_vqgan
+from t2i.models.dalle.vqgan import PRESETS, VQGAN, PatchDiscriminator, VectorQuantizer, VQGANConfig, code_usage
+from t2i.models.dalle.vqgan_objective import (
+    VQGANLoss,
+    VQGANLossWeights,
+    adaptive_weight,
+    codebook_loss,
+    load_perceptual,
+)
+from t2i.training.snapshot import load_snapshot
+
+from conftest import cli
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_config_round_trips_through_json():
+    for cfg in PRESETS.values():
+        back = VQGANConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+        assert back == cfg and isinstance(back.ch_mult, tuple) and isinstance(back.attn_resolutions, tuple)
+    assert PRESETS["tiny"].token_side == 8 and PRESETS["tiny"].resolution == 64      # 64 tokens per image
+    assert PRESETS["paper"].factor == 16 and PRESETS["paper"].token_side == 16 and PRESETS["paper"].n_embed == 8192
+
+
+def test_encode_decode_shapes_and_token_range():
+    torch.manual_seed(0)
+    cfg = PRESETS["test"]
+    model = VQGAN(cfg)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    ids = model.encode(x)
+    assert ids.shape == (2, 8, 8) and ids.dtype == torch.long
+    assert 0 <= int(ids.min()) and int(ids.max()) < cfg.n_embed
+    assert model.decode_ids(ids).shape == (2, 3, 16, 16)
+    x_rec, z, ids2, _ = model(x)
+    assert x_rec.shape == x.shape and z.shape == (2, cfg.embed_dim, 8, 8) and torch.equal(ids2, ids)
+    assert torch.allclose(x_rec, model.decode_ids(ids), atol=1e-5)   # forward value = decoded codes
+    D = PatchDiscriminator(cfg)
+    assert D(x).shape == (2, 1, 2, 2)                                  # one logit per patch
+
+
+def test_parameter_names_follow_the_taming_layout():
+    with torch.device("meta"):
+        sd = VQGAN(PRESETS["paper"]).state_dict()
+    expected = {  # names and shapes of taming's f16 VQModel (ch 128, ch_mult 1,1,2,2,4, attn at 16)
+        "encoder.conv_in.weight": (128, 3, 3, 3),
+        "encoder.down.0.block.0.norm1.weight": (128,),
+        "encoder.down.1.downsample.conv.weight": (128, 128, 3, 3),
+        "encoder.down.2.block.0.nin_shortcut.weight": (256, 128, 1, 1),
+        "encoder.down.4.attn.1.proj_out.weight": (512, 512, 1, 1),
+        "encoder.mid.block_1.conv1.weight": (512, 512, 3, 3),
+        "encoder.mid.attn_1.q.weight": (512, 512, 1, 1),
+        "encoder.norm_out.weight": (512,),
+        "encoder.conv_out.weight": (256, 512, 3, 3),
+        "quant_conv.weight": (256, 256, 1, 1),
+        "quantize.embedding.weight": (8192, 256),
+        "post_quant_conv.weight": (256, 256, 1, 1),
+        "decoder.conv_in.weight": (512, 256, 3, 3),
+        "decoder.mid.attn_1.proj_out.weight": (512, 512, 1, 1),
+        "decoder.up.4.attn.2.k.weight": (512, 512, 1, 1),
+        "decoder.up.3.block.0.nin_shortcut.weight": (256, 512, 1, 1),
+        "decoder.up.1.upsample.conv.weight": (128, 128, 3, 3),
+        "decoder.up.0.block.2.conv2.weight": (128, 128, 3, 3),
+        "decoder.norm_out.bias": (128,),
+        "decoder.conv_out.weight": (3, 128, 3, 3),
+    }
+    for key, shape in expected.items():
+        assert tuple(sd[key].shape) == shape, key
+    assert "encoder.down.4.downsample.conv.weight" not in sd and "decoder.up.0.upsample.conv.weight" not in sd
+    assert not any(".attn." in k for k in sd if k.startswith(("encoder.down.3", "decoder.up.3")))
+    assert {k.split(".")[0] for k in sd} == {"encoder", "quant_conv", "quantize", "post_quant_conv", "decoder"}
+
+
+def test_straight_through_gradient_is_the_gradient_at_z_q():
+    torch.manual_seed(0)
+    q = VectorQuantizer(16, 4)
+    z = torch.randn(2, 4, 3, 3, requires_grad=True)
+    z_q, ids, _ = q(z)
+    assert torch.allclose(z_q, q.embed(ids), atol=1e-7)             # forward value is the code (up to z - z rounding)
+    w = torch.randn_like(z_q)
+    grad_z, grad_zq = torch.autograd.grad((z_q * w).sum(), [z, z_q])
+    assert torch.equal(grad_z, grad_zq) and torch.equal(grad_z, w)
+    # Through the whole model: a reconstruction loss reaches the encoder but not the codebook.
+    model = VQGAN(PRESETS["test"])
+    x_rec = model(torch.rand(2, 3, 16, 16) * 2 - 1)[0]
+    x_rec.square().mean().backward()
+    assert model.encoder.conv_in.weight.grad.abs().sum() > 0
+    assert model.quantize.embedding.weight.grad is None
+
+
+def test_codebook_and_commitment_losses_match_the_formula():
+    torch.manual_seed(0)
+    z = torch.randn(2, 4, 3, 3, requires_grad=True)
+    e = torch.randn(2, 4, 3, 3, requires_grad=True)
+    beta = 0.25
+    cb, commit = codebook_loss(z, e)
+    direct = (z - e).detach().square().mean()
+    assert cb.item() == pytest.approx(direct.item()) and commit.item() == pytest.approx(direct.item())
+    (cb + beta * commit).backward()
+    n = z.numel()
+    # d/de ||sg[z] - e||^2 = 2 (e - z) / n ; d/dz beta ||z - sg[e]||^2 = beta 2 (z - e) / n
+    assert torch.allclose(e.grad, 2 * (e - z).detach() / n, atol=1e-7)
+    assert torch.allclose(z.grad, beta * 2 * (z - e).detach() / n, atol=1e-7)
+
+
+def test_dead_code_restart_moves_unused_codes_onto_encoder_outputs():
+    torch.manual_seed(0)
+    q = VectorQuantizer(16, 4)
+    with torch.no_grad():
+        q.embedding.weight.fill_(100.0)                 # far from the data: never chosen ...
+        q.embedding.weight[0] = 0.5
+        q.embedding.weight[1] = -0.5                    # ... except codes 0 and 1
+    z = torch.randn(2, 4, 4, 4)
+    _, ids, stats = q(z)
+    assert set(ids.unique().tolist()) == {0, 1} and stats["VQ/used_codes"] == 2
+    assert q.restart_dead_codes(z, ids, patience=3) == 0     # unused for 1 step only
+    assert q.restart_dead_codes(z, ids, patience=3) == 0
+    assert q.unused_steps[2:].eq(2).all() and q.unused_steps[:2].eq(0).all()
+    assert q.restart_dead_codes(z, ids, patience=3) == 14    # third step without use
+    flat = z.permute(0, 2, 3, 1).reshape(-1, 4)
+    dist_to_data = (q.embedding.weight[2:, None].detach() - flat[None]).norm(dim=-1).min(1).values
+    assert dist_to_data.max() == 0                          # every restarted code sits on an encoder output
+    assert len(q.embedding.weight[2:].unique(dim=0)) == 14    # and on different ones
+    assert q.unused_steps.eq(0).all()
+    _, _, after = q(z)
+    assert after["VQ/used_codes"] > 2
+
+
+def test_perplexity_of_uniform_usage_is_the_codebook_size():
+    uniform = code_usage(torch.arange(64).repeat(5), 64)
+    assert uniform["VQ/used_codes"] == 64 and uniform["VQ/perplexity"].item() == pytest.approx(64, rel=1e-4)
+    single = code_usage(torch.full((100,), 3), 64)
+    assert single["VQ/used_codes"] == 1 and single["VQ/perplexity"].item() == pytest.approx(1.0)
+    half = code_usage(torch.tensor([0, 1] * 10), 64)
+    assert half["VQ/perplexity"].item() == pytest.approx(2.0, rel=1e-5)
+
+
+def test_adaptive_weight_is_the_ratio_of_gradient_norms():
+    torch.manual_seed(0)
+    B, H, O = 4, 5, 6
+    h, x = torch.randn(B, H), torch.randn(B, O)
+    last = nn.Linear(H, O, bias=False)                  # the tiny decoder's last layer: y = h W^T
+    a = torch.randn(O)                                  # a linear critic D(y) = <a, y>
+    y = last(h)
+    nll = (x - y).abs().mean()
+    g_adv = -(y @ a).mean()
+    lam = adaptive_weight(nll, g_adv, last.weight, disc_weight=0.8)
+    # By hand: dnll/dW = (-sign(x - y) / (B O))^T h ; dg/dW = -a (sum_b h_b)^T / B.
+    g_nll = (-torch.sign(x - y.detach()) / (B * O)).t() @ h
+    g_gan = -a[:, None] * h.sum(0)[None, :] / B
+    expected = 0.8 * g_nll.norm() / (g_gan.norm() + 1e-4)
+    assert lam.item() == pytest.approx(expected.item(), rel=1e-5) and not lam.requires_grad
+    # A critic with vanishing gradients hits the clamp at 1e4.
+    y = last(h)
+    tiny = adaptive_weight(1e3 * (x - y).abs().mean(), -(y @ (a * 1e-12)).mean(), last.weight, disc_weight=0.8)
+    assert tiny.item() == pytest.approx(0.8e4)
+
+
+def test_discriminator_is_off_before_disc_start():
+    torch.manual_seed(0)
+    cfg = PRESETS["test"]
+    model, D = VQGAN(cfg), PatchDiscriminator(cfg)
+    w = VQGANLossWeights(disc_start_kimg=0.016, restart_patience=0)
+    obj = VQGANLoss(model, D, None, w)
+    x = torch.rand(4, 3, 16, 16) * 2 - 1
+    calls = []
+    D.register_forward_hook(lambda *_: calls.append(1))
+    loss, stats = obj.d_main(x, nimg=8)
+    loss.backward()
+    assert loss.item() == 0.0 and stats == {} and not calls
+    assert all(p.grad is None for p in D.parameters())
+    loss, stats = obj.g_main(x, nimg=8)
+    assert "Loss/G/adv" not in stats and not calls
+    plain = stats["Loss/G/rec"] + stats["Loss/G/codebook"] + w.beta * stats["Loss/G/commit"]
+    assert loss.item() == pytest.approx(plain.item(), rel=1e-6)   # no adversarial term at all
+    # From disc_start on, both phases use D.
+    loss, stats = obj.d_main(x, nimg=16)
+    loss.backward()
+    assert loss.item() > 0 and calls and all(p.grad is not None for p in D.parameters())
+    loss, stats = obj.g_main(x, nimg=16)
+    assert stats["Loss/G/adaptive_weight"] > 0
+    assert loss.item() == pytest.approx((plain.detach() + stats["Loss/G/adaptive_weight"] * stats["Loss/G/adv"]).item(),
+                                        rel=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# taming-transformers checkpoints
+
+TAMING_NET = VQGANConfig(resolution=16, ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,),
+                         z_channels=4, embed_dim=4, n_embed=16, norm_groups=32)   # taming's 32 groups
+
+
+def write_taming(tmp_path, model: VQGAN, n_embed=None, resolution=None, extra=None):
+    """A taming-style checkpoint (state_dict + loss.* keys) and its YAML, as taming's logs hold them."""
+    import yaml
+
+    cfg = model.cfg
+    dd = {"double_z": False, "z_channels": cfg.z_channels, "resolution": resolution or cfg.resolution,
+          "in_channels": 3, "out_ch": 3, "ch": cfg.ch, "ch_mult": list(cfg.ch_mult),
+          "num_res_blocks": cfg.num_res_blocks, "attn_resolutions": list(cfg.attn_resolutions), "dropout": 0.0}
+    doc = {"model": {"base_learning_rate": 4.5e-6, "target": "taming.models.vqgan.VQModel",
+                     "params": {"embed_dim": cfg.embed_dim, "n_embed": n_embed or cfg.n_embed, "ddconfig": dd,
+                                "lossconfig": {"target": "taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator",
+                                               "params": {"disc_start": 250001, "disc_weight": 0.8}}}}}
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(doc))
+    sd = {k: v for k, v in model.state_dict().items() if k != "quantize.unused_steps"}   # not in taming's layout
+    sd["loss.discriminator.main.0.weight"] = torch.randn(64, 3, 4, 4)
+    sd["loss.perceptual_loss.lin0.model.1.weight"] = torch.randn(1, 64, 1, 1)
+    torch.save({"state_dict": sd, "global_step": 7, **(extra or {})}, tmp_path / "last.ckpt")
+    return tmp_path / "last.ckpt", tmp_path / "model.yaml"
+
+
+def test_taming_checkpoint_loads_by_name_and_decodes_identically(tmp_path):
+    torch.manual_seed(0)
+    model = VQGAN(TAMING_NET).eval()
+    ckpt, yaml_path = write_taming(tmp_path, model)
+    loaded = load_taming_vqgan(ckpt, yaml_path)
+    assert loaded.cfg == TAMING_NET and not loaded.training
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    ids = model.encode(x)
+    assert torch.equal(loaded.encode(x), ids)
+    assert torch.equal(loaded.decode_ids(ids), model.decode_ids(ids))
+    # The same weights as a safetensors file (what the conversion hint produces).
+    from safetensors.torch import save_file
+
+    flat = torch.load(ckpt, weights_only=True)["state_dict"]
+    save_file({k: v.contiguous() for k, v in flat.items()}, tmp_path / "vqgan.safetensors")
+    again = load_taming_vqgan(tmp_path / "vqgan.safetensors", yaml_path)
+    assert torch.equal(again.decode_ids(ids), model.decode_ids(ids))
+
+
+def test_taming_loader_refuses_mismatches_with_the_fix(tmp_path):
+    torch.manual_seed(0)
+    model = VQGAN(TAMING_NET)
+    ckpt, yaml_path = write_taming(tmp_path, model, n_embed=8192)
+    with pytest.raises(T2IError, match="checkpoint has 16 codes but the YAML says 8192: an 8192 codebook must be "
+                                       r"trained natively \(t2i train vqgan\)"):
+        load_taming_vqgan(ckpt, yaml_path)
+    ckpt, yaml_path = write_taming(tmp_path, model, resolution=32)   # attention lands one level lower
+    with pytest.raises(T2IError, match=r"attention at encoder level\(s\) \[1\].*trained at resolution \[16\]"):
+        load_taming_vqgan(ckpt, yaml_path)
+    ckpt, yaml_path = write_taming(tmp_path, model)
+    sd = torch.load(ckpt, weights_only=True)
+    del sd["state_dict"]["decoder.conv_out.bias"]
+    sd["state_dict"]["decoder.extra.weight"] = torch.zeros(1)
+    torch.save(sd, ckpt)
+    with pytest.raises(T2IError, match=r"missing decoder\.conv_out\.bias; unexpected decoder\.extra\.weight"):
+        load_taming_vqgan(ckpt, yaml_path)
+    with pytest.raises(T2IError, match="does not exist"):
+        load_taming_vqgan(tmp_path / "nope.ckpt", yaml_path)
+    (tmp_path / "bad.yaml").write_text("model:\n  params:\n    n_embed: 16\n")
+    with pytest.raises(T2IError, match="no model.params.ddconfig"):
+        load_taming_vqgan(ckpt, tmp_path / "bad.yaml")
+    # A checkpoint that pickles more than tensors is refused, never unpickled.
+    ckpt, yaml_path = write_taming(tmp_path, model, extra={"callbacks": {"cb": argparse.Namespace(best=1)}})
+    with pytest.raises(T2IError, match="does not unpickle.*vqgan.safetensors"):
+        load_taming_vqgan(ckpt, yaml_path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Perceptual loss
+
+def test_perceptual_none_and_missing_lpips_package(tmp_path, monkeypatch):
+    assert load_perceptual("none", "cpu") is None
+    with pytest.raises(T2IError, match="lpips:/path/to/vgg16.pth"):
+        load_perceptual("vgg", "cpu")
+    monkeypatch.setitem(sys.modules, "lpips", None)           # import lpips -> ImportError
+    with pytest.raises(T2IError, match="pip install lpips"):
+        load_perceptual(f"lpips:{tmp_path / 'vgg16.pth'}", "cpu")
+
+
+def random_vgg16_features() -> dict[str, torch.Tensor]:
+    """A randomly initialised torchvision vgg16 trunk state_dict (`features.N.*`, configuration D)."""
+    g = torch.Generator().manual_seed(0)
+    sd, i, cin = {}, 0, 3
+    for v in [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]:
+        if v == "M":
+            i += 1
+            continue
+        sd[f"features.{i}.weight"] = torch.randn(v, cin, 3, 3, generator=g) * (2 / (9 * cin)) ** 0.5
+        sd[f"features.{i}.bias"] = torch.zeros(v)
+        i, cin = i + 2, v                                      # conv, relu
+    return sd
+
+
+def test_lpips_perceptual_loads_the_local_vgg16_trunk(tmp_path):
+    pytest.importorskip("lpips")
+    sd = random_vgg16_features()
+    torch.save(sd, tmp_path / "vgg16.pth")
+    perceptual = load_perceptual(f"lpips:{tmp_path / 'vgg16.pth'}", "cpu")
+    assert torch.equal(getattr(perceptual.net.slice1, "0").weight, sd["features.0.weight"])
+    assert torch.equal(getattr(perceptual.net.slice5, "28").weight, sd["features.28.weight"])
+    assert not any(p.requires_grad for p in perceptual.parameters())
+    torch.manual_seed(0)
+    x, y = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    assert perceptual(x, x).abs().max() < 1e-6 and (perceptual(x, y) > 0).all()
+    # In the G loss: rec + perceptual_weight * LPIPS + codebook terms.
+    cfg = PRESETS["test"]
+    w = VQGANLossWeights(perceptual_weight=0.5, restart_patience=0)
+    loss, stats = VQGANLoss(VQGAN(cfg), PatchDiscriminator(cfg), perceptual, w).g_main(x[:, :, :16, :16], nimg=0)
+    assert stats["Loss/G/perceptual"] > 0
+    expected = (stats["Loss/G/rec"] + 0.5 * stats["Loss/G/perceptual"] + stats["Loss/G/codebook"]
+                + 0.25 * stats["Loss/G/commit"])
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(T2IError, match="no such file"):
+        load_perceptual(f"lpips:{tmp_path / 'missing.pth'}", "cpu")
+
+
+# ----------------------------------------------------------------------------------------------
+# `t2i train vqgan`
+
+def stats_lines(run):
+    return [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
+
+
+def test_cli_trains_snapshots_and_resumes_exactly(shapes16, tmp_path):
+    common = ["--data", shapes16, "--preset", "test", "--batch", 8, "--disc_start_kimg", 0.016,
+              "--restart_patience", 2]
+    cli("train", "vqgan", *common, "--kimg", 0.032, "--metrics", "psnr", "--outdir", tmp_path / "a")
+    (run,) = (tmp_path / "a").glob("*-vqgan-test")
+    names = {p.name for p in run.iterdir()}
+    assert {"config.json", "log.txt", "reals.png", "fakes-000016.png", "fakes-000032.png", "snapshot-000016",
+            "snapshot-000032", "metric-psnr.jsonl"} <= names
+    lines = stats_lines(run)
+    assert [line["kimg"] for line in lines] == [0.016, 0.032]
+    for line in lines:
+        assert {"VQ/used_codes", "VQ/perplexity", "Loss/G/rec", "Loss/G/codebook", "Loss/G/commit"} <= line.keys()
+        assert 1 <= line["VQ/used_codes"] <= PRESETS["test"].n_embed
+    assert max(line["VQ/restarted"] for line in lines) > 0                   # dead codes restarted (patience 2)
+    assert "Loss/D/adv" not in lines[0] and "Loss/G/adv" not in lines[0]     # steps at 0 and 8 images
+    assert "Loss/D/adv" in lines[1] and "Loss/G/adaptive_weight" in lines[1]  # from 16 images on
+    psnr = json.loads((run / "metric-psnr.jsonl").read_text().splitlines()[-1])["results"]
+    assert 0 < psnr["psnr_db"] < 60 and psnr["n"] == 64 and 1 <= psnr["used_codes"] <= 32
+    # Fakes: rows alternate 8 originals (every 2nd image of 64) and their 8 reconstructions.
+    grid = torch.from_numpy(np.array(Image.open(run / "fakes-000032.png"))).permute(2, 0, 1)
+    assert grid.shape == (3, 8 * 16, 8 * 16)
+    dataset = ImageTextDataset(shapes16)
+    assert all(torch.equal(grid[:, :16, 16 * j:16 * j + 16], dataset[2 * j]["image"]) for j in range(8))
+    meta = load_snapshot(run).meta
+    assert meta["family"] == "vqgan" and VQGANConfig.from_dict(meta["net"]) == PRESETS["test"]
+    # --resume continues the same run; the result equals an uninterrupted run bit for bit.
+    cli("train", "vqgan", *common, "--kimg", 0.048, "--resume", run, "--outdir", tmp_path / "a")
+    assert (run / "snapshot-000048").is_dir() and len(stats_lines(run)) == 3
+    assert "resuming" in (run / "log.txt").read_text()
+    cli("train", "vqgan", *common, "--kimg", 0.048, "--outdir", tmp_path / "b")
+    (straight,) = (tmp_path / "b").glob("*-vqgan-test")
+    resumed = load_snapshot(run / "snapshot-000048").tensors
+    direct = load_snapshot(straight / "snapshot-000048").tensors
+    assert resumed.keys() == direct.keys() and all(torch.equal(resumed[k], direct[k]) for k in resumed)
+
+
+def test_cli_rejects_a_dataset_of_the_wrong_size(shapes16, tmp_path, cli_error):
+    msg = cli_error("train", "vqgan", "--data", shapes16, "--preset", "tiny", "--outdir", tmp_path)
+    assert "is 16x16 but VQGAN preset 'tiny' takes 64x64" in msg and "t2i data pack --width 64" in msg
+    msg = cli_error("train", "vqgan", "--data", shapes16, "--preset", "test", "--perceptual", "vgg",
+                    "--outdir", tmp_path)
+    assert "--perceptual 'vgg'" in msg
