@@ -71,6 +71,25 @@ def lafite_run(shapes16, clip_run, session_runs) -> Path:
     return run
 
 
+@pytest.fixture(scope="session")
+def vqgan_run(shapes16, session_runs) -> Path:
+    """`t2i train vqgan --preset test`: 16px -> 8x8 tokens of 32 codes, batch 8, one snapshot per tick."""
+    with single_thread():
+        cli("train", "vqgan", "--data", shapes16, "--preset", "test", "--kimg", 0.032, "--outdir", session_runs)
+    (run,) = session_runs.glob("*-vqgan-test")
+    return run
+
+
+@pytest.fixture(scope="session")
+def dalle_run(shapes16, vqgan_run, session_runs) -> Path:
+    """`t2i train dalle --preset test` on the test VQGAN, with a BPE trained in the run."""
+    with single_thread():
+        cli("train", "dalle", "--data", shapes16, "--vqgan", vqgan_run, "--preset", "test", "--bpe_vocab", 300,
+            "--kimg", 0.032, "--outdir", session_runs)
+    (run,) = session_runs.glob("*-dalle-test")
+    return run
+
+
 @pytest.fixture
 def cli_error(capsys):
     """Run `t2i ARGV...` in-process; require exit code 2 with a `t2i: error:` line and no traceback;

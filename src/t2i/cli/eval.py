@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from t2i.cli.sampling import add_sampling_args, sampling_options
 from t2i.errors import T2IError
 
 
@@ -27,6 +28,7 @@ def add_parser(sub) -> None:
     p.add_argument("--batch", type=int, default=64, help="generation / feature batch size")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", help="directory for metric-<name>.jsonl (default: the model's run directory)")
+    add_sampling_args(p)
     p.set_defaults(func=run)
 
 
@@ -48,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     snapshot = resolve_snapshot(args.model) if args.model else DEFAULT_MODEL
     pipe = load_pipeline(snapshot, args.device)
     opts = EvalOptions(data=args.data, n=args.n, clip=args.clip, inception=args.inception, oracle=args.oracle,
-                       seed=args.seed, batch=args.batch)
+                       seed=args.seed, batch=args.batch, sampling=sampling_options(args, pipe, args.device))
     out = Path(args.out) if args.out else (snapshot.parent if args.model else Path("."))
     log = RunLog(out, tensorboard=False, log_file=False)
     kimg = float(pipe.meta.get("kimg", 0.0))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from t2i.cli.sampling import add_sampling_args, sampling_options
 from t2i.errors import T2IError
 
 MAX_IMAGES = 1024
@@ -22,10 +23,10 @@ def add_parser(sub) -> None:
     p.add_argument("--model", metavar="RUN_OR_SNAPSHOT", help="run directory or snapshot (default: embedded model)")
     p.add_argument("--n", type=int, default=8, help="images per prompt")
     p.add_argument("--seed", type=int, default=0, help="seed of the first image; image k uses seed + k")
-    p.add_argument("--truncation", type=float, default=1.0, help="truncation psi (1 = none)")
     p.add_argument("--out", default="out.png", help="PNG grid: one row per prompt, --n columns")
     p.add_argument("--outdir", help="also write every image as its own PNG into this folder")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    add_sampling_args(p)
     p.set_defaults(func=run)
 
 
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args.model, args.device)
     all_prompts = [p for p in prompts for _ in range(args.n)]
     seeds = [args.seed + k for _ in prompts for k in range(args.n)]
-    images = pipe(all_prompts, seeds, truncation=args.truncation)
+    images = pipe(all_prompts, seeds, **sampling_options(args, pipe, args.device))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_grid(images, out, nrow=args.n)

@@ -9,6 +9,7 @@ from t2i.training.launch import TRAINABLE, add_loop_args
 
 HELP = {
     "bpe": "train a byte-level BPE tokenizer (with BPE-dropout) on a dataset's captions",
+    "dalle": "train the DALL-E transformer over BPE text tokens and VQGAN image tokens (--vqgan RUN)",
     "clip": "train t2i's small CLIP (image + text encoders, contrastive) on a dataset",
     "lafite": "train LAFITE (StyleGAN2-style generator conditioned on CLIP features)",
     "oracle": "train the shapes attribute classifier used by the shapes_accuracy metric",

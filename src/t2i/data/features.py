@@ -31,11 +31,16 @@ class Features:
         return int(self.offsets[i]), int(self.offsets[i + 1])
 
 
+def cache_path(dataset, *key: str, prefix: str = "") -> Path:
+    """`<dataset>.features/<prefix><hash>.safetensors`, the hash over the dataset's content
+    fingerprint and `key` (the identity of whatever computed the file, its options)."""
+    digest = hashlib.sha256("|".join((dataset.fingerprint(), *key)).encode()).hexdigest()[:24]
+    return Path(str(dataset.path).rstrip("/") + ".features") / f"{prefix}{digest}.safetensors"
+
+
 def features_path(dataset, clip, lang: str = "en") -> Path:
     """Where the features of (dataset content, CLIP weights, caption language) are cached."""
-    key = hashlib.sha256(f"{dataset.fingerprint()}|{clip.identity}|{lang}".encode()).hexdigest()[:24]
-    root = Path(str(dataset.path).rstrip("/") + ".features")
-    return root / f"{key}.safetensors"
+    return cache_path(dataset, clip.identity, lang)
 
 
 def encode_caption(clip, text: str) -> torch.Tensor:

@@ -7,7 +7,7 @@ its feature extractor / CLIP and the number of images, so figures are never comp
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -28,17 +28,17 @@ class EvalOptions:
     oracle: str | None = None      # shapes oracle (default: the shipped one)
     seed: int = 0
     batch: int = 64
+    sampling: dict = field(default_factory=dict)  # the pipeline's sampling options (guidance, ...)
 
 
 class OracleExtractor:
     """The shapes oracle's penultimate features (256-d): the FID feature space of the shapes domain."""
 
     def __init__(self, oracle):
+        from t2i.training.snapshot import weights_identity
+
         self.oracle = oracle
-        h = __import__("hashlib").sha256()
-        for k, v in sorted(oracle.state_dict().items()):
-            h.update(k.encode() + v.detach().cpu().float().numpy().tobytes())
-        self.identity = "shapes-oracle:" + h.hexdigest()[:16]
+        self.identity = weights_identity(oracle, "shapes-oracle")
 
     @torch.no_grad()
     def __call__(self, images_uint8: torch.Tensor) -> torch.Tensor:
@@ -62,14 +62,14 @@ def dataset_prompts(dataset, n: int, seed: int) -> list[str]:
     return out
 
 
-def generate(pipe, prompts: list[str], seed: int, batch: int) -> torch.Tensor:
+def generate(pipe, prompts: list[str], seed: int, batch: int, sampling: dict | None = None) -> torch.Tensor:
     """uint8 images for prompts, seeds seed, seed + 1, ... (with a progress bar)."""
     from tqdm import tqdm
 
     out = []
     for s in tqdm(range(0, len(prompts), batch), desc="generating", unit="batch", leave=False):
         chunk = prompts[s:s + batch]
-        out.append(pipe(chunk, list(range(seed + s, seed + s + len(chunk)))))
+        out.append(pipe(chunk, list(range(seed + s, seed + s + len(chunk))), **(sampling or {})))
     return torch.cat(out)
 
 
@@ -98,7 +98,7 @@ def fid(pipe, opts: EvalOptions, device) -> dict:
 
     real = cache.get_or_compute(dataset.fingerprint(), extractor.identity,
                                 lambda: compute_stats(extractor, real_batches(), extractor.identity))
-    fakes = generate(pipe, dataset_prompts(dataset, opts.n, opts.seed), opts.seed, opts.batch)
+    fakes = generate(pipe, dataset_prompts(dataset, opts.n, opts.seed), opts.seed, opts.batch, opts.sampling)
     fake = compute_stats(extractor, fakes.split(opts.batch), extractor.identity)
     return {"fid": fid_from_stats(real, fake), "extractor": extractor.identity, "n_fake": opts.n, "n_real": real.n}
 
@@ -106,7 +106,11 @@ def fid(pipe, opts: EvalOptions, device) -> dict:
 def _eval_clip(pipe, opts: EvalOptions, device):
     from t2i.clip import load_clip
 
-    return load_clip(opts.clip, device) if opts.clip else pipe.clip
+    if opts.clip:
+        return load_clip(opts.clip, device)
+    if getattr(pipe, "clip", None) is None:
+        raise T2IError(f"this {pipe.family} model carries no CLIP; give --clip (a t2i CLIP run, or ARCH:/path)")
+    return pipe.clip
 
 
 def clip_score_metric(pipe, opts: EvalOptions, device) -> dict:
@@ -116,7 +120,7 @@ def clip_score_metric(pipe, opts: EvalOptions, device) -> dict:
     dataset = _need_data(opts, "clip_score")
     clip = _eval_clip(pipe, opts, device)
     prompts = dataset_prompts(dataset, opts.n, opts.seed)
-    images = generate(pipe, prompts, opts.seed, opts.batch)
+    images = generate(pipe, prompts, opts.seed, opts.batch, opts.sampling)
     return {"clip_score": clip_score(clip, images, prompts, batch_size=opts.batch), "clip": clip.identity, "n": opts.n}
 
 
@@ -127,7 +131,7 @@ def r_precision_metric(pipe, opts: EvalOptions, device) -> dict:
     dataset = _need_data(opts, "r_precision")
     clip = _eval_clip(pipe, opts, device)
     prompts = dataset_prompts(dataset, opts.n, opts.seed)
-    images = generate(pipe, prompts, opts.seed, opts.batch)
+    images = generate(pipe, prompts, opts.seed, opts.batch, opts.sampling)
     pool = sorted({c for r in dataset.records for c in r["captions"]})
     return {"r_precision": r_precision(clip, images, prompts, pool, seed=opts.seed, batch_size=opts.batch),
             "clip": clip.identity, "n": opts.n}
@@ -144,7 +148,7 @@ def shapes_accuracy(pipe, opts: EvalOptions, device) -> dict:
     for split, key in (("test-seen", "seen"), ("test-heldout", "heldout")):
         rng = random.Random(f"{opts.seed}-{split}")
         scenes = [shapes.sample_scene(rng, split) for _ in range(opts.n)]
-        images = generate(pipe, [shapes.prompt(s) for s in scenes], opts.seed, opts.batch)
+        images = generate(pipe, [shapes.prompt(s) for s in scenes], opts.seed, opts.batch, opts.sampling)
         from t2i.data.transforms import to_model
 
         preds = []

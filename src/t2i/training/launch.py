@@ -24,6 +24,7 @@ from t2i.training.loop import LoopConfig
 # describe(cfg) and, optionally, evaluate(name, snapshot_path, cfg).
 TRAINABLE = {
     "clip": "t2i.clip.trainer",
+    "dalle": "t2i.models.dalle.trainer",
     "lafite": "t2i.models.lafite.trainer",
     "oracle": "t2i.metrics.oracle_trainer",
     "vqgan": "t2i.models.dalle.vqgan_trainer",

@@ -55,6 +55,16 @@ class Snapshot:
         return sd
 
 
+def weights_identity(module: torch.nn.Module, kind: str) -> str:
+    """`kind:<hash of the state_dict>`: a stable id of a module's weights, for cache keys."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode() + v.detach().cpu().float().numpy().tobytes())
+    return f"{kind}:{h.hexdigest()[:16]}"
+
+
 def save_snapshot(
     dest: Path,
     modules: dict[str, torch.nn.Module],

@@ -30,11 +30,22 @@ def guided(logits: torch.Tensor, scale: float) -> torch.Tensor:
     return uncond + scale * (cond - uncond)
 
 
+def sample(logits: torch.Tensor, generator=None) -> torch.Tensor:
+    """One id per row (B, 1) from softmax(logits). With a list of generators, one per row, each row's
+    draw depends only on its own generator (Gumbel-max), so an image does not change with the batch
+    it is sampled in."""
+    if isinstance(generator, (list, tuple)):
+        u = torch.stack([torch.rand(logits.shape[-1], generator=g) for g in generator]).to(logits.device)
+        return (logits.float() - torch.log(-torch.log(u.clamp_min(1e-20)))).argmax(-1, keepdim=True)
+    return torch.multinomial(logits.float().softmax(-1), 1, generator=generator)
+
+
 @torch.no_grad()
 def generate(model: DalleTransformer, text: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None, guidance_scale: float = 1.0, use_cache: bool = True,
-             generator: torch.Generator | None = None) -> torch.Tensor:
-    """Image codes (B, image_len) for text ids (B, text_len), one token at a time."""
+             generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
+    """Image codes (B, image_len) for text ids (B, text_len), one token at a time (`generator`: one
+    for the batch, or one per row; see `sample`)."""
     cfg = model.cfg
     B, first = len(text), cfg.text_vocab + 1
     if guidance_scale != 1.0:  # one batch [text; null text], combined per step
@@ -46,7 +57,7 @@ def generate(model: DalleTransformer, text: torch.Tensor, temperature: float = 1
     for i in range(cfg.image_len):
         step = guided(logits, guidance_scale) if guidance_scale != 1.0 else logits.float()
         step = filter_logits(step / max(temperature, 1e-6), top_k, top_p)
-        code = torch.multinomial(step.softmax(-1), 1, generator=generator)  # (B, 1)
+        code = sample(step, generator)                                     # (B, 1)
         out.append(code)
         if i == cfg.image_len - 1:
             break

@@ -53,7 +53,7 @@ class DalleConfig:
 
 
 PRESETS: dict[str, DalleConfig] = {
-    "test": DalleConfig(dim=32, depth=2, heads=2, text_len=16),
+    "test": DalleConfig(dim=32, depth=2, heads=2, text_len=32),
     "tiny": DalleConfig(dim=256, depth=4, heads=4, text_len=32),
     # dalle-pytorch's benchmark shape: dim 512, depth 2, 8 heads of 64, 256 text + 256 image tokens.
     "bench": DalleConfig(dim=512, depth=2, heads=8, text_len=256, image_len=256),

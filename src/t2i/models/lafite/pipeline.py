@@ -33,6 +33,7 @@ class LafitePipeline:
     """Text-to-image with a LAFITE snapshot: `pipe(prompts, seeds) -> uint8 (N, 3, R, R)`."""
 
     family = "lafite"
+    options = {"truncation": 1.0}  # sampling options `t2i generate` / `t2i eval` pass through
 
     def __init__(self, G: Generator, clip, meta: dict):
         self.G, self.clip, self.meta = G, clip, meta

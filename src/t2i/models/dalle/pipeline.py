@@ -1,0 +1,83 @@
+"""Sampling a trained DALL-E model: prompt -> BPE ids -> transformer (guided, cached) -> VQGAN decode,
+optionally reranking N candidates per prompt by CLIP score."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from t2i.models.dalle.sampling import generate
+from t2i.models.dalle.transformer import DalleConfig, DalleTransformer
+from t2i.models.dalle.vqgan import VQGAN, VQGANConfig
+
+# Sampling options `t2i generate` / `t2i eval` pass through, with their defaults.
+OPTIONS = {"guidance": 3.0, "top_k": 0, "top_p": 1.0, "temperature": 1.0, "candidates": 1}
+
+
+class DallePipeline:
+    """Text-to-image with a DALL-E snapshot: `pipe(prompts, seeds, **options) -> uint8 (N, 3, R, R)`."""
+
+    family = "dalle"
+    options = OPTIONS
+
+    def __init__(self, model: DalleTransformer, vqgan: VQGAN, tokenizer, clip, meta: dict):
+        self.model, self.vqgan, self.tokenizer, self.clip, self.meta = model, vqgan, tokenizer, clip, meta
+
+    @classmethod
+    def from_snapshot(cls, snap, device="cpu", clip=None) -> "DallePipeline":
+        """Build from a loaded `Snapshot` of family dalle; `clip` (any t2i CLIP) enables reranking."""
+        from t2i.text.bpe import BpeTokenizer
+
+        model = DalleTransformer(DalleConfig(**snap.meta["net"]))
+        model.load_state_dict(snap.state_dict("dalle"))
+        vqgan = VQGAN(VQGANConfig.from_dict(snap.meta["vqgan"]))
+        vqgan.load_state_dict(snap.state_dict("vqgan"))
+        tokenizer = BpeTokenizer(snap.meta["tokenizer"]["spec"])  # sampling: never BPE-dropout
+        return cls(model.to(device).eval().requires_grad_(False), vqgan.to(device).eval().requires_grad_(False),
+                   tokenizer, clip, snap.meta)
+
+    @property
+    def resolution(self) -> int:
+        return self.vqgan.cfg.resolution
+
+    def text_ids(self, prompts: list[str], truncate: bool = False) -> torch.Tensor:
+        """(N, text_len) ids; a prompt longer than the model reads is cut (truncate) or a T2IError."""
+        from t2i.text.bpe import fixed_length_ids
+
+        return fixed_length_ids(self.tokenizer, prompts, self.model.cfg.text_len, truncate=truncate)
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str], seeds: list[int], guidance: float = 3.0, top_k: int = 0,
+                 top_p: float = 1.0, temperature: float = 1.0, candidates: int = 1, batch: int = 64,
+                 truncate: bool = False) -> torch.Tensor:
+        """One image per (prompt, seed); with candidates > 1 and a CLIP, the best of N by CLIP score.
+        top_k 0 keeps the top 10% of codes (DALL-E's filter_thres 0.9); truncate cuts long prompts
+        (training captions, as in training) instead of refusing them."""
+        from t2i.data.transforms import to_uint8
+
+        if len(prompts) != len(seeds):
+            raise ValueError("one seed per prompt")
+        device = next(self.model.parameters()).device
+        n = candidates if self.clip is not None else 1
+        rows = [(p, s, j) for p, s in zip(prompts, seeds) for j in range(n)]
+        k = top_k or max(1, self.model.cfg.image_vocab // 10)
+        side = self.vqgan.cfg.token_side
+        images = []
+        for b in range(0, len(rows), batch):
+            chunk = rows[b:b + batch]
+            text = self.text_ids([p for p, _, _ in chunk], truncate).to(device)
+            gens = [torch.Generator().manual_seed(int(s) * 1_000_003 + j) for _, s, j in chunk]
+            codes = generate(self.model, text, temperature, k, top_p, guidance, generator=gens)
+            images.append(self.vqgan.decode_ids(codes.view(-1, side, side)).float().clamp(-1, 1))
+        images = torch.cat(images)                                            # (N * n, 3, R, R)
+        if n > 1:
+            images = self.rerank(images.view(len(prompts), n, *images.shape[1:]), prompts)
+        return to_uint8(images.cpu())
+
+    def rerank(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """The candidate with the highest CLIP similarity to its prompt, per prompt: (N, n, 3, R, R) -> (N, 3, R, R)."""
+        N, n = images.shape[:2]
+        img = F.normalize(self.clip.encode_image(images.flatten(0, 1)).float(), dim=-1).view(N, n, -1)
+        txt = F.normalize(self.clip.encode_text(prompts).float(), dim=-1)          # (N, D)
+        best = (img @ txt[:, :, None]).squeeze(-1).argmax(1)                     # (N,)
+        return images[torch.arange(N), best]
