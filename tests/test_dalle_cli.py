@@ -47,13 +47,19 @@ def test_image_tokens_are_cached_by_content_and_vqgan(shapes16, vqgan_run):
     assert len(logged) == 1
 
 
-def test_resume_continues_the_run(dalle_run, shapes16, vqgan_run, copy_run):
+def test_resume_continues_exactly(dalle_run, shapes16, vqgan_run, copy_run, tmp_path, one_thread):
+    """Resumed at 32 images to 48 = trained straight to 48, bit for bit (BPE-dropout draws included)."""
+    from safetensors.torch import load_file
+
+    common = ["--data", shapes16, "--vqgan", vqgan_run, "--preset", "test", "--bpe_vocab", 300, "--kimg", 0.048]
     run = copy_run(dalle_run)
-    cli("train", "dalle", "--data", shapes16, "--vqgan", vqgan_run, "--preset", "test", "--bpe_vocab", 300,
-        "--kimg", 0.048, "--resume", run, "--outdir", run.parent)
-    assert (run / "snapshot-000048").is_dir()
+    cli("train", "dalle", *common, "--resume", run, "--outdir", run.parent)
     assert "resuming" in (run / "log.txt").read_text()
     assert len((run / "stats.jsonl").read_text().splitlines()) == 3
+    cli("train", "dalle", *common, "--outdir", tmp_path / "straight")
+    (straight,) = (tmp_path / "straight").glob("*-dalle-test")
+    a, b = (load_file(r / "snapshot-000048" / "model.safetensors") for r in (run, straight))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_generate_with_guidance_and_reranking(dalle_run, clip_run, tmp_path):

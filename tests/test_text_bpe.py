@@ -31,6 +31,25 @@ def test_dropout_varies_segmentation_only_when_asked(tok):
     assert all(tok.decode(list(s)).strip() == text for s in sampled)  # every segmentation is the text
 
 
+def test_dropout_is_seeded(tok):
+    import random
+
+    text = " ".join(EN + KO)
+    draws = [tok.ids(text, dropout=True, rng=random.Random(s)) for s in (1, 1, 2)]
+    assert draws[0] == draws[1] and draws[0] != draws[2]
+
+
+def test_dropout_path_without_drops_is_the_library_bpe(tok):
+    """Our seeded merge loop at p -> 0 gives exactly the tokenizers library's canonical segmentation."""
+    import random
+
+    from t2i.text.bpe import BpeTokenizer
+
+    almost = BpeTokenizer(tok.spec, dropout=1e-12)
+    for text in EN + KO + ["A Large RED circle", "unseen words: zebra, 얼룩말!"]:
+        assert almost.ids(text, dropout=True, rng=random.Random(0)) == tok.ids(text)
+
+
 def test_no_dropout_tokenizer_never_drops(tok):
     plain = train_bpe(EN * 30, vocab_size=300)
     assert len({tuple(plain.ids(EN[0], dropout=True)) for _ in range(20)}) == 1

@@ -13,6 +13,7 @@ segmentation.
 from __future__ import annotations
 
 import json
+import random
 from typing import Iterable
 
 import torch
@@ -46,12 +47,11 @@ class BpeTokenizer:
         if not 0.0 <= dropout < 1.0:
             raise T2IError(f"BPE dropout {dropout} must be in [0, 1)")
         self.spec, self.dropout = spec, dropout
-        canonical = {**spec, "model": {**spec["model"], "dropout": None}}
-        self._tok = Tokenizer.from_str(json.dumps(canonical))
-        self._dropout_tok = None
-        if dropout > 0:
-            self._dropout_tok = Tokenizer.from_str(json.dumps({**spec, "model": {**spec["model"], "dropout": dropout}}))
+        self._tok = Tokenizer.from_str(json.dumps({**spec, "model": {**spec["model"], "dropout": None}}))
         self.vocab_size = self._tok.get_vocab_size()
+        merges = spec["model"]["merges"]
+        self._rank = {tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m): r for r, m in enumerate(merges)}
+        self._vocab = spec["model"]["vocab"]
 
     def token_id(self, token: str) -> int:
         """The id of a (special) token; T2IError if the vocabulary lacks it."""
@@ -60,10 +60,31 @@ class BpeTokenizer:
             raise T2IError(f"token {token!r} is not in this BPE vocabulary")
         return i
 
-    def ids(self, text: str, dropout: bool = False) -> list[int]:
-        """Token ids of one text, without special tokens; dropout=True samples a BPE-dropout segmentation."""
-        tok = self._dropout_tok if dropout and self._dropout_tok is not None else self._tok
-        return tok.encode(text, add_special_tokens=False).ids
+    def ids(self, text: str, dropout: bool = False, rng: random.Random | None = None) -> list[int]:
+        """Token ids of one text, without special tokens; dropout=True samples a BPE-dropout
+        segmentation from `rng` (seeded by the caller, so training is reproducible)."""
+        if not dropout or self.dropout == 0:
+            return self._tok.encode(text, add_special_tokens=False).ids
+        rng = rng or random.Random()
+        words = self._tok.pre_tokenizer.pre_tokenize_str(self._tok.normalizer.normalize_str(text))
+        return [self._vocab[piece] for word, _ in words for piece in self._merge(list(word), rng)]
+
+    def _merge(self, symbols: list[str], rng: random.Random) -> list[str]:
+        """BPE with dropout on one pre-tokenised word: repeatedly apply the best-ranked adjacent merge
+        that survives a coin flip (each candidate is dropped with probability p); stop when none does.
+        Written here because the tokenizers library's BPE-dropout draws from an unseedable RNG, which
+        would make an exact `--resume` impossible. With p = 0 it is the library's canonical BPE (tested)."""
+        while len(symbols) > 1:
+            best = None
+            for i in range(len(symbols) - 1):
+                r = self._rank.get((symbols[i], symbols[i + 1]))
+                if r is not None and (best is None or r < best[0]) and rng.random() >= self.dropout:
+                    best = (r, i)
+            if best is None:
+                break
+            i = best[1]
+            symbols[i:i + 2] = [symbols[i] + symbols[i + 1]]
+        return symbols
 
     def decode(self, ids: list[int]) -> str:
         """Text of ids (special tokens dropped); the inverse of `ids` up to lower-casing and NFC."""
@@ -75,14 +96,14 @@ class BpeTokenizer:
 
 
 def fixed_length_ids(tokenizer: BpeTokenizer, texts: list[str], length: int, dropout: bool = False,
-                     truncate: bool = False) -> torch.Tensor:
+                     truncate: bool = False, rng: random.Random | None = None) -> torch.Tensor:
     """(B, length) text ids for an autoregressive prefix: the BPE ids, then padding in which position i
     has its own id `vocab_size + i`, so the model can tell padding positions apart (DALL-E). Ids thus
     range over `vocab_size + length` values; an empty text is all padding (the null condition of
     classifier-free guidance). A longer text is cut (truncate=True, for training captions) or refused."""
     out = torch.arange(length).repeat(len(texts), 1) + tokenizer.vocab_size
     for i, text in enumerate(texts):
-        ids = tokenizer.ids(text, dropout=dropout) if text else []
+        ids = tokenizer.ids(text, dropout=dropout, rng=rng) if text else []
         if len(ids) > length:
             if not truncate:
                 short = text if len(text) <= 60 else text[:57] + "..."

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import random
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -162,14 +163,16 @@ class DalleFamily:
             aug = torch.randint(self.tokens.shape[1], (len(idx),), generator=g)
             pick = torch.rand(len(idx), generator=g)
             caps = [self.captions[int(i)][int(p * len(self.captions[int(i)]))] for i, p in zip(idx, pick)]
-            return {"image": self.tokens[idx, aug], "caption": caps}
+            seed = int(torch.randint(2 ** 62, (), generator=g))  # this step's BPE-dropout draws
+            return {"image": self.tokens[idx, aug], "caption": caps, "bpe_seed": seed}
         return step_batches(len(self.tokens), fetch, step, batch, seed, rank)
 
     def loss(self, phase: Phase, batch: dict):
         from t2i.text.bpe import fixed_length_ids
 
         self.model.train()
-        text = fixed_length_ids(self.tokenizer, batch["caption"], self.net.text_len, dropout=True, truncate=True)
+        text = fixed_length_ids(self.tokenizer, batch["caption"], self.net.text_len, dropout=True, truncate=True,
+                                rng=random.Random(batch["bpe_seed"]))
         text = drop_text(text.to(self.device), self.net, self.cfg.null_text_prob)
         return dalle_loss(self.model, text, batch["image"].to(self.device), self.cfg.image_weight)
 
