@@ -1,0 +1,116 @@
+"""Benchmark: the whole DALL-E recipe on the shapes domain at 64px, every stage through the real CLI.
+
+Trains a BPE, a VQGAN and the transformer within fixed budgets, then prints one table: VQGAN
+reconstruction PSNR and codebook usage; shapes_accuracy (seen and held-out compositions) with and
+without classifier-free guidance and CLIP reranking; oracle FID; the wall time of every stage.
+
+    python benchmarks/dalle_shapes.py --workdir /tmp/t2i-dalle --clip src/t2i/assets/default-lafite
+
+A stage whose run already finished in the work directory is reused (delete it, or give another
+--workdir, to retrain). Nothing here is a test: the numbers depend on the machine and are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+T2I = [sys.executable, "-m", "t2i"]
+
+
+def sh(args: list[str], log: Path) -> float:
+    """Run a command with its output in `log`; fail loudly; return its wall time in seconds."""
+    import subprocess
+
+    t0 = time.time()
+    with open(log, "w") as out:
+        r = subprocess.run([str(a) for a in args], stdout=out, stderr=subprocess.STDOUT)
+    if r.returncode:
+        raise SystemExit(f"failed ({r.returncode}): {' '.join(map(str, args))}; see {log}")
+    return time.time() - t0
+
+
+def finished(outdir: Path, suffix: str) -> Path | None:
+    """The newest run in outdir ending in suffix whose log has a `done:` line (or a BPE run), else None."""
+    runs = sorted(outdir.glob(f"*{suffix}")) if outdir.is_dir() else []
+    for run in reversed(runs):
+        if (run / "tokenizer.json").exists() or re.search(r"^done: ", (run / "log.txt").read_text()
+                                                          if (run / "log.txt").exists() else "", re.M):
+            return run
+    return None
+
+
+def stage(name: str, outdir: Path, suffix: str, cmd: list, work: Path, walls: dict) -> Path:
+    """Run one training stage unless a finished run of it exists; record its wall time."""
+    run = finished(outdir, suffix)
+    if run is None:
+        walls[name] = sh(cmd + ["--outdir", outdir], work / f"{name}.log")
+        run = finished(outdir, suffix)
+    else:
+        found = re.findall(r"^done: [\d.]+ kimg in ([\d.]+)s", (run / "log.txt").read_text(), re.M) \
+            if (run / "log.txt").exists() else []
+        walls[name] = sum(map(float, found))
+    print(f"{name}: {run} ({walls[name]:.0f}s)")
+    return run
+
+
+def metric(run: Path, name: str) -> dict:
+    """The last line of a run's metric-<name>.jsonl."""
+    return json.loads((run / f"metric-{name}.jsonl").read_text().splitlines()[-1])["results"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", default="/tmp/t2i-dalle", help="where data, runs and logs go")
+    p.add_argument("--n_images", type=int, default=10000, help="training images rendered")
+    p.add_argument("--clip", required=True, help="CLIP for reranking (a t2i CLIP run, e.g. the default model)")
+    p.add_argument("--vqgan_kimg", type=float, default=40, help="VQGAN budget")
+    p.add_argument("--dalle_kimg", type=float, default=200, help="transformer budget")
+    p.add_argument("--vqgan_args", default="--preset tiny --batch 16 --lr 5e-4 --disc_start_kimg 20",
+                   help="extra options of `t2i train vqgan`")
+    p.add_argument("--dalle_args", default="--preset tiny --batch 32 --bpe_vocab 512",
+                   help="extra options of `t2i train dalle`")
+    p.add_argument("--eval_n", type=int, default=300, help="prompts per split for shapes_accuracy")
+    p.add_argument("--candidates", type=int, default=8, help="CLIP reranking: best of N")
+    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale")
+    args = p.parse_args()
+
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    data, runs, walls = work / "shapes64", work / "runs", {}
+    if not (data / "dataset.json").exists():
+        sh(T2I + ["data", "shapes", "--out", data, "--n", args.n_images, "--size", 64, "--seed", 1], work / "data.log")
+    vqgan = stage("vqgan", runs, "-vqgan-tiny", T2I + ["train", "vqgan", "--data", data, "--kimg", args.vqgan_kimg,
+                  "--metrics", "psnr", *args.vqgan_args.split()], work, walls)
+    dalle = stage("dalle", runs, "-dalle-tiny", T2I + ["train", "dalle", "--data", data, "--vqgan", vqgan,
+                  "--kimg", args.dalle_kimg, *args.dalle_args.split()], work, walls)
+    rec = metric(vqgan, "psnr")
+    settings = {"plain": ["--guidance", "1"], "guidance": ["--guidance", args.guidance],
+                "guidance + rerank": ["--guidance", args.guidance, "--candidates", args.candidates,
+                                      "--rerank_clip", args.clip]}
+    rows = []
+    for label, opts in settings.items():
+        out = work / f"eval-{label.replace(' + ', '-')}"
+        metrics = "shapes_accuracy,fid" if label == "guidance + rerank" else "shapes_accuracy"
+        wall = sh(T2I + ["eval", dalle, "--data", data, "--metrics", metrics, "--n", args.eval_n, "--out", out,
+                         *opts], work / f"{out.name}.log")
+        acc = metric(out, "shapes_accuracy")
+        rows.append((label, acc, metric(out, "fid")["fid"] if "fid" in metrics else None, wall))
+    print()
+    print(f"VQGAN: PSNR {rec['psnr_db']:.2f} dB, {rec['used_codes']} codes used ({rec['usage']:.0%}), "
+          f"perplexity {rec['perplexity']:.1f}; trained {walls['vqgan']:.0f}s")
+    print(f"transformer: trained {walls['dalle']:.0f}s; all stages {walls['vqgan'] + walls['dalle']:.0f}s")
+    print(f"{'sampling':<20} {'seen all':>9} {'held-out all':>12} {'seen colour':>11} {'seen shape':>10} "
+          f"{'oracle FID':>10} {'eval s':>7}")
+    for label, acc, fid, wall in rows:
+        fid_text = f"{fid:>10.2f}" if fid is not None else f"{'-':>10}"
+        print(f"{label:<20} {acc['seen_all']:>9.3f} {acc['heldout_all']:>12.3f} {acc['seen_colour']:>11.3f} "
+              f"{acc['seen_shape']:>10.3f} {fid_text} {wall:>7.0f}")
+
+
+if __name__ == "__main__":
+    main()
