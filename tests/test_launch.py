@@ -2,6 +2,7 @@
 fine-tune, and clean errors."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -57,6 +58,15 @@ def test_resume_with_only_continuation_options_is_exact(capsys, lafite_run):
     r = dry_run(capsys, "lafite", "--data", data, "--resume", lafite_run, "--kimg", 1, "--snap", 3, "--keep", 1)
     assert r["start"] == "exact resume" and r["from"] == str(snap)
     assert r["loop"]["kimg"] == 1 and r["loop"]["batch"] == 8 and r["config"]["preset"] == "test"
+
+
+def test_resume_naming_the_data_path_differently_is_still_exact(capsys, lafite_run, monkeypatch):
+    data = Path(json.loads((lafite_run / "config.json").read_text())["config"]["data"])
+    monkeypatch.chdir(data.parent)
+    r = dry_run(capsys, "lafite", "--data", f"./{data.name}/", "--resume", lafite_run)
+    assert r["start"] == "exact resume"
+    r = dry_run(capsys, "lafite", "--data", str(data.parent), "--resume", lafite_run)  # another folder
+    assert r["start"] == "fine-tune"
 
 
 def test_resume_latest_picks_the_newest_run(capsys, lafite_run, session_runs):

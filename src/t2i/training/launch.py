@@ -134,10 +134,20 @@ def resolve(family: str, args: argparse.Namespace) -> tuple[dict[str, Any], Path
     return {"family": family, "loop": dataclasses.asdict(loop_cfg), "config": dataclasses.asdict(fam_cfg)}, snapshot
 
 
+def _same_value(old: Any, new: Any) -> bool:
+    """Equal, or two spellings of one existing path (`data/x` vs `/work/data/x/`)."""
+    if old == new:
+        return True
+    if isinstance(old, str) and isinstance(new, str) and old and new and Path(old).exists() and Path(new).exists():
+        return Path(old).resolve() == Path(new).resolve()
+    return False
+
+
 def is_continuation(resolved: dict, snapshot: Path) -> bool:
     """True when only continuation options differ from the snapshot's run (exact resume)."""
     meta = json.loads((snapshot / "config.json").read_text())
-    if meta.get("config") != resolved["config"]:
+    old_cfg, new_cfg = meta.get("config", {}), resolved["config"]
+    if old_cfg.keys() != new_cfg.keys() or not all(_same_value(old_cfg[k], new_cfg[k]) for k in new_cfg):
         return False
     old, new = meta.get("loop", {}), resolved["loop"]
     return all(old.get(k) == v for k, v in new.items() if k not in CONTINUATION_KEYS)
