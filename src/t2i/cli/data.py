@@ -1,4 +1,5 @@
-"""`t2i data ...`: create datasets in the canonical format (render shapes, pack image folders)."""
+"""`t2i data ...`: create datasets in the canonical format (render shapes, import image folders, MS-COCO
+and CUB-200-2011) and precompute their features."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import sys
 from t2i.errors import T2IError
 
 # Spelled out rather than imported: the data modules import torch, and building the parser must stay
-# fast. tests/test_data_pack.py checks these match t2i.data.pack.TRANSFORMS and shapes.SPLITS.
+# fast. tests/test_data_pack.py checks these match t2i.data.pack.TRANSFORMS and shapes.SPLITS,
+# tests/test_data_cub.py that CUB_SPLITS matches t2i.data.cub.SPLITS.
 PACK_TRANSFORMS = ("center-crop", "center-crop-wide", "none")
 SHAPES_SPLITS = ("train", "test-seen", "test-heldout")
+CUB_SPLITS = ("train", "test")
+IMPORT_DEFAULTS = {"--width": 256, "--height": 256, "--transform": "center-crop"}  # coco and cub
 
 
 def cmd_shapes(args: argparse.Namespace) -> int:
@@ -26,14 +30,41 @@ def cmd_shapes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments every importer (pack, coco, cub) takes from the shared options."""
+    return {"width": args.width, "height": args.height, "transform": args.transform, "strict": args.strict,
+            "subset": args.subset, "seed": args.seed, "overwrite": args.overwrite, "workers": args.workers}
+
+
+def _print_report(report, dest: str) -> None:
+    """The skipped files and totals (on stderr when something was skipped), then the report's path."""
+    from t2i.data.pack import report_path
+
+    print(report.summary(), file=sys.stderr if report.skipped else sys.stdout)
+    print(f"report: {report_path(dest)}")
+
+
 def cmd_pack(args: argparse.Namespace) -> int:
     """Import a folder of images and .txt captions."""
-    from t2i.data.pack import pack, report_path
+    from t2i.data.pack import pack
 
-    report = pack(args.source, args.dest, args.width, args.height, args.transform, strict=args.strict,
-                  subset=args.subset, seed=args.seed, overwrite=args.overwrite, workers=args.workers)
-    print(report.summary(), file=sys.stderr if report.skipped else sys.stdout)
-    print(f"report: {report_path(args.dest)}")
+    _print_report(pack(args.source, args.dest, **_import_options(args)), args.dest)
+    return 0
+
+
+def cmd_coco(args: argparse.Namespace) -> int:
+    """Import MS-COCO images with their captions JSON."""
+    from t2i.data.coco import coco
+
+    _print_report(coco(args.images, args.captions, args.dest, **_import_options(args)), args.dest)
+    return 0
+
+
+def cmd_cub(args: argparse.Namespace) -> int:
+    """Import a CUB-200-2011 split in AttnGAN's layout, cropped around the bounding boxes."""
+    from t2i.data.cub import cub
+
+    _print_report(cub(args.root, args.dest, args.split, **_import_options(args)), args.dest)
     return 0
 
 
@@ -49,24 +80,64 @@ def _add_shapes(sub) -> None:
     p.set_defaults(func=cmd_shapes)
 
 
-def _add_pack(sub) -> None:
-    p = sub.add_parser("pack", help="import a folder of images with NAME.txt captions",
-                       description="Import SOURCE (recursively: NAME.png|jpg|jpeg|webp beside NAME.txt, "
-                                   "one caption per line) into a dataset folder or .zip at DEST.")
-    p.add_argument("source", help="folder of images and caption files (never modified)")
-    p.add_argument("dest", help="destination folder, or a path ending in .zip")
-    p.add_argument("--width", type=int, required=True)
-    p.add_argument("--height", type=int, required=True)
-    p.add_argument("--transform", choices=PACK_TRANSFORMS, required=True,
-                   help="center-crop: largest centred box, resized; center-crop-wide: fit the width, "
-                        "crop or pad the height; none: images must already be WIDTH x HEIGHT")
+def _add_import_options(p, defaults: dict | None) -> None:
+    """Size, transform, skipping and parallelism options shared by pack, coco and cub; with defaults
+    None, --width, --height and --transform are required."""
+    def sized(option: str, help: str, **kw) -> None:
+        if defaults is None:
+            p.add_argument(option, required=True, help=help, **kw)
+        else:
+            p.add_argument(option, default=defaults[option], help=help + " (default: %(default)s)", **kw)
+
+    sized("--width", "image width in pixels", type=int)
+    sized("--height", "image height in pixels", type=int)
+    sized("--transform", "center-crop: largest centred box, resized; center-crop-wide: fit the width, crop "
+          "or pad the height; none: images must already be WIDTH x HEIGHT", choices=PACK_TRANSFORMS)
     p.add_argument("--strict", action="store_true",
                    help="fail on the first unusable file instead of skipping it")
     p.add_argument("--subset", type=int, default=None, help="keep a seeded random subset of N images")
     p.add_argument("--seed", type=int, default=0, help="seed for --subset (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing destination")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
+
+
+def _add_pack(sub) -> None:
+    p = sub.add_parser("pack", help="import a folder of images with NAME.txt captions",
+                       description="Import SOURCE (recursively: NAME.png|jpg|jpeg|webp beside NAME.txt, "
+                                   "one caption per line) into a dataset folder or .zip at DEST.")
+    p.add_argument("source", help="folder of images and caption files (never modified)")
+    p.add_argument("dest", help="destination folder, or a path ending in .zip")
+    _add_import_options(p, defaults=None)
     p.set_defaults(func=cmd_pack)
+
+
+def _add_coco(sub) -> None:
+    p = sub.add_parser("coco", help="import MS-COCO images with a captions_*.json file",
+                       description="Import MS-COCO (2014 or 2017 layout) into a dataset folder or .zip at "
+                                   "DEST: each image with its ~5 captions and attributes {coco_id, source}, "
+                                   "in the order of the JSON's images list.")
+    p.add_argument("dest", help="destination folder, or a path ending in .zip")
+    p.add_argument("--images", required=True,
+                   help="folder of the COCO images, e.g. train2014/ or val2017/ (never modified)")
+    p.add_argument("--captions", required=True,
+                   help="the captions JSON, e.g. annotations/captions_train2014.json (never modified)")
+    _add_import_options(p, IMPORT_DEFAULTS)
+    p.set_defaults(func=cmd_coco)
+
+
+def _add_cub(sub) -> None:
+    p = sub.add_parser("cub", help="import a CUB-200-2011 split in AttnGAN's layout",
+                       description="Import the train or test split of CUB-200-2011 from AttnGAN's layout "
+                                   "(ROOT/CUB_200_2011/{images/,images.txt,bounding_boxes.txt}, ROOT/text/ "
+                                   "or text_c10/, ROOT/train|test/filenames.pickle): each bird cropped to a "
+                                   "square of 1.5x the larger side of its bounding box, with its captions "
+                                   "and attributes {class_id, class, source}.")
+    p.add_argument("root", help="folder holding CUB_200_2011/, text/, train/ and test/ (never modified)")
+    p.add_argument("dest", help="destination folder, or a path ending in .zip")
+    p.add_argument("--split", choices=CUB_SPLITS, required=True,
+                   help="which filenames.pickle gives the images and their order")
+    _add_import_options(p, IMPORT_DEFAULTS)
+    p.set_defaults(func=cmd_cub)
 
 
 def cmd_features(args: argparse.Namespace) -> int:
@@ -96,8 +167,10 @@ def _add_features(sub) -> None:
 
 def add_parser(subparsers) -> None:
     """Register `t2i data` and its sub-commands."""
-    parser = subparsers.add_parser("data", help="create datasets and features: shapes, pack, features")
+    parser = subparsers.add_parser("data", help="create datasets and features: shapes, pack, coco, cub, features")
     sub = parser.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
     _add_shapes(sub)
     _add_pack(sub)
+    _add_coco(sub)
+    _add_cub(sub)
     _add_features(sub)

@@ -3,6 +3,10 @@
 SOURCE holds `name.png|jpg|jpeg|webp` beside `name.txt` (one caption per line), in any sub-folder.
 Unusable files are skipped with a reason (or, with strict, stop the import); decoding, cropping and
 PNG encoding run in a process pool; nothing in SOURCE is ever written.
+
+The back half, `write_dataset` (candidates -> skip report -> order-preserving pool -> DatasetWriter),
+is shared by every importer: pack scans a folder, `t2i.data.coco` and `t2i.data.cub` read the
+datasets' own annotation files, and all three hand it a list of `Candidate`s.
 """
 
 from __future__ import annotations
@@ -34,6 +38,12 @@ NOT_UTF8 = "caption file not UTF-8"
 SHARED_CAPTION = "several images share one caption file"
 CORRUPT = "corrupt or truncated image"
 WRONG_SIZE = "wrong size for --transform none"
+MISSING_IMAGE = "image listed but missing on disk"  # coco, cub: annotations name a file that is absent
+BOX_OUTSIDE = "crop box outside the image"  # cub: a bounding box that misses the image
+
+
+class Unusable(ValueError):
+    """An image that cannot go into the dataset; args are (reason, detail)."""
 
 
 @dataclass
@@ -47,15 +57,17 @@ class Skipped:
 
 @dataclass
 class Candidate:
-    """An image with a readable, non-empty caption file, not yet decoded."""
+    """An image to import, not yet decoded: its file, captions, attributes and optional crop box."""
 
-    file: str  # relative to SOURCE
+    file: str  # relative to the image root (SOURCE for pack); named in the report
     captions: list[str]
+    attributes: dict | None = None
+    box: tuple[int, int, int, int] | None = None  # (left, top, right, bottom), see load_image
 
 
 @dataclass
 class PackReport:
-    """What an import kept and skipped; written as report.json."""
+    """What an import (pack, coco, cub) kept and skipped; written as report.json."""
 
     source: str
     dest: str
@@ -66,6 +78,7 @@ class PackReport:
     seed: int
     kept: int = 0
     skipped: list[Skipped] = field(default_factory=list)
+    inputs: dict[str, str] = field(default_factory=dict)  # beyond source: COCO captions file, CUB split
 
     def counts(self) -> dict[str, int]:
         """Number of skipped files per reason."""
@@ -74,6 +87,8 @@ class PackReport:
     def to_dict(self) -> dict:
         """A JSON-ready dict, with the per-reason counts first."""
         d = asdict(self)
+        if not d["inputs"]:
+            del d["inputs"]
         d["skipped_by_reason"] = self.counts()
         d["skipped_files"] = d.pop("skipped")
         return d
@@ -133,7 +148,7 @@ def scan_source(source: Path) -> tuple[list[Candidate], list[Skipped]]:
             if not caps:
                 skipped.append(Skipped(text, EMPTY_CAPTION, "no non-blank line"))
             else:
-                candidates.append(Candidate(files[0], caps))
+                candidates.append(Candidate(files[0], caps, {"source": files[0]}))
     return candidates, skipped
 
 
@@ -146,10 +161,21 @@ def _draft_size(size: tuple[int, int], width: int, height: int, transform: str,
     return need[::-1] if rotated else need
 
 
-def load_image(path: Path, width: int, height: int, transform: str) -> Image.Image:
-    """Decode (verify, then fully load), orient and transform one image to width x height RGB.
+def _crop_box(im: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
+    """im cropped to box (left, top, right, bottom) clipped to the image; Unusable if nothing is left."""
+    w, h = im.size
+    left, top, right, bottom = max(0, box[0]), max(0, box[1]), min(w, box[2]), min(h, box[3])
+    if right <= left or bottom <= top:
+        raise Unusable(BOX_OUTSIDE, f"box {tuple(box)} does not overlap the {w}x{h} image")
+    return im.crop((left, top, right, bottom))
 
-    Raises ValueError(reason, detail) for an unusable image.
+
+def load_image(path: Path, width: int, height: int, transform: str,
+               box: tuple[int, int, int, int] | None = None) -> Image.Image:
+    """Decode (verify, then fully load), crop to box, orient and transform one image to width x height RGB.
+
+    box is (left, top, right, bottom) in stored pixels (before EXIF orientation, as AttnGAN reads CUB
+    boxes), clipped to the image. Raises Unusable(reason, detail) for an unusable image.
     """
     try:
         with Image.open(path) as im:
@@ -157,30 +183,34 @@ def load_image(path: Path, width: int, height: int, transform: str) -> Image.Ima
         with Image.open(path) as im:
             orientation = im.getexif().get(EXIF_ORIENTATION, 1)
             rotated = orientation in (5, 6, 7, 8)  # EXIF: stored sideways, shown rotated 90 degrees
-            if transform != "none":
+            if transform != "none" and box is None:
                 # JPEGs decode at 1/2, 1/4 or 1/8 scale in the DCT when that still leaves at least
                 # the target resolution: large photos decode several times faster (a no-op otherwise).
+                # Not with a box: its coordinates are full-scale (CUB photos are ~500px anyway).
                 im.draft("RGB", _draft_size(im.size, width, height, transform, rotated))
             im.load()  # decodes every pixel: truncated files fail here
-            image = ImageOps.exif_transpose(im) if orientation != 1 else im  # as viewers show it
+            image = _crop_box(im, box) if box is not None else im
+            image = ImageOps.exif_transpose(image) if orientation != 1 else image  # as viewers show it
             image = image.convert("RGB") if image.mode != "RGB" else image
+    except Unusable:
+        raise
     except Exception as e:  # decoders raise many types on malformed data (OSError, SyntaxError, ...)
-        raise ValueError(CORRUPT, f"{type(e).__name__}: {e}") from None
+        raise Unusable(CORRUPT, f"{type(e).__name__}: {e}") from None
     if transform == "center-crop":
         return center_crop(image, width, height)
     if transform == "center-crop-wide":
         return center_crop_wide(image, width, height)
     if image.size != (width, height):
-        raise ValueError(WRONG_SIZE, f"{image.size[0]}x{image.size[1]}, expected {width}x{height}")
+        raise Unusable(WRONG_SIZE, f"{image.size[0]}x{image.size[1]}, expected {width}x{height}")
     return image
 
 
-def _encode_task(task: tuple[str, int, int, str]) -> tuple[bytes | None, str, str]:
-    """Pool worker: one image file to (PNG bytes, "", "") or (None, reason, detail)."""
-    path, width, height, transform = task
+def _encode_task(task: tuple) -> tuple[bytes | None, str, str]:
+    """Pool worker: (path, width, height, transform, box) to (PNG bytes, "", "") or (None, reason, detail)."""
+    path, width, height, transform, box = task
     try:
-        return encode_png(load_image(Path(path), width, height, transform)), "", ""
-    except ValueError as e:
+        return encode_png(load_image(Path(path), width, height, transform, box)), "", ""
+    except Unusable as e:
         return None, e.args[0], e.args[1]
 
 
@@ -194,19 +224,34 @@ def _strict_error(s: Skipped) -> T2IError:
                     + "; fix or remove the file, or drop --strict to skip such files")
 
 
+def check_dest(dest: Path, *sources: Path) -> None:
+    """Reject a dest that is a source, lies inside one, or contains one (--overwrite would delete it)."""
+    dst = dest.resolve()
+    for source in sources:
+        src = source.resolve()
+        if dst == src or src in dst.parents:
+            raise T2IError(f"destination {dest} is inside the source {source}; t2i never writes into the "
+                           "source, choose a destination outside it")
+        if dst in src.parents:
+            raise T2IError(f"destination {dest} contains the source {source}; writing it would replace "
+                           "the source, choose a destination outside it")
+
+
+def check_size(width: int, height: int, transform: str) -> None:
+    """Reject non-positive sizes and unknown transforms."""
+    if width < 1 or height < 1:
+        raise T2IError(f"--width {width} --height {height}: both must be positive")
+    if transform not in TRANSFORMS:
+        raise T2IError(f"unknown transform {transform!r}; choose one of {', '.join(TRANSFORMS)}")
+
+
 def _check_paths(source: Path, dest: Path, width: int, height: int, transform: str) -> None:
     """Reject a missing source, a dest inside the source, and bad sizes or transforms."""
     if not source.is_dir():
         raise T2IError(f"source folder {source} does not exist (or is not a folder); pass a folder of "
                        "images with .txt caption files")
-    src, dst = source.resolve(), dest.resolve()
-    if dst == src or src in dst.parents:
-        raise T2IError(f"destination {dest} is inside the source {source}; t2i never writes into the "
-                       "source, choose a destination outside it")
-    if width < 1 or height < 1:
-        raise T2IError(f"--width {width} --height {height}: both must be positive")
-    if transform not in TRANSFORMS:
-        raise T2IError(f"unknown transform {transform!r}; choose one of {', '.join(TRANSFORMS)}")
+    check_dest(dest, source)
+    check_size(width, height, transform)
 
 
 def _choose_subset(candidates: list[Candidate], subset: int | None, seed: int) -> list[Candidate]:
@@ -218,6 +263,53 @@ def _choose_subset(candidates: list[Candidate], subset: int | None, seed: int) -
                        "usable captions")
     keep = sorted(random.Random(seed).sample(range(len(candidates)), subset))
     return [candidates[i] for i in keep]
+
+
+def write_dataset(
+    root: Path,
+    candidates: list[Candidate],
+    report: PackReport,
+    hint: str,
+    strict: bool = False,
+    overwrite: bool = False,
+    workers: int | None = None,
+    progress: bool = True,
+) -> PackReport:
+    """Decode the candidates (files under root) into a dataset at report.dest, in their order, and
+    write the report; report.skipped already holds what the scan skipped, hint says how to get usable
+    pairs when none is left."""
+    from tqdm import tqdm
+
+    dest, width, height, transform = Path(report.dest), report.width, report.height, report.transform
+    if strict and report.skipped:
+        raise _strict_error(report.skipped[0])
+    candidates = _choose_subset(candidates, report.subset, report.seed)
+    tasks = [(str(root / c.file), width, height, transform, c.box) for c in candidates]
+    workers = workers or default_workers()
+    with DatasetWriter(dest, dest.stem, (width, height), overwrite=overwrite) as writer:
+        # Order-preserving pool: the dataset's order is the candidates' order, whatever the timing.
+        pool = multiprocessing.Pool(workers) if workers > 1 else None
+        try:
+            results = pool.imap(_encode_task, tasks, chunksize=8) if pool else map(_encode_task, tasks)
+            bar = tqdm(results, total=len(tasks), desc=f"packing {dest.name}", unit="img",
+                       disable=not progress)
+            for candidate, (png, reason, detail) in zip(candidates, bar):
+                if png is None:
+                    report.skipped.append(Skipped(candidate.file, reason, detail))
+                    if strict:
+                        raise _strict_error(report.skipped[-1])
+                    continue
+                writer.add_png(png, candidate.captions, candidate.attributes)
+        finally:
+            if pool is not None:
+                pool.terminate()
+                pool.join()
+        report.kept = len(writer.records)
+        if report.kept == 0:
+            raise T2IError(f"no usable image and caption pairs in {report.source} ({len(report.skipped)} "
+                           f"files skipped); {hint}")
+    write_json_atomic(report_path(dest), report.to_dict())
+    return report
 
 
 def pack(
@@ -234,38 +326,10 @@ def pack(
     progress: bool = True,
 ) -> PackReport:
     """Import SOURCE into a canonical dataset at DEST (folder or .zip); returns the report."""
-    from tqdm import tqdm
-
     source, dest = Path(source), Path(dest)
     _check_paths(source, dest, width, height, transform)
     report = PackReport(str(source), str(dest), width, height, transform, subset, seed)
     candidates, report.skipped = scan_source(source)
-    if strict and report.skipped:
-        raise _strict_error(report.skipped[0])
-    candidates = _choose_subset(candidates, subset, seed)
-    tasks = [(str(source / c.file), width, height, transform) for c in candidates]
-    workers = workers or default_workers()
-    with DatasetWriter(dest, dest.stem, (width, height), overwrite=overwrite) as writer:
-        # Order-preserving pool: the dataset's order follows the sorted names, whatever the timing.
-        pool = multiprocessing.Pool(workers) if workers > 1 else None
-        try:
-            results = pool.imap(_encode_task, tasks, chunksize=8) if pool else map(_encode_task, tasks)
-            bar = tqdm(results, total=len(tasks), desc=f"packing {dest.name}", unit="img",
-                       disable=not progress)
-            for candidate, (png, reason, detail) in zip(candidates, bar):
-                if png is None:
-                    report.skipped.append(Skipped(candidate.file, reason, detail))
-                    if strict:
-                        raise _strict_error(report.skipped[-1])
-                    continue
-                writer.add_png(png, candidate.captions, {"source": candidate.file})
-        finally:
-            if pool is not None:
-                pool.terminate()
-                pool.join()
-        report.kept = len(writer.records)
-        if report.kept == 0:
-            raise T2IError(f"no usable image and caption pairs in {source} ({len(report.skipped)} files "
-                           "skipped); each image needs a NAME.txt beside it with one caption per line")
-    write_json_atomic(report_path(dest), report.to_dict())
-    return report
+    return write_dataset(source, candidates, report,
+                         "each image needs a NAME.txt beside it with one caption per line",
+                         strict=strict, overwrite=overwrite, workers=workers, progress=progress)
