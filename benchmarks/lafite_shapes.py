@@ -55,9 +55,17 @@ def finished_run(outdir: Path, kimg: float) -> Path | None:
     return run if done and float(done[-1]) >= kimg else None
 
 
-def train_wall_s(run: Path) -> float:
-    """Seconds the run trained, summed over its invocations (an exact --resume appends a `done:` line)."""
-    return sum(float(t) for t in re.findall(r"^done: [\d.]+ kimg in ([\d.]+)s", (run / "log.txt").read_text(), re.M))
+def train_wall_s(run: Path, kimg: float) -> float:
+    """Seconds the run spent training up to `kimg` (the ticks' sec/kimg; snapshots and metrics
+    excluded), whatever number of invocations it took."""
+    seconds, last = 0.0, 0.0
+    for line in (run / "stats.jsonl").read_text().splitlines():
+        tick = json.loads(line)
+        if tick["kimg"] > kimg + 1e-9:
+            break
+        seconds += tick["Timing/sec_per_kimg"] * (tick["kimg"] - last)
+        last = tick["kimg"]
+    return seconds
 
 
 def last_metric(run: Path, name: str) -> dict:
@@ -126,7 +134,7 @@ def main() -> None:
                   "--n", str(args.eval_n)], work / f"eval-{label}.log")
         eval_wall = time.time() - t0
         acc, fid, cs = (last_metric(run, m) for m in ("shapes_accuracy", "fid", "clip_score"))
-        wall = train_wall_s(run)
+        wall = train_wall_s(run, args.kimg)
         rows.append({"model": label, "kimg": args.kimg, "wall_s": wall, "img_per_s": args.kimg * 1000 / wall,
                      "seen_all": acc["seen_all"], "heldout_all": acc["heldout_all"], "seen_colour": acc["seen_colour"],
                      "oracle_fid": fid["fid"], "clip_score": cs["clip_score"], "oracle_self": acc["oracle_self_all"],

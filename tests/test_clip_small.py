@@ -142,3 +142,46 @@ def test_load_clip_with_a_bad_spec_names_the_accepted_forms(tmp_path, shapes16):
         load_clip("no-such-clip")
     with pytest.raises(T2IError, match="no snapshot"):
         load_clip(shapes16)
+
+
+def test_word_swapper_makes_binding_negatives():
+    """Interchangeable words are learned from contexts; a negative swaps two of them, never others."""
+    import random
+
+    from t2i.clip.negatives import WordSwapper
+
+    caps = [f"a {s} {c} {shape} above a {s2} {c2} {shape2}"
+            for s, s2 in (("large", "small"), ("small", "large"))
+            for c, c2 in (("red", "blue"), ("blue", "green"), ("green", "red"))
+            for shape, shape2 in (("circle", "square"), ("square", "star"), ("star", "circle"))]
+    caps += ["큰 빨간 원 위에 작은 파란 사각형", "큰 파란 사각형 위에 작은 빨간 원", "작은 빨간 사각형 위에 큰 파란 원"]
+    swapper = WordSwapper(caps, min_count=1)
+    assert swapper.interchangeable("red", "blue") and swapper.interchangeable("circle", "square")
+    assert not swapper.interchangeable("red", "circle") and not swapper.interchangeable("above", "large")
+    rng = random.Random(0)
+    text = "a large red circle above a small blue square"
+    seen = {swapper.negative(text, rng) for _ in range(50)}
+    assert "a large blue circle above a small red square" in seen       # colours swapped between objects
+    assert "a large red square above a small blue circle" in seen       # shapes swapped
+    assert all(sorted(n.split()) == sorted(text.split()) and n != text for n in seen)
+    assert swapper.negative("a large red circle", rng) is None          # nothing to swap in one object
+    assert swapper.negative("큰 빨간 원 위에 작은 파란 사각형", rng) is not None  # any language
+
+
+def test_info_nce_extra_negatives_only_add_to_image_to_text():
+    from t2i.clip.loss import info_nce
+
+    torch.manual_seed(0)
+    a, b = (torch.nn.functional.normalize(torch.randn(4, 8), dim=-1) for _ in range(2))
+    base = info_nce(a, b, 0.5)
+    masked = torch.full((4, 4), float("-inf"))
+    assert torch.allclose(info_nce(a, b, 0.5, extra_negatives=masked), base)   # masked: no change
+    hard = (a @ b.t()).diagonal()[None, :].repeat(4, 1) / 0.5                   # as close as the positives
+    assert info_nce(a, b, 0.5, extra_negatives=hard) > base
+    logits = a @ b.t() / 0.5
+    expect = 0.5 * (torch.nn.functional.cross_entropy(torch.cat([logits, hard], 1), torch.arange(4))
+                    + torch.nn.functional.cross_entropy(logits.t(), torch.arange(4)))
+    assert torch.allclose(info_nce(a, b, 0.5, extra_negatives=hard), expect)
+    same = torch.eye(4, dtype=torch.bool)
+    assert torch.allclose(info_nce(a, b, 0.5, positives=same, extra_negatives=masked), base)  # finite, no nan
+    assert torch.allclose(info_nce(a, b, 0.5, positives=same, extra_negatives=hard), expect)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from t2i.clip.loss import info_nce
+from t2i.clip.negatives import WordSwapper
 from t2i.clip.model import CLIP_PRESETS, ClipConfig, SmallClip
 from t2i.clip.tokenizer import ClipTokenizer, train_bpe
 from t2i.data.loader import load_images, step_batches
@@ -29,6 +31,7 @@ class ClipTrainConfig:
     weight_decay: float = 0.05
     subset: int = 0             # train on the first N images only (0 = all)
     warmup_kimg: float = 5.0    # linear learning-rate warm-up (without it the towers collapse early)
+    hard_negatives: bool = True  # add a word-swapped copy of each caption as a negative (attribute binding)
 
 
 CONFIG = ClipTrainConfig
@@ -46,6 +49,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight_decay", type=float, default=S, help="AdamW weight decay (default 0.05)")
     p.add_argument("--subset", type=int, default=S, help="use only the first N images (default all)")
     p.add_argument("--warmup_kimg", type=float, default=S, help="linear lr warm-up length in kimg (default 5)")
+    p.add_argument("--hard_negatives", type=lambda s: bool(int(s)), default=S,
+                   help="1/0: each image also sees its caption with two interchangeable words swapped as a "
+                        "negative, so the CLIP learns which attribute goes with which object (default 1)")
 
 
 def validate(cfg: ClipTrainConfig) -> None:
@@ -89,6 +95,8 @@ class ClipFamily:
         self.images = load_images(dataset, n)
         flat = [c for caps in captions for c in caps]
         self.ids = tokenizer(flat, arch.context)                             # (M, context)
+        self.flat = flat
+        self.swapper = WordSwapper(flat) if cfg.hard_negatives else None
         counts = torch.tensor([len(c) for c in captions])
         if (counts == 0).any():
             i = int((counts == 0).nonzero()[0])
@@ -106,7 +114,13 @@ class ClipFamily:
         def fetch(idx, g):
             count = self.offsets[idx + 1] - self.offsets[idx]
             j = self.offsets[idx] + (torch.rand(len(idx), generator=g) * count).long()
-            return {"image": self.images[idx], "ids": self.ids[j]}
+            out = {"image": self.images[idx], "ids": self.ids[j]}
+            if self.swapper is not None:  # one word-swapped negative per caption (None: it has no pair)
+                rng = random.Random(int(torch.randint(2 ** 62, (), generator=g)))
+                negs = [self.swapper.negative(self.flat[int(k)], rng) for k in j]
+                out["neg_ids"] = self.clip.tokenizer([n or "" for n in negs], self.clip.cfg.context)
+                out["neg_valid"] = torch.tensor([n is not None for n in negs])
+            return out
         return step_batches(len(self.images), fetch, step, batch, seed, rank)
 
     def loss(self, phase, batch):
@@ -115,7 +129,12 @@ class ClipFamily:
         txt = F.normalize(self.clip.encode_tokens(ids).float(), dim=-1)
         same_caption = (ids[:, None, :] == ids[None, :, :]).all(-1)          # (B, B)
         temp = 1.0 / self.clip.logit_scale.exp().clamp(max=100)
-        loss = info_nce(img, txt, temp, positives=same_caption)
+        if "neg_ids" in batch:  # image -> text also ranks every hard negative (invalid ones masked)
+            neg = F.normalize(self.clip.encode_tokens(batch["neg_ids"].to(self.device)).float(), dim=-1)
+            extra = (img @ neg.t() / temp).masked_fill(~batch["neg_valid"].to(self.device)[None, :], float("-inf"))
+            loss = info_nce(img, txt, temp, positives=same_caption, extra_negatives=extra)
+        else:
+            loss = info_nce(img, txt, temp, positives=same_caption)
         acc = ((img @ txt.t()).argmax(1) == torch.arange(len(ids), device=ids.device)).float().mean()
         return loss, {"Loss/clip": loss.detach(), "Clip/batch_top1": acc, "Clip/temp": temp.detach()}
 
