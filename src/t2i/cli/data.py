@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from t2i.errors import T2IError
 
@@ -15,6 +16,7 @@ PACK_TRANSFORMS = ("center-crop", "center-crop-wide", "none")
 SHAPES_SPLITS = ("train", "test-seen", "test-heldout")
 CUB_SPLITS = ("train", "test")
 IMPORT_DEFAULTS = {"--width": 256, "--height": 256, "--transform": "center-crop"}  # coco and cub
+LAFITE_IDENTITY = "lafite-zip:ViT-B/32"  # t2i.data.lafite_zip.DEFAULT_IDENTITY (checked by its tests)
 
 
 def cmd_shapes(args: argparse.Namespace) -> int:
@@ -165,12 +167,78 @@ def _add_features(sub) -> None:
     p.set_defaults(func=cmd_features)
 
 
+def cmd_lafite(args: argparse.Namespace) -> int:
+    """Import an original LAFITE dataset zip with its CLIP features."""
+    from t2i.data.lafite_zip import lafite_zip
+
+    report = lafite_zip(args.zip, args.dest, args.clip_identity, args.captions, args.feature_dim, args.overwrite)
+    _print_report(report, args.dest)
+    print(f"CLIP features ({args.clip_identity}, captions from {report.inputs['captions']}): "
+          f"{report.inputs['features']}")
+    return 0
+
+
+def _add_lafite(sub) -> None:
+    p = sub.add_parser("lafite", help="import an original LAFITE dataset zip with its CLIP features",
+                       description="Import a zip written by LAFITE's dataset_tool.py (images and a dataset.json "
+                                   "with clip_img_features and clip_txt_features) into a dataset at DEST, and its "
+                                   "features into DEST's feature cache, so that `t2i train lafite` with a CLIP of "
+                                   "the same identity uses them without recomputing. Captions come from --captions "
+                                   "DIR, else a 'captions' entry of dataset.json, else NAME.txt members of the zip; "
+                                   "a zip with none (language-free) is refused, as every t2i image needs a caption. "
+                                   "Images without features, features without images and features of the wrong "
+                                   "length are skipped and reported. The zip is never modified.")
+    p.add_argument("zip", help="the LAFITE dataset zip (only read)")
+    p.add_argument("dest", help="destination folder, or a path ending in .zip")
+    p.add_argument("--clip-identity", default=LAFITE_IDENTITY,
+                   help="identity of the CLIP that computed the zip's features, the key of the feature cache; "
+                        "give the identity of the CLIP you will train with (`t2i train lafite` logs it as "
+                        "'CLIP <identity>'; for open_clip weights it is open_clip:ARCH:<first 16 hex digits of "
+                        "the weights file's sha256>) (default: %(default)s)")
+    p.add_argument("--captions", default=None, metavar="DIR",
+                   help="folder of captions: DIR/<image member without extension>.txt, one caption per line in "
+                        "the order of the image's clip_txt_features (default: captions from the zip)")
+    p.add_argument("--feature-dim", type=int, default=512,
+                   help="length of every CLIP feature; others are skipped (default: %(default)s, ViT-B/32)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing destination")
+    p.set_defaults(func=cmd_lafite)
+
+
+def cmd_shards(args: argparse.Namespace) -> int:
+    """Write a dataset as webdataset tar shards plus shards.json."""
+    from t2i.data.shards import MANIFEST, write_shards
+
+    m = write_shards(args.dataset, args.outdir, args.shard_size, overwrite=args.overwrite)
+    print(f"{m['samples']} samples in {len(m['shards'])} shards of up to {m['shard_size']} ({m['written']} "
+          f"written, {m['kept']} already complete); shard list: {Path(args.outdir) / MANIFEST}")
+    return 0
+
+
+def _add_shards(sub) -> None:
+    p = sub.add_parser("shards", help="write a dataset as webdataset tar shards for streaming at scale",
+                       description="Write DATASET as OUTDIR/shard-000000.tar, ... (each sample KEY.png with the "
+                                   "dataset's PNG bytes and KEY.json with its captions and attributes) and "
+                                   "OUTDIR/shards.json (the shard list that t2i.data.shards.ShardStream reads). "
+                                   "Shards are written atomically; a rerun keeps complete shards and rewrites "
+                                   "missing or damaged ones.")
+    p.add_argument("dataset", help="dataset folder or zip (t2i format)")
+    p.add_argument("outdir", help="folder for the shards and shards.json")
+    p.add_argument("--shard_size", "--shard-size", type=int, required=True, metavar="N",
+                   help="samples per shard (the last shard holds the rest)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace shards that OUTDIR holds of another dataset or shard size")
+    p.set_defaults(func=cmd_shards)
+
+
 def add_parser(subparsers) -> None:
     """Register `t2i data` and its sub-commands."""
-    parser = subparsers.add_parser("data", help="create datasets and features: shapes, pack, coco, cub, features")
+    parser = subparsers.add_parser("data", help="create datasets and features: shapes, pack, coco, cub, lafite, "
+                                                "features, shards")
     sub = parser.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
     _add_shapes(sub)
     _add_pack(sub)
     _add_coco(sub)
     _add_cub(sub)
+    _add_lafite(sub)
     _add_features(sub)
+    _add_shards(sub)

@@ -39,8 +39,18 @@ def cache_path(dataset, *key: str, prefix: str = "") -> Path:
 
 
 def features_path(dataset, clip, lang: str = "en") -> Path:
-    """Where the features of (dataset content, CLIP weights, caption language) are cached."""
-    return cache_path(dataset, clip.identity, lang)
+    """Where the features of (dataset content, CLIP weights, caption language) are cached; `clip` is a
+    CLIP model or its identity string."""
+    return cache_path(dataset, clip if isinstance(clip, str) else clip.identity, lang)
+
+
+def save_features(dataset, identity: str, feats: Features, lang: str = "en") -> Path:
+    """Store features in the cache of (dataset, CLIP identity, lang), atomically; returns the file."""
+    path = features_path(dataset, identity, lang)
+    with atomic_path(path) as tmp:
+        save_file({"image": feats.image, "text": feats.text, "offsets": feats.offsets}, str(tmp),
+                  metadata={"dataset": dataset.fingerprint(), "clip": identity, "lang": lang})
+    return path
 
 
 def encode_caption(clip, text: str) -> torch.Tensor:
@@ -85,7 +95,5 @@ def load_or_compute_features(dataset, clip, lang: str = "en", device="cpu", log=
             return Features(t["image"], t["text"], t["offsets"])
     log(f"computing CLIP features of {len(dataset)} images with {clip.identity} -> {path}")
     feats = compute_features(dataset, clip, lang, device=device)
-    with atomic_path(path) as tmp:
-        save_file({"image": feats.image, "text": feats.text, "offsets": feats.offsets}, str(tmp),
-                  metadata={"dataset": dataset.fingerprint(), "clip": clip.identity, "lang": lang})
+    save_features(dataset, clip.identity, feats, lang)
     return feats

@@ -1,0 +1,315 @@
+"""Webdataset tar shards of a canonical dataset, and a stream that splits them over ranks and workers.
+
+`write_shards` (`t2i data shards DATASET OUTDIR --shard_size N`) writes `OUTDIR/shard-000000.tar`, ...: sample
+i of the dataset is `<key>.png` (the dataset's PNG bytes, unchanged) and `<key>.json` ({"captions": [...],
+every other `captions_<lang>` list, "attributes": {...}, "file": ...}) with key = f"{i:08d}", shard s holding
+samples [s * N, (s + 1) * N). Each shard is written to a temporary sibling and renamed, and then appended to
+OUTDIR/.shards-progress.jsonl with its size and sha256, so a rerun after a crash keeps the shards that are
+complete and rewrites a missing, truncated or altered one. `OUTDIR/shards.json` comes last: the shard list
+with sample counts and the source's fingerprint. Tar members carry a fixed mtime, so a rewritten shard is
+bit-identical to the first one.
+
+`ShardStream` reads shards (a shards.json, a folder holding one, tar paths, or a list mixing them: a split of
+ten million pairs is a list of shards, not code) as (image uint8 (3, H, W), captions, attributes). Per epoch
+the shard list is shuffled by (seed, epoch), the same on every process; rank r reads positions r, r + world,
+... of that order and its DataLoader workers split those round-robin, so each shard, and so each sample, is
+read exactly once per epoch across all ranks and workers. Samples pass through a shuffle buffer seeded by
+(seed, epoch, rank, worker). With S shards and a world that does not divide S, some ranks read one shard
+more than others (which ones changes with the epoch), and the last shard may be short: every sample is still
+read once per epoch, but ranks read different numbers of samples, so a multi-process loop must count steps,
+not epochs. Fewer shards than ranks is an error; a worker left without a shard yields nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import re
+import tarfile
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from t2i.data.dataset import ImageTextDataset
+from t2i.data.transforms import pil_to_tensor
+from t2i.errors import T2IError
+from t2i.io import atomic_path, remove, sha256_file, write_json_atomic
+
+FORMAT = "t2i-shards"
+VERSION = 1
+MANIFEST = "shards.json"
+PROGRESS = ".shards-progress.jsonl"
+TAR_MTIME = 0  # fixed member mtime: reproducible shard bytes
+_SHARD_NAME = re.compile(r"shard-\d{6}\.tar")
+
+
+def shard_name(index: int) -> str:
+    """File name of shard `index`."""
+    return f"shard-{index:06d}.tar"
+
+
+def sample_json(record: dict, index: int) -> bytes:
+    """The `<key>.json` member of a dataset record: its caption lists, attributes, file and index."""
+    meta = {k: v for k, v in record.items() if k == "captions" or k.startswith("captions_")}
+    meta.update(attributes=record.get("attributes", {}), file=record["file"], index=index)
+    return json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8")
+
+
+@contextmanager
+def _image_reader(dataset: ImageTextDataset):
+    """A function from an image's file name to its bytes as stored in the dataset (folder or zip)."""
+    if dataset.is_zip:
+        with zipfile.ZipFile(dataset.path) as zf:
+            yield zf.read
+    else:
+        yield lambda file: (dataset.path / file).read_bytes()
+
+
+def _write_shard(dataset: ImageTextDataset, image_bytes, start: int, stop: int, path: Path) -> dict:
+    """Write samples [start, stop) to the tar at path (atomically); returns its manifest entry."""
+    import webdataset as wds
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f, wds.TarWriter(f, encoder=False, mtime=TAR_MTIME) as tar:
+            for i in range(start, stop):
+                record = dataset.records[i]
+                tar.write({"__key__": f"{i:08d}", "png": image_bytes(record["file"]),
+                           "json": sample_json(record, i)})
+        entry = {"file": path.name, "samples": stop - start, "bytes": tmp.stat().st_size,
+                 "sha256": sha256_file(tmp)}
+    return entry
+
+
+def _is_complete(outdir: Path, entry: dict | None, samples: int) -> bool:
+    """Whether the shard an entry describes is on disk with its recorded sample count, size and hash."""
+    if entry is None or entry.get("samples") != samples:
+        return False
+    path = outdir / entry["file"]
+    return path.is_file() and path.stat().st_size == entry.get("bytes") and sha256_file(path) == entry.get("sha256")
+
+
+def _read_done(outdir: Path, fingerprint: str, shard_size: int, overwrite: bool) -> tuple[dict[str, dict], set[str]]:
+    """({shard file: entry} recorded by earlier runs over the same source and shard size, every shard file
+    any earlier run recorded)."""
+    runs, done, recorded = [], {}, set()
+    manifest = outdir / MANIFEST
+    if manifest.is_file():
+        try:
+            m = json.loads(manifest.read_text(encoding="utf-8"))
+            runs.append((m["fingerprint"], m["shard_size"], list(m["shards"])))
+        except (ValueError, KeyError, TypeError) as e:
+            if not overwrite:
+                raise T2IError(f"{manifest} is unreadable ({type(e).__name__}: {e}); pass --overwrite to write "
+                               "all shards anew, or choose another OUTDIR") from None
+    progress = outdir / PROGRESS
+    if progress.is_file():
+        for line in progress.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                e = json.loads(line)
+                runs.append((e["fingerprint"], e["shard_size"], [e]))
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by a crash: that shard is rewritten
+    for run_fingerprint, run_size, entries in runs:
+        entries = [e for e in entries if isinstance(e, dict) and isinstance(e.get("file"), str)
+                   and _SHARD_NAME.fullmatch(e["file"])]
+        recorded.update(e["file"] for e in entries)
+        if (run_fingerprint, run_size) != (fingerprint, shard_size):
+            if not overwrite:
+                raise T2IError(f"{outdir} holds shards of another dataset or shard size (fingerprint "
+                               f"{str(run_fingerprint)[:12]}, shard size {run_size}); pass --overwrite to replace "
+                               "them, or choose another OUTDIR")
+            continue
+        done.update({e["file"]: {k: e.get(k) for k in ("file", "samples", "bytes", "sha256")} for e in entries})
+    return done, recorded
+
+
+def write_shards(dataset_path: str | os.PathLike, outdir: str | os.PathLike, shard_size: int,
+                 overwrite: bool = False, progress: bool = True) -> dict:
+    """Write a canonical dataset as tar shards plus shards.json in outdir; returns the manifest, with the
+    counts of shards written and kept under "written" and "kept" (not stored)."""
+    from tqdm import tqdm
+
+    if shard_size < 1:
+        raise T2IError(f"--shard_size {shard_size} must be at least 1 sample")
+    dataset = ImageTextDataset(dataset_path)
+    outdir = Path(outdir)
+    src = dataset.path.resolve()
+    if outdir.resolve() == src or (not dataset.is_zip and src in outdir.resolve().parents):
+        raise T2IError(f"OUTDIR {outdir} is inside the dataset {dataset.path}; choose a folder outside it")
+    if outdir.exists() and not outdir.is_dir():
+        raise T2IError(f"OUTDIR {outdir} is a file; give a folder for the shards")
+    outdir.mkdir(parents=True, exist_ok=True)
+    fingerprint = dataset.fingerprint()
+    done, recorded = _read_done(outdir, fingerprint, shard_size, overwrite)
+    if overwrite:  # forget the other runs, so that a crash from here on needs no --overwrite again
+        remove(outdir / MANIFEST)
+        remove(outdir / PROGRESS)
+
+    def log_entry(log, entry: dict) -> None:
+        log.write(json.dumps({"fingerprint": fingerprint, "shard_size": shard_size, **entry}) + "\n")
+        log.flush()
+        os.fsync(log.fileno())
+
+    n = len(dataset)
+    entries, written = [], 0
+    with _image_reader(dataset) as image_bytes, open(outdir / PROGRESS, "a", encoding="utf-8") as log:
+        if overwrite:
+            for entry in done.values():
+                log_entry(log, entry)
+        for s in tqdm(range((n + shard_size - 1) // shard_size), desc=f"sharding {dataset.name}", unit="shard",
+                      disable=not progress):
+            start, stop = s * shard_size, min(n, (s + 1) * shard_size)
+            entry = done.get(shard_name(s))
+            if not _is_complete(outdir, entry, stop - start):
+                entry = _write_shard(dataset, image_bytes, start, stop, outdir / shard_name(s))
+                log_entry(log, entry)
+                written += 1
+            entries.append(entry)
+    for stale in recorded - {e["file"] for e in entries}:  # listed by an overwritten run, not by this one
+        remove(outdir / stale)
+    manifest = {"format": FORMAT, "version": VERSION, "name": dataset.name, "source": str(dataset.path),
+                "fingerprint": fingerprint, "resolution": list(dataset.resolution), "shard_size": shard_size,
+                "samples": n, "shards": entries}
+    write_json_atomic(outdir / MANIFEST, manifest)
+    remove(outdir / PROGRESS)
+    return {**manifest, "written": written, "kept": len(entries) - written}
+
+
+def _read_manifest(path: Path) -> list[tuple[Path, int | None]]:
+    """The (shard path, sample count) list of a shards.json; relative files are relative to its folder."""
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise T2IError(f"cannot read the shard list {path} ({e}); write one with `t2i data shards`") from None
+    if not isinstance(m, dict) or m.get("format") != FORMAT or not isinstance(m.get("shards"), list):
+        raise T2IError(f"{path} is not a {FORMAT!r} shard list; write one with `t2i data shards DATASET OUTDIR`")
+    if m.get("version") != VERSION:
+        raise T2IError(f"{path}: shard list version {m.get('version')!r} is not supported (this t2i reads "
+                       f"version {VERSION}); rewrite it with `t2i data shards`")
+    out = []
+    for i, e in enumerate(m["shards"]):
+        if not (isinstance(e, dict) and isinstance(e.get("file"), str)):
+            raise T2IError(f"{path}: shards[{i}] = {e!r} has no 'file'")
+        out.append((path.parent / e["file"], e.get("samples")))
+    return out
+
+
+def resolve_shards(spec) -> list[tuple[Path, int | None]]:
+    """(tar path, expected sample count or None) of every shard a spec names: a shards.json, a folder holding
+    one, a .tar file (with {a..b} braces for ranges), or a list of these."""
+    if isinstance(spec, (list, tuple)):
+        return [shard for item in spec for shard in resolve_shards(item)]
+    text = os.fspath(spec)
+    path = Path(text)
+    if path.is_dir():
+        path = path / MANIFEST
+    if path.suffix == ".json":
+        if not path.is_file():
+            raise T2IError(f"shard list {path} does not exist; write one with `t2i data shards DATASET OUTDIR`")
+        return _read_manifest(path)
+    if "{" in text:  # webdataset's own shard spec syntax: shard-{000000..000099}.tar
+        from webdataset.shardlists import expand_urls
+
+        return [(Path(p), None) for p in expand_urls(text)]
+    return [(path, None)]
+
+
+def assign_shards(n_shards: int, rank: int, world: int, worker: int, workers: int, seed: int, epoch: int,
+                  shuffle: bool = True) -> list[int]:
+    """Indices of the shards one worker of one rank reads in an epoch (see the module docstring)."""
+    order = list(range(n_shards))
+    if shuffle:
+        random.Random(f"t2i-shards:{seed}:{epoch}").shuffle(order)  # identical on every process
+    return order[rank::world][worker::workers]
+
+
+def shuffle_buffer(items, size: int, rng: random.Random):
+    """Items in a random order drawn from a buffer of `size`: each new item replaces a random one yielded."""
+    buffer = []
+    for item in items:
+        if len(buffer) < size:
+            buffer.append(item)
+            continue
+        j = rng.randrange(size)
+        yield buffer[j]
+        buffer[j] = item
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+class ShardStream(torch.utils.data.IterableDataset):
+    """(image uint8 (3, H, W), captions, attributes) from tar shards, each read once per epoch over all
+    ranks and DataLoader workers; shard order and a sample buffer shuffled per (seed, epoch)."""
+
+    def __init__(self, spec, rank: int = 0, world: int = 1, seed: int = 0, epoch: int = 0, buffer: int = 1000,
+                 caption_lang: str = "en", shuffle: bool = True):
+        if not 0 <= rank < world:
+            raise T2IError(f"rank {rank} is outside [0, world={world})")
+        self.shards = resolve_shards(spec)
+        if len(self.shards) < world:
+            raise T2IError(f"{len(self.shards)} shard(s) for {world} ranks: every rank needs at least one; "
+                           "rewrite the shards with a smaller --shard_size")
+        missing = [str(p) for p, _ in self.shards if not p.is_file()]
+        if missing:
+            raise T2IError(f"shard {missing[0]} does not exist ({len(missing)} missing); rewrite the shards with "
+                           "`t2i data shards` or fix the shard list")
+        self.rank, self.world, self.seed, self.epoch = rank, world, seed, epoch
+        if buffer < 1:
+            raise T2IError(f"shuffle buffer {buffer} must hold at least 1 sample (1 keeps the shard order)")
+        self.buffer, self.shuffle = buffer, shuffle
+        self.caption_key = "captions" if caption_lang == "en" else f"captions_{caption_lang}"
+
+    def set_epoch(self, epoch: int) -> None:
+        """Read the shards of another epoch on the next iteration."""
+        self.epoch = epoch
+
+    def num_samples(self) -> int | None:
+        """Samples in all shards (every rank's together); None when plain .tar paths give no counts."""
+        counts = [c for _, c in self.shards]
+        return None if any(c is None for c in counts) else sum(counts)
+
+    def _raw_samples(self, indices: list[int]):
+        """Webdataset samples ({"__key__", "png", "json"}) of the given shards, checked against their counts."""
+        # Local files opened here, not by webdataset's URL opener (which would run "pipe:" specs).
+        from webdataset.tariterators import group_by_keys, tar_file_expander
+
+        for i in indices:
+            path, expected = self.shards[i]
+            count = 0
+            try:
+                with open(path, "rb") as stream:
+                    for sample in group_by_keys(tar_file_expander([{"url": str(path), "stream": stream}])):
+                        if "png" not in sample or "json" not in sample:
+                            raise T2IError(f"shard {path} is damaged or truncated: sample {sample['__key__']} "
+                                           "lacks its .png or .json; rewrite it with `t2i data shards`")
+                        count += 1
+                        yield sample
+            except (OSError, EOFError, ValueError, tarfile.TarError) as e:
+                raise T2IError(f"shard {path} is damaged ({type(e).__name__}: {e}); rewrite it with "
+                               "`t2i data shards`") from None
+            if expected is not None and count != expected:
+                raise T2IError(f"shard {path} holds {count} samples, its shard list says {expected}: it is "
+                               "truncated or replaced; rewrite it with `t2i data shards`")
+
+    def decode(self, sample: dict) -> tuple[torch.Tensor, list[str], dict]:
+        """(image uint8 (3, H, W), captions, attributes) of one raw sample."""
+        meta = json.loads(sample["json"].decode("utf-8"))
+        image = pil_to_tensor(Image.open(io.BytesIO(sample["png"])))
+        return image, list(meta.get(self.caption_key, [])), meta.get("attributes", {})
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        indices = assign_shards(len(self.shards), self.rank, self.world, worker, workers, self.seed, self.epoch,
+                                self.shuffle)
+        samples = self._raw_samples(indices)
+        if self.shuffle:
+            rng = random.Random(f"t2i-samples:{self.seed}:{self.epoch}:{self.rank}:{worker}")
+            samples = shuffle_buffer(samples, self.buffer, rng)
+        for sample in samples:
+            yield self.decode(sample)
