@@ -34,7 +34,7 @@ T2I = [sys.executable, "-m", "t2i"]
 def sh(args: list[str], log: Path | None = None) -> float:
     """Run a command (output to `log`), fail loudly, return its wall time in seconds."""
     t0 = time.time()
-    with open(log, "w") if log else subprocess.DEVNULL as out:
+    with open(log if log else os.devnull, "w") as out:
         r = subprocess.run(args, stdout=out, stderr=subprocess.STDOUT)
     if r.returncode:
         raise SystemExit(f"failed ({r.returncode}): {' '.join(args)}" + (f"; see {log}" if log else ""))
