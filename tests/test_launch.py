@@ -86,6 +86,14 @@ def test_resume_with_changed_options_is_a_fine_tune(capsys, lafite_run):
     assert r["start"] == "fine-tune"                                 # a loop option outside the continuation set
 
 
+def test_resume_latest_takes_the_newest_run_of_its_family(capsys, lafite_run, dalle_run, session_runs):
+    """A newer DALL-E run in the same --outdir does not hide the LAFITE one."""
+    assert int(dalle_run.name[:5]) > int(lafite_run.name[:5])
+    data = json.loads((lafite_run / "config.json").read_text())["config"]["data"]
+    r = dry_run(capsys, "lafite", "--data", data, "--resume", "latest", "--outdir", session_runs)
+    assert r["from"] == str(list_snapshots(lafite_run)[-1])
+
+
 def test_resume_latest_without_runs_is_a_clean_error(cli_error, tmp_path):
     err = cli_error("train", "clip", "--data", "d", "--resume", "latest", "--outdir", tmp_path / "none")
     assert "--resume latest" in err and "none" in err

@@ -91,14 +91,14 @@ def _split_explicit(args: argparse.Namespace, config_cls) -> tuple[dict, dict]:
     return loop, fam
 
 
-def _resume_source(spec: str, outdir: Path) -> Path:
+def _resume_source(spec: str, outdir: Path, family: str) -> Path:
     from t2i.training.run import latest_run_dir
     from t2i.training.snapshot import resolve_snapshot
 
     if spec == "latest":
-        run = latest_run_dir(outdir)
+        run = latest_run_dir(outdir, family=family)  # the newest run of this family
         if run is None:
-            raise T2IError(f"--resume latest: no run directory in {str(outdir)!r}; train once first or give a path")
+            raise T2IError(f"--resume latest: no {family} run in {str(outdir)!r}; train once first or give a path")
         return resolve_snapshot(run)
     return resolve_snapshot(spec)
 
@@ -112,7 +112,7 @@ def resolve(family: str, args: argparse.Namespace) -> tuple[dict[str, Any], Path
     base_loop.update(getattr(mod, "LOOP_DEFAULTS", {}))
     snapshot = None
     if args.resume:
-        snapshot = _resume_source(args.resume, Path(args.outdir))
+        snapshot = _resume_source(args.resume, Path(args.outdir), family)
         meta = json.loads((snapshot / "config.json").read_text())
         if meta.get("family") != family:
             raise T2IError(f"--resume {args.resume}: {snapshot} is a {meta.get('family')!r} snapshot, "

@@ -28,8 +28,9 @@ def next_run_dir(outdir: Path, desc: str) -> Path:
     return outdir / f"{max(ids, default=-1) + 1:05d}-{desc}"
 
 
-def latest_run_dir(outdir: Path, desc: str | None = None) -> Path | None:
-    """The highest-numbered run in `outdir` (optionally with this description), or None."""
+def latest_run_dir(outdir: Path, desc: str | None = None, family: str | None = None) -> Path | None:
+    """The highest-numbered run in `outdir` (optionally with this description, or of this family
+    according to its config.json), or None."""
     outdir = Path(outdir)
     if not outdir.is_dir():
         return None
@@ -37,8 +38,16 @@ def latest_run_dir(outdir: Path, desc: str | None = None) -> Path | None:
         (int(m.group(1)), p)
         for p in outdir.iterdir()
         if (m := RUN_RE.match(p.name)) and p.is_dir() and (desc is None or m.group(2) == desc)
+        and (family is None or _run_family(p) == family)
     ]
     return max(runs)[1] if runs else None
+
+
+def _run_family(run: Path) -> str | None:
+    try:
+        return json.loads((run / "config.json").read_text(encoding="utf-8")).get("family")
+    except (OSError, ValueError):
+        return None
 
 
 def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None) -> None:
