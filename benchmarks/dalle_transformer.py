@@ -119,6 +119,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads for both")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="t2i's training precision")
     p.add_argument("--sample_batch", type=int, default=1, help="prompts sampled at once for the cache timing")
+    p.add_argument("--only", choices=["sampling", "training"], help="run one half of the benchmark")
     p.add_argument("--peer", type=Path, help="venv with dalle-pytorch (made by --setup-peer)")
     p.add_argument("--setup-peer", dest="setup_peer", type=Path, help="create the dalle-pytorch venv here, then exit")
     args = p.parse_args()
@@ -126,10 +127,13 @@ def main() -> None:
         setup_peer(args.setup_peer)
         return
     torch.set_num_threads(args.threads)
-    s = sampling_tokens_per_s(BENCH, args.sample_batch)
-    print(f"sampling {BENCH['image_len']} image tokens (dim {BENCH['dim']}, depth {BENCH['depth']}, batch "
-          f"{args.sample_batch}): with KV cache {s['cache']:.1f} tokens/s, without {s['no_cache']:.1f} tokens/s, "
-          f"speed-up {s['cache'] / s['no_cache']:.1f}x, identical tokens: {s['same_tokens']}")
+    if args.only != "training":
+        s = sampling_tokens_per_s(BENCH, args.sample_batch)
+        print(f"sampling {BENCH['image_len']} image tokens (dim {BENCH['dim']}, depth {BENCH['depth']}, batch "
+              f"{args.sample_batch}): with KV cache {s['cache']:.1f} tokens/s, without {s['no_cache']:.1f} "
+              f"tokens/s, speed-up {s['cache'] / s['no_cache']:.1f}x, identical tokens: {s['same_tokens']}")
+    if args.only == "sampling":
+        return
     ours = training_tokens_per_s(BENCH, args.steps, args.warmup, args.precision)
     print(f"t2i training ({args.precision}, {ours['params'] / 1e6:.1f}M parameters, batch {BENCH['batch']}): "
           f"{ours['tokens_per_s']:.0f} tokens/s")
