@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
@@ -34,7 +35,7 @@ def test_config_round_trips_through_json():
     for cfg in PRESETS.values():
         back = VQGANConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
         assert back == cfg and isinstance(back.ch_mult, tuple) and isinstance(back.attn_resolutions, tuple)
-    assert PRESETS["tiny"].token_side == 8 and PRESETS["tiny"].resolution == 64      # 64 tokens per image
+    assert PRESETS["tiny"].token_side == 16 and PRESETS["tiny"].resolution == 64     # 256 tokens per image
     assert PRESETS["paper"].factor == 16 and PRESETS["paper"].token_side == 16 and PRESETS["paper"].n_embed == 8192
 
 
@@ -101,6 +102,24 @@ def test_straight_through_gradient_is_the_gradient_at_z_q():
     x_rec.square().mean().backward()
     assert model.encoder.conv_in.weight.grad.abs().sum() > 0
     assert model.quantize.embedding.weight.grad is None
+
+
+def test_l2_codebook_picks_the_code_of_highest_cosine_and_returns_unit_vectors():
+    torch.manual_seed(0)
+    q = VectorQuantizer(32, 8, l2=True)
+    with torch.no_grad():
+        q.embedding.weight.mul_(torch.rand(32, 1) * 100)     # lengths must not matter, only directions
+    z = q.project(torch.randn(2, 8, 3, 3) * 5)
+    assert torch.allclose(z.norm(dim=1), torch.ones(2, 3, 3))
+    z_q, ids, _ = q(z)
+    cos = torch.einsum("bchw,nc->bhwn", z, F.normalize(q.embedding.weight, dim=1))
+    assert torch.equal(ids, cos.argmax(-1))
+    assert torch.allclose(z_q.norm(dim=1), torch.ones(2, 3, 3), atol=1e-6)
+    assert torch.allclose(q.codebook(), F.normalize(q.embedding.weight, dim=1))
+    # The model normalises its latents before the lookup, so the codebook loss compares unit vectors.
+    cfg = VQGANConfig(**{**PRESETS["test"].to_dict(), "codebook_l2": True})
+    _, z, _, _ = VQGAN(cfg)(torch.rand(2, 3, 16, 16) * 2 - 1)
+    assert torch.allclose(z.norm(dim=1), torch.ones_like(z[:, 0]), atol=1e-5)
 
 
 def test_codebook_and_commitment_losses_match_the_formula():
@@ -362,6 +381,42 @@ def test_cli_trains_snapshots_and_resumes_exactly(shapes16, tmp_path):
     resumed = load_snapshot(run / "snapshot-000048").tensors
     direct = load_snapshot(straight / "snapshot-000048").tensors
     assert resumed.keys() == direct.keys() and all(torch.equal(resumed[k], direct[k]) for k in resumed)
+
+
+def test_random_crops_are_seeded_windows_of_each_image():
+    from t2i.models.dalle.vqgan_trainer import random_crops
+
+    images = torch.arange(4 * 3 * 16 * 16, dtype=torch.float32).view(4, 3, 16, 16)
+    a = random_crops(images, 8, torch.Generator().manual_seed(1))
+    b = random_crops(images, 8, torch.Generator().manual_seed(1))
+    assert a.shape == (4, 3, 8, 8) and torch.equal(a, b)
+    for im, crop in zip(images, a):   # each crop is a contiguous window of its own image
+        y, x = divmod(int(crop[0, 0, 0]) % 256, 16)
+        assert torch.equal(crop, im[:, y:y + 8, x:x + 8])
+    assert torch.equal(random_crops(images, 16, torch.Generator()), images)
+
+
+def test_cli_trains_on_crops_and_rejects_a_bad_crop(shapes16, tmp_path, cli_error):
+    cli("train", "vqgan", "--data", shapes16, "--preset", "test", "--batch", 8, "--kimg", 0.016, "--crop", 8,
+        "--outdir", tmp_path)
+    (run,) = tmp_path.glob("*-vqgan-test")
+    assert stats_lines(run)[0]["Loss/G/rec"] > 0 and load_snapshot(run).meta["config"]["crop"] == 8
+    msg = cli_error("train", "vqgan", "--data", shapes16, "--preset", "test", "--crop", 7, "--outdir", tmp_path)
+    assert "--crop 7 must be at most 16 and a multiple of 2" in msg
+
+
+def test_shapes_recon_accuracy_is_the_oracle_score_of_round_trips():
+    from t2i.metrics.oracle_trainer import load_oracle, oracle_self_accuracy
+    from t2i.models.dalle.vqgan_trainer import shapes_recon_accuracy
+
+    oracle = load_oracle()
+    clean = oracle_self_accuracy(oracle, n=16, split="test-seen")
+    blank = oracle_self_accuracy(oracle, n=16, split="test-seen", through=torch.zeros_like)
+    assert clean["all"] >= 0.9 and blank["all"] <= 0.2      # `through` is what the oracle judges
+    torch.manual_seed(0)
+    result = shapes_recon_accuracy(VQGAN(PRESETS["tiny"]).eval(), n=8, oracle=oracle)
+    assert {"seen_all", "heldout_all", "seen_colour", "heldout_shape"} <= result.keys() and result["n"] == 8
+    assert result["seen_all"] <= 0.25                        # an untrained VQGAN keeps no scene
 
 
 def test_cli_rejects_a_dataset_of_the_wrong_size(shapes16, tmp_path, cli_error):

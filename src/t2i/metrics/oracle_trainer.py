@@ -105,13 +105,19 @@ def load_oracle(path: str | Path | None = None, device="cpu") -> ShapesOracle:
 
 
 @torch.no_grad()
+@torch.no_grad()
 def oracle_self_accuracy(oracle: ShapesOracle, n: int = 1000, seed: int = 12345, size: int = 64,
-                         device="cpu") -> dict:
-    """The oracle's own accuracy on n freshly rendered scenes (all combinations)."""
+                         device="cpu", through=None, split: str | None = None) -> dict:
+    """The oracle's accuracy on n freshly rendered scenes (all combinations, or one split's).
+
+    `through` maps the rendered batch (B, 3, size, size) in [-1, 1] to the images the oracle judges,
+    e.g. a VQGAN round trip: the accuracy then says how much of each scene survives it.
+    """
     rng, preds, scenes = random.Random(seed), [], []
     for s in range(0, n, 250):
-        images, _, sc = render_batch(min(250, n - s), rng, size)
-        preds += predict(oracle(images.to(device)))
+        images, _, sc = render_batch(min(250, n - s), rng, size, split)
+        images = images.to(device)
+        preds += predict(oracle(images if through is None else through(images).clamp(-1, 1)))
         scenes += sc
     return score(preds, scenes)
 

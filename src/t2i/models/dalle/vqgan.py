@@ -40,6 +40,7 @@ class VQGANConfig:
     z_channels: int = 256
     embed_dim: int = 256
     n_embed: int = 8192
+    codebook_l2: bool = False   # t2i: look codes up by cosine on l2-normalised vectors (ViT-VQGAN); taming: False
     dropout: float = 0.0
     norm_groups: int = 32
     disc_ndf: int = 64          # discriminator channels of the first layer
@@ -71,9 +72,13 @@ class VQGANConfig:
 
 
 PRESETS: dict[str, VQGANConfig] = {
-    # CPU: 64px shapes, f8 -> 8x8 = 64 tokens, 512 codes; 16 channels at 64 and 32px, 32 at 16px, 64 at 8px.
-    "tiny": VQGANConfig(resolution=64, ch=16, ch_mult=(1, 1, 2, 4), num_res_blocks=1, attn_resolutions=(8,),
-                        z_channels=32, embed_dim=32, n_embed=512, norm_groups=8, disc_ndf=16, disc_layers=3),
+    # CPU: 64px shapes, f4 -> 16x16 = 256 tokens (a small object spans about 4x4 of them; at f8 it got
+    # 2x2 and came back as a blob of the wrong colour), 512 codes looked up by cosine in 8 dimensions
+    # (ViT-VQGAN's factorised, l2-normalised codes: all codes stay in use and colours stay apart).
+    # 16 channels at 64px, 32 at 32px, 64 at 16px; no attention but the middle blocks'.
+    "tiny": VQGANConfig(resolution=64, ch=16, ch_mult=(1, 2, 4), num_res_blocks=1, attn_resolutions=(),
+                        z_channels=32, embed_dim=8, n_embed=512, codebook_l2=True, norm_groups=8,
+                        disc_ndf=16, disc_layers=3),
     # Smallest possible, for unit tests: 16px, f2 -> 8x8 tokens, attention at 8x8.
     "test": VQGANConfig(resolution=16, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,),
                         z_channels=8, embed_dim=8, n_embed=32, norm_groups=4, disc_ndf=8, disc_layers=2),
@@ -252,20 +257,24 @@ def code_usage(ids: torch.Tensor, n_embed: int) -> dict[str, torch.Tensor]:
 class VectorQuantizer(nn.Module):
     """Nearest codebook row by L2 distance, with a straight-through gradient to the encoder."""
 
-    def __init__(self, n_embed: int, embed_dim: int):
+    def __init__(self, n_embed: int, embed_dim: int, l2: bool = False):
         super().__init__()
-        self.n_embed, self.embed_dim = n_embed, embed_dim
+        self.n_embed, self.embed_dim, self.l2 = n_embed, embed_dim, l2
         self.embedding = nn.Embedding(n_embed, embed_dim)
         nn.init.uniform_(self.embedding.weight, -1.0 / n_embed, 1.0 / n_embed)   # taming's initialisation
         # Training steps since each code was last chosen (t2i only; see restart_dead_codes).
         self.register_buffer("unused_steps", torch.zeros(n_embed, dtype=torch.long))
+
+    def project(self, z: torch.Tensor) -> torch.Tensor:
+        """The space codes live in: z itself, or z l2-normalised over channels with `l2`."""
+        return F.normalize(z, dim=1) if self.l2 else z
 
     @torch.no_grad()
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
         """Token ids (B, h, w) of the codes nearest to z (B, embed_dim, h, w)."""
         B, C, h, w = z.shape
         flat = z.permute(0, 2, 3, 1).reshape(-1, C).float()                       # (B*h*w, C)
-        e = self.embedding.weight.float()
+        e = self.codebook().float()
         # ||z - e||^2 = ||z||^2 - 2 z.e + ||e||^2; the ||z||^2 term does not change the argmin.
         # fp32 even under bf16 autocast: near-ties between codes are common and bf16 would flip them.
         with torch.autocast(device_type=z.device.type, enabled=False):
@@ -274,7 +283,13 @@ class VectorQuantizer(nn.Module):
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Codebook vectors of token ids (B, h, w) as (B, embed_dim, h, w); differentiable w.r.t. the codebook."""
-        return self.embedding(ids).permute(0, 3, 1, 2)
+        e = self.embedding(ids)
+        return (F.normalize(e, dim=-1) if self.l2 else e).permute(0, 3, 1, 2)
+
+    def codebook(self) -> torch.Tensor:
+        """All code vectors (n_embed, embed_dim), as `embed` returns them."""
+        w = self.embedding.weight
+        return F.normalize(w, dim=1) if self.l2 else w
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """z (B, embed_dim, h, w) -> (z_q straight-through, ids (B, h, w), usage stats)."""
@@ -324,13 +339,13 @@ class VQGAN(nn.Module):
         self.cfg = cfg
         self.encoder = Encoder(cfg)
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.embed_dim, 1)
-        self.quantize = VectorQuantizer(cfg.n_embed, cfg.embed_dim)
+        self.quantize = VectorQuantizer(cfg.n_embed, cfg.embed_dim, cfg.codebook_l2)
         self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1)
         self.decoder = Decoder(cfg)
 
     def encode_latents(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-quantisation latents z (B, embed_dim, R/f, R/f) of images x in [-1, 1]."""
-        return self.quant_conv(self.encoder(x))
+        return self.quantize.project(self.quant_conv(self.encoder(x)))
 
     def decode_latents(self, z_q: torch.Tensor) -> torch.Tensor:
         """Images in about [-1, 1] from quantised latents (B, embed_dim, h, w)."""

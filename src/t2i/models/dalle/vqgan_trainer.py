@@ -33,6 +33,7 @@ class VQGANTrainConfig(VQGANLossWeights):
     perceptual: str = "none"     # none | lpips:/path/to/torchvision-vgg16.pth
     lr: float = 1e-4             # Adam, both phases (taming: 4.5e-6 x batch)
     mirror: bool = False         # random horizontal flips (off for layouts where left/right matters)
+    crop: int = 0                # train on random crops of this side (0 = whole images)
 
 
 CONFIG = VQGANTrainConfig
@@ -54,6 +55,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
                       "needs `pip install lpips`)",
         "lr": "Adam learning rate of the autoencoder and the discriminator",
         "mirror": "random horizontal flips (1/0)",
+        "crop": "train on random square crops of this many pixels, a multiple of the downsampling factor "
+                "(the model is convolutional, so it still encodes whole images); 0 = whole images",
         "beta": "commitment weight: ||z - sg[z_q]||^2 counts beta times",
         "codebook_weight": "weight of the codebook + commitment loss",
         "perceptual_weight": "weight of the LPIPS term (with --perceptual lpips:...)",
@@ -78,7 +81,7 @@ def validate(cfg: VQGANTrainConfig) -> None:
     if cfg.perceptual != "none" and not cfg.perceptual.startswith("lpips:"):
         raise T2IError(f"--perceptual {cfg.perceptual!r}: use 'none' or 'lpips:/path/to/vgg16.pth'")
     for name in ("beta", "codebook_weight", "perceptual_weight", "disc_weight", "disc_start_kimg",
-                 "restart_patience"):
+                 "restart_patience", "crop"):
         if getattr(cfg, name) < 0:
             raise T2IError(f"--{name} {getattr(cfg, name)} must be >= 0")
     if cfg.lr <= 0:
@@ -90,13 +93,25 @@ def describe(cfg: VQGANTrainConfig) -> str:
     return f"{Path(cfg.data.rstrip('/')).stem}-vqgan-{cfg.preset}"
 
 
-def check_resolution(dataset, net: VQGANConfig, data: str, preset: str) -> None:
-    """The dataset's images must have the preset's square resolution."""
+def check_resolution(dataset, net: VQGANConfig, data: str, preset: str, crop: int = 0) -> None:
+    """The dataset's images must have the preset's square resolution; a --crop must fit in them and
+    be a multiple of the downsampling factor."""
+    if crop and (crop > net.resolution or crop % net.factor):
+        raise T2IError(f"--crop {crop} must be at most {net.resolution} and a multiple of {net.factor} "
+                       f"(the VQGAN's downsampling factor), e.g. --crop {max(net.factor, net.resolution // 2)}")
     w, h = dataset.resolution
     if w != net.resolution or h != net.resolution:
         raise T2IError(f"dataset {data!r} is {w}x{h} but VQGAN preset {preset!r} takes {net.resolution}x"
                        f"{net.resolution}; repack the data with `t2i data pack --width {net.resolution} "
                        f"--height {net.resolution}` or pick another preset")
+
+
+def random_crops(images: torch.Tensor, side: int, g: torch.Generator) -> torch.Tensor:
+    """One random side x side crop per image of (B, C, H, W), offsets drawn from g."""
+    B, _, H, W = images.shape
+    ys = torch.randint(H - side + 1, (B,), generator=g).tolist()
+    xs = torch.randint(W - side + 1, (B,), generator=g).tolist()
+    return torch.stack([im[:, y:y + side, x:x + side] for im, y, x in zip(images, ys, xs)])
 
 
 def millions(module: torch.nn.Module) -> float:
@@ -115,7 +130,7 @@ class VQGANFamily:
         self.cfg, self.device = cfg, d.device
         self.net = VQGANConfig.from_dict(init.meta["net"]) if init else copy.deepcopy(PRESETS[cfg.preset])
         dataset = ImageTextDataset(cfg.data)
-        check_resolution(dataset, self.net, cfg.data, cfg.preset)
+        check_resolution(dataset, self.net, cfg.data, cfg.preset, cfg.crop)
         self.images = load_images(dataset)
         self.vqgan = VQGAN(self.net).to(d.device)
         self.D = PatchDiscriminator(self.net).to(d.device)
@@ -139,6 +154,8 @@ class VQGANFamily:
             if self.cfg.mirror:
                 flip = torch.rand(len(idx), generator=g) < 0.5
                 images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+            if self.cfg.crop:
+                images = random_crops(images, self.cfg.crop, g)
             return {"image": images}
         # Images shown before step k: k x the global batch, the loop's own count (split_batch passes
         # the int unchanged to every micro-batch).
@@ -204,14 +221,34 @@ def reconstruction_metrics(vqgan: VQGAN, images: torch.Tensor, device, batch: in
             "usage": used / vqgan.cfg.n_embed, "perplexity": float(usage["VQ/perplexity"]), "n": len(images)}
 
 
+def shapes_recon_accuracy(vqgan: VQGAN, n: int = 500, device="cpu", oracle=None) -> dict:
+    """Shapes-oracle accuracy of VQGAN round trips of fresh scenes, per split (seen and held-out
+    compositions): what the first stage keeps of each scene, so a DALL-E run's accuracy is read
+    against this ceiling."""
+    from t2i.metrics.oracle_trainer import load_oracle, oracle_self_accuracy
+
+    oracle = oracle or load_oracle(None, device)
+    result = {}
+    for split, key in (("test-seen", "seen"), ("test-heldout", "heldout")):
+        acc = oracle_self_accuracy(oracle, n=n, size=vqgan.cfg.resolution, device=device, split=split,
+                                   through=lambda x: vqgan.decode_ids(vqgan.encode(x)))
+        result.update({f"{key}_{k}": v for k, v in acc.items() if k not in ("images", "objects")})
+    return result | {"n": n}
+
+
+VQGAN_METRICS = ("psnr", "shapes_recon")
+
+
 def evaluate(name: str, snapshot: Path, cfg: VQGANTrainConfig, device) -> dict:
-    """Metrics of a VQGAN snapshot on its training data (psnr: reconstruction PSNR and codebook usage
-    over up to 1000 images)."""
+    """Metrics of a VQGAN snapshot: `psnr` (reconstruction PSNR and codebook usage over up to 1000
+    training images); `shapes_recon` (shapes-oracle accuracy of round trips of fresh scenes)."""
     from t2i.data.dataset import ImageTextDataset
 
-    if name != "psnr":
-        raise T2IError(f"metric {name!r} is not available while training a VQGAN; use psnr")
+    if name not in VQGAN_METRICS:
+        raise T2IError(f"metric {name!r} is not available while training a VQGAN; use {', '.join(VQGAN_METRICS)}")
     vqgan = load_vqgan_snapshot(snapshot, device)
+    if name == "shapes_recon":
+        return shapes_recon_accuracy(vqgan, device=device)
     dataset = ImageTextDataset(cfg.data)
     images = load_images(dataset, min(len(dataset), 1000))
     return reconstruction_metrics(vqgan, images, device)
