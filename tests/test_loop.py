@@ -12,7 +12,7 @@ from torch import nn
 from loop_fakes import LinearFamily
 from t2i.errors import T2IError
 from t2i.training.distributed import Dist
-from t2i.training.loop import LoopConfig, ema_beta, split_batch, step_seed, train, update_ema
+from t2i.training.loop import LoopConfig, ema_beta, split_batch, step_seed, train, update_ema, warmup_cosine
 from t2i.training.snapshot import list_snapshots, load_snapshot, load_training_state
 
 
@@ -234,6 +234,17 @@ def test_lr_scale_multiplies_the_base_learning_rate(tmp_path):
     train(fam, cfg(kimg=0.048), tmp_path / "r", Dist())
     assert seen == [0, 16, 32]                                        # images seen before each step
     assert fam.opt.param_groups[0]["lr"] == pytest.approx(0.025)      # base lr x scale, not compounded
+
+
+def test_warmup_cosine_ramps_up_then_decays_to_the_floor():
+    s = warmup_cosine(100, 1100, batch=10)
+    assert s(0) == pytest.approx(0.1) and s(90) == pytest.approx(1.0)          # (nimg + batch) / warm-up
+    assert s(100) == pytest.approx(1.0) and s(600) == pytest.approx(0.55)      # half-way: (1 + 0.1) / 2
+    assert s(1100) == pytest.approx(0.1) and s(5000) == pytest.approx(0.1)     # floor at and after the end
+    no_warmup = warmup_cosine(0, 1000, batch=10, floor=0.0)
+    assert no_warmup(0) == pytest.approx(1.0) and no_warmup(1000) == pytest.approx(0.0, abs=1e-12)
+    values = [no_warmup(n) for n in range(0, 1001, 50)]
+    assert values == sorted(values, reverse=True)
 
 
 def test_grad_clip_bounds_the_update_and_is_logged(tmp_path):

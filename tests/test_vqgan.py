@@ -4,6 +4,7 @@ taming loader, the LPIPS perceptual loss, and `t2i train vqgan` end to end with 
 
 import argparse
 import json
+import math
 import sys
 
 import numpy as np
@@ -24,7 +25,7 @@ from t2i.models.dalle.vqgan_objective import (
     codebook_loss,
     load_perceptual,
 )
-from t2i.training.snapshot import load_snapshot
+from t2i.training.snapshot import load_snapshot, load_training_state
 
 from conftest import cli
 
@@ -397,10 +398,14 @@ def test_random_crops_are_seeded_windows_of_each_image():
 
 
 def test_cli_trains_on_crops_and_rejects_a_bad_crop(shapes16, tmp_path, cli_error):
-    cli("train", "vqgan", "--data", shapes16, "--preset", "test", "--batch", 8, "--kimg", 0.016, "--crop", 8,
-        "--outdir", tmp_path)
+    cli("train", "vqgan", "--data", shapes16, "--preset", "test", "--batch", 8, "--kimg", 0.032, "--crop", 8,
+        "--lr", 1e-3, "--lr_decay", 1, "--outdir", tmp_path)
     (run,) = tmp_path.glob("*-vqgan-test")
     assert stats_lines(run)[0]["Loss/G/rec"] > 0 and load_snapshot(run).meta["config"]["crop"] == 8
+    # --lr_decay: cosine from the full lr at 0 images to 10% at --kimg; the last step (after 24 of 32
+    # images) ran at 1e-3 * (0.1 + 0.9 * (1 + cos(0.75 pi)) / 2).
+    last = load_training_state(run / "snapshot-000032")["optimizers"]["G_main"]["param_groups"][0]["lr"]
+    assert last == pytest.approx(1e-3 * (0.1 + 0.45 * (1 + math.cos(0.75 * math.pi))))
     msg = cli_error("train", "vqgan", "--data", shapes16, "--preset", "test", "--crop", 7, "--outdir", tmp_path)
     assert "--crop 7 must be at most 16 and a multiple of 2" in msg
 

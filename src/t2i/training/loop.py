@@ -59,6 +59,20 @@ class Phase:
     lr_scale: Callable[[int], float] | None = None  # images seen -> factor on the optimizer's base lr
 
 
+def warmup_cosine(warmup_nimg: float, total_nimg: float, batch: int, floor: float = 0.1) -> Callable[[int], float]:
+    """A Phase.lr_scale: linear warm-up over `warmup_nimg` images, then cosine decay to `floor` of the
+    base lr at `total_nimg` (the run's planned end), flat after it."""
+    total = max(total_nimg, 1.0)
+
+    def scale(nimg: int) -> float:
+        if nimg < warmup_nimg:
+            return (nimg + batch) / warmup_nimg
+        t = min(1.0, (nimg - warmup_nimg) / max(total - warmup_nimg, 1.0))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return scale
+
+
 class Family(Protocol):
     """What a model family gives the loop."""
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import random
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -21,7 +20,7 @@ from t2i.data.loader import step_batches
 from t2i.errors import T2IError
 from t2i.models.dalle.objective import dalle_loss, drop_text
 from t2i.models.dalle.transformer import PRESETS, DalleConfig, DalleTransformer
-from t2i.training.loop import Phase
+from t2i.training.loop import Phase, warmup_cosine
 
 
 @dataclass
@@ -59,7 +58,7 @@ HELP = {
     "langs": "caption languages, comma-separated (e.g. en,ko for Korean prompts too)",
     "preset": f"transformer preset: {', '.join(PRESETS)}",
     "lr": "AdamW learning rate", "weight_decay": "AdamW weight decay",
-    "warmup_kimg": "linear lr warm-up in kimg, then cosine decay to 10%",
+    "warmup_kimg": "linear lr warm-up in kimg, then cosine decay to 10%%",
     "null_text_prob": "probability of training on the null caption (enables --guidance at sampling)",
     "image_weight": "weight of the image-token loss against the text loss", "crop_augs": "DALL-E crops per image",
 }
@@ -148,15 +147,8 @@ class DalleFamily:
         rest = [p for p in self.model.parameters() if p.dim() < 2]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.cfg.weight_decay},
                                  {"params": rest, "weight_decay": 0.0}], lr=self.cfg.lr, betas=(0.9, 0.95))
-        warm, total = self.cfg.warmup_kimg * 1000, max(self.loop.kimg * 1000, 1.0)
-
-        def lr_scale(nimg: int) -> float:  # linear warm-up, cosine to 10% at the planned end
-            if nimg < warm:
-                return (nimg + self.loop.batch) / warm
-            t = min(1.0, (nimg - warm) / max(total - warm, 1.0))
-            return 0.1 + 0.45 * (1 + math.cos(math.pi * t))
-
-        return [Phase("main", self.model, opt, lr_scale=lr_scale)]
+        schedule = warmup_cosine(self.cfg.warmup_kimg * 1000, self.loop.kimg * 1000, self.loop.batch)
+        return [Phase("main", self.model, opt, lr_scale=schedule)]
 
     def batches(self, step, batch, rank, world, seed):
         def fetch(idx, g):

@@ -21,7 +21,7 @@ from t2i.data.transforms import to_model, to_uint8
 from t2i.errors import T2IError
 from t2i.models.dalle.vqgan import PRESETS, VQGAN, PatchDiscriminator, VQGANConfig, code_usage
 from t2i.models.dalle.vqgan_objective import VQGANLoss, VQGANLossWeights, load_perceptual
-from t2i.training.loop import Phase
+from t2i.training.loop import Phase, warmup_cosine
 
 
 @dataclass
@@ -32,6 +32,7 @@ class VQGANTrainConfig(VQGANLossWeights):
     preset: str = "tiny"
     perceptual: str = "none"     # none | lpips:/path/to/torchvision-vgg16.pth
     lr: float = 1e-4             # Adam, both phases (taming: 4.5e-6 x batch)
+    lr_decay: bool = False       # cosine decay to 10% of --lr at --kimg (taming: constant)
     mirror: bool = False         # random horizontal flips (off for layouts where left/right matters)
     crop: int = 0                # train on random crops of this side (0 = whole images)
 
@@ -54,6 +55,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
         "perceptual": "perceptual loss: none, or lpips:/path/to/vgg16.pth (a torchvision vgg16 state_dict; "
                       "needs `pip install lpips`)",
         "lr": "Adam learning rate of the autoencoder and the discriminator",
+        "lr_decay": "cosine-decay the learning rate to 10%% at --kimg (1/0); a fixed budget ends on a "
+                    "settled model instead of a noisy one",
         "mirror": "random horizontal flips (1/0)",
         "crop": "train on random square crops of this many pixels, a multiple of the downsampling factor "
                 "(the model is convolutional, so it still encodes whole images); 0 = whole images",
@@ -124,10 +127,10 @@ class VQGANFamily:
 
     name = "vqgan"
 
-    def __init__(self, cfg: VQGANTrainConfig, d, log, init=None):
+    def __init__(self, cfg: VQGANTrainConfig, loop, d, log, init=None):
         from t2i.data.dataset import ImageTextDataset
 
-        self.cfg, self.device = cfg, d.device
+        self.cfg, self.loop, self.device = cfg, loop, d.device
         self.net = VQGANConfig.from_dict(init.meta["net"]) if init else copy.deepcopy(PRESETS[cfg.preset])
         dataset = ImageTextDataset(cfg.data)
         check_resolution(dataset, self.net, cfg.data, cfg.preset, cfg.crop)
@@ -146,7 +149,9 @@ class VQGANFamily:
         def adam(module):
             return torch.optim.Adam(module.parameters(), lr=self.cfg.lr, betas=(0.5, 0.9))  # taming's betas
 
-        return [Phase("G_main", self.vqgan, adam(self.vqgan)), Phase("D_main", self.D, adam(self.D))]
+        schedule = warmup_cosine(0, self.loop.kimg * 1000, self.loop.batch) if self.cfg.lr_decay else None
+        return [Phase("G_main", self.vqgan, adam(self.vqgan), lr_scale=schedule),
+                Phase("D_main", self.D, adam(self.D), lr_scale=schedule)]
 
     def batches(self, step, batch, rank, world, seed):
         def fetch(idx, g):
@@ -190,7 +195,7 @@ class VQGANFamily:
 
 def build(cfg: VQGANTrainConfig, loop, d, log, init=None) -> VQGANFamily:
     """The VQGAN family object for the shared loop."""
-    return VQGANFamily(cfg, d, log, init)
+    return VQGANFamily(cfg, loop, d, log, init)
 
 
 def load_vqgan_snapshot(path, device="cpu") -> VQGAN:

@@ -1,0 +1,24 @@
+"""`--help` of every command renders (argparse %-formats help strings, so a stray % breaks it)."""
+
+import argparse
+
+from t2i.cli import build_parser
+
+
+def all_parsers(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from all_parsers(sub, path + (name,))
+
+
+def test_every_command_help_renders_and_documents_every_option():
+    parsers = dict(all_parsers(build_parser()))
+    assert {("train", "dalle"), ("train", "vqgan"), ("train", "bpe"), ("data", "coco"), ("generate",)} <= parsers.keys()
+    for path, parser in parsers.items():
+        text = parser.format_help()
+        for action in parser._actions:
+            if action.option_strings and action.help != argparse.SUPPRESS:
+                assert action.help, f"t2i {' '.join(path)} {action.option_strings[0]} has no help"
+                assert action.option_strings[-1] in text
