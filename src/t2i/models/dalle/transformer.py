@@ -71,22 +71,42 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
         self.proj = nn.Linear(cfg.dim, cfg.dim)
         self.dropout = cfg.dropout
+        self.max_len = cfg.seq_len + 1
 
     def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # (B, h, T, d)
         if cache is not None:
-            if "k" in cache:  # new tokens attend to every cached one and causally among themselves
-                k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
-            cache["k"], cache["v"] = k, v
+            k, v = cache_append(cache, k, v, self.max_len)
         past = k.shape[2] - T
         if past == 0:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
                                                dropout_p=self.dropout if self.training else 0.0)
+        elif T == 1:  # one new token sees everything before it: no mask
+            y = F.scaled_dot_product_attention(q, k, v)
         else:
             mask = torch.ones(T, k.shape[2], dtype=torch.bool, device=x.device).tril(past)  # (T, past + T)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+def cache_append(cache: dict, k: torch.Tensor, v: torch.Tensor, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Write this step's keys/values (B, h, T, d) after the cached ones; return all of them so far.
+
+    The buffers are allocated once for the whole sequence and written in place: growing them with
+    torch.cat would copy the whole cache at every sampled token (quadratic in the image length).
+    """
+    n, T = cache.get("n", 0), k.shape[2]
+    if "k" not in cache or cache["k"].shape[2] < n + T:
+        size = max(n + T, max_len)
+        for name, new in (("k", k), ("v", v)):
+            buf = new.new_empty(*new.shape[:2], size, new.shape[3])
+            if n:
+                buf[:, :, :n] = cache[name][:, :, :n]
+            cache[name] = buf
+    cache["k"][:, :, n:n + T], cache["v"][:, :, n:n + T] = k, v
+    cache["n"] = n + T
+    return cache["k"][:, :, :n + T], cache["v"][:, :, :n + T]
 
 
 class Block(nn.Module):
