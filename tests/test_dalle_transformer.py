@@ -14,7 +14,7 @@ from t2i.models.dalle.transformer import PRESETS, DalleConfig, DalleTransformer
 
 def make(seed=0, **kw) -> DalleTransformer:
     torch.manual_seed(seed)
-    cfg = DalleConfig(**{**PRESETS["test"].to_dict(), "text_len": 6, "text_vocab": 20 + 6, "image_len": 8,
+    cfg = DalleConfig(**{**PRESETS["test"].to_dict(), "text_len": 6, "text_vocab": 20 + 6, "image_len": 9,
                          "image_vocab": 12, **kw})
     return DalleTransformer(cfg).eval()
 
@@ -24,6 +24,18 @@ def batch(model, B=3, seed=1):
     cfg = model.cfg
     return (torch.randint(0, cfg.text_vocab, (B, cfg.text_len), generator=g),
             torch.randint(0, cfg.image_vocab, (B, cfg.image_len), generator=g))
+
+
+def test_image_positions_are_row_plus_column_embeddings():
+    model = make()
+    cfg = model.cfg
+    pos = model.positions(0, cfg.seq_len)
+    assert pos.shape == (cfg.seq_len, cfg.dim) and torch.equal(pos[:1 + cfg.text_len], model.pos_emb)
+    for i in range(cfg.image_len - 1):   # image token i is the input at 1 + text_len + i
+        assert torch.equal(pos[1 + cfg.text_len + i], model.row_emb[i // 3] + model.col_emb[i % 3])
+    assert torch.equal(model.positions(4, 3), pos[4:7])                 # a cached step's slice
+    with pytest.raises(ValueError, match="not a square"):
+        make(image_len=8)
 
 
 def test_text_positions_never_predict_image_ids():

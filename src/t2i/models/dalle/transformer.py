@@ -14,6 +14,7 @@ text position can never predict an image id (and vice versa).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -134,13 +135,22 @@ class DalleTransformer(nn.Module):
         if cfg.dim % cfg.heads:
             raise ValueError(f"dim {cfg.dim} is not a multiple of heads {cfg.heads}")
         self.cfg = cfg
+        side = math.isqrt(cfg.image_len)
+        if side * side != cfg.image_len:
+            raise ValueError(f"image_len {cfg.image_len} is not a square number of tokens")
         self.tok_emb = nn.Embedding(cfg.vocab, cfg.dim)
-        self.pos_emb = nn.Parameter(torch.zeros(cfg.seq_len, cfg.dim))
+        # Positions as in the DALL-E paper: one embedding per text position (<bos> included), and a
+        # row plus a column embedding for image tokens, so what is learnt at one place of the grid
+        # carries over to the rest of its row and column.
+        self.pos_emb = nn.Parameter(torch.zeros(1 + cfg.text_len, cfg.dim))
+        self.row_emb = nn.Parameter(torch.zeros(side, cfg.dim))
+        self.col_emb = nn.Parameter(torch.zeros(side, cfg.dim))
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.depth)])
         self.ln_f = nn.LayerNorm(cfg.dim)
         self.head = nn.Linear(cfg.dim, cfg.vocab, bias=False)
         self.apply(self._init)
-        nn.init.normal_(self.pos_emb, std=0.02)
+        for p in (self.pos_emb, self.row_emb, self.col_emb):
+            nn.init.normal_(p, std=0.02)
         modality = torch.zeros(cfg.seq_len, cfg.vocab, dtype=torch.bool)  # True = allowed
         modality[:cfg.text_len, :cfg.text_vocab] = True                   # text positions -> text ids
         modality[cfg.text_len:, cfg.text_vocab + 1:] = True               # image positions -> image ids
@@ -159,10 +169,16 @@ class DalleTransformer(nn.Module):
         parts = [bos, text] + ([image + self.cfg.text_vocab + 1] if image is not None else [])
         return torch.cat(parts, 1)
 
+    def positions(self, start: int, T: int) -> torch.Tensor:
+        """Position embeddings (T, dim) of input positions start..start+T-1: <bos> and text, then image
+        token i at 1 + text_len + i in row i // side, column i % side."""
+        grid = (self.row_emb[:, None] + self.col_emb[None, :]).flatten(0, 1)    # (image_len, dim)
+        return torch.cat([self.pos_emb, grid[:self.cfg.image_len - 1]])[start:start + T]
+
     def hidden(self, tokens: torch.Tensor, caches: list[dict] | None = None, start: int = 0) -> torch.Tensor:
         """Final hidden states (B, T, dim) of tokens (B, T) at positions start..start+T-1."""
         T = tokens.shape[1]
-        x = self.tok_emb(tokens) + self.pos_emb[start:start + T]
+        x = self.tok_emb(tokens) + self.positions(start, T)
         for i, block in enumerate(self.blocks):
             x = block(x, caches[i] if caches is not None else None)
         return self.ln_f(x)
