@@ -1,5 +1,5 @@
 """`t2i data ...`: create datasets in the canonical format (render shapes, import image folders, MS-COCO
-and CUB-200-2011) and precompute their features."""
+and CUB-200-2011), precompute their features, write shards, and download LAION-style metadata into shards."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ SHAPES_SPLITS = ("train", "test-seen", "test-heldout")
 CUB_SPLITS = ("train", "test")
 IMPORT_DEFAULTS = {"--width": 256, "--height": 256, "--transform": "center-crop"}  # coco and cub
 LAFITE_IDENTITY = "lafite-zip:ViT-B/32"  # t2i.data.lafite_zip.DEFAULT_IDENTITY (checked by its tests)
+LAION_RESIZE_MODES = ("center_crop", "border")  # t2i.data.laion.RESIZE_MODES (checked by its tests)
 
 
 def cmd_shapes(args: argparse.Namespace) -> int:
@@ -230,10 +231,84 @@ def _add_shards(sub) -> None:
     p.set_defaults(func=cmd_shards)
 
 
+def cmd_laion(args: argparse.Namespace) -> int:
+    """Filter LAION metadata, download it with img2dataset and write t2i shards."""
+    from t2i.data.laion import DownloadOptions, Filters, laion, shards_path
+    from t2i.data.pack import default_workers, report_path
+
+    filters = Filters(args.min_size, args.min_similarity, args.min_caption_words, args.max_caption_chars)
+    options = DownloadOptions(args.image_size, args.resize_mode, args.shard_size,
+                              args.processes if args.processes is not None else default_workers(), args.threads,
+                              args.timeout, args.retries)
+    columns = {"url": args.url_col, "caption": args.caption_col, "width": args.width_col,
+               "height": args.height_col, "similarity": args.similarity_col}
+    report = laion(args.parquet, args.dest, filters, options, columns, args.img2dataset, args.overwrite)
+    print(report.summary(), file=sys.stderr if sum(report.failed.values()) else sys.stdout)
+    print(f"shard list: {shards_path(args.dest)}\nreport: {report_path(args.dest)}")
+    return 0
+
+
+def _add_laion(sub) -> None:
+    p = sub.add_parser("laion", help="download LAION-style metadata (parquet) with img2dataset into shards",
+                       description="Filter the rows of LAION-style metadata parquet files (url, caption, width, "
+                                   "height, similarity columns; LAION's URL/TEXT/WIDTH/HEIGHT spellings are found "
+                                   "in any case), download the rest with img2dataset into DEST/downloads/ and "
+                                   "convert them into t2i shards: DEST/shards/shard-NNNNNN.tar and "
+                                   "DEST/shards/shards.json, which `t2i.data.shards.ShardStream` reads. "
+                                   "DEST/report.json counts the rows read, filtered out (url, size, similarity, "
+                                   "caption), downloaded and kept, and the failures (missing: HTTP errors; "
+                                   "corrupt: undecodable; slow: timed out; other). Rerunning the same command "
+                                   "resumes: finished download shards are not fetched again and complete t2i "
+                                   "shards are kept. The parquet files are never modified. img2dataset needs "
+                                   "its own environment (it pins webdataset<0.3): python3.11 -m venv "
+                                   "~/.venvs/img2dataset && ~/.venvs/img2dataset/bin/pip install img2dataset.")
+    p.add_argument("parquet", nargs="+", help="LAION metadata parquet files, read in order (never modified)")
+    p.add_argument("dest", help="folder for work/filtered.parquet, downloads/, shards/ and report.json")
+    p.add_argument("--img2dataset", default=None, metavar="PATH",
+                   help="the img2dataset executable (default: $T2I_IMG2DATASET, else img2dataset on PATH)")
+    for role, spelled in (("url", "url, image_url"), ("caption", "caption, text, alt_text"),
+                          ("width", "width, original_width"), ("height", "height, original_height"),
+                          ("similarity", "similarity, clip_similarity")):
+        p.add_argument(f"--{role}_col", f"--{role}-col", default=None, metavar="NAME",
+                       help=f"name of the {role} column, exactly as spelled in the files (default: the first of "
+                            f"{spelled} present, in any case)")
+    p.add_argument("--min_size", "--min-size", type=int, default=0, metavar="PIXELS",
+                   help="drop rows whose smaller side (per WIDTH and HEIGHT) is below PIXELS, or unknown; 0 keeps "
+                        "all sizes (default: %(default)s)")
+    p.add_argument("--min_similarity", "--min-similarity", type=float, default=None, metavar="S",
+                   help="drop rows whose CLIP similarity is below S, or unknown; LAION-400M used 0.3 with "
+                        "ViT-B/32 (default: no similarity filter)")
+    p.add_argument("--min_caption_words", "--min-caption-words", type=int, default=1, metavar="N",
+                   help="drop rows whose caption has fewer than N words; empty captions are always dropped "
+                        "(default: %(default)s)")
+    p.add_argument("--max_caption_chars", "--max-caption-chars", type=int, default=0, metavar="N",
+                   help="drop rows whose caption is longer than N characters; 0: no limit (default: %(default)s)")
+    p.add_argument("--image_size", "--image-size", type=int, default=256, metavar="PIXELS",
+                   help="side of the square images img2dataset resizes to (default: %(default)s)")
+    p.add_argument("--resize_mode", "--resize-mode", choices=LAION_RESIZE_MODES, default="center_crop",
+                   help="center_crop: resize the smaller side to IMAGE_SIZE and crop the centre; border: fit the "
+                        "larger side and pad (default: %(default)s)")
+    p.add_argument("--shard_size", "--shard-size", type=int, default=10000, metavar="N",
+                   help="selected rows per download shard; each gives one t2i shard of its usable images "
+                        "(default: %(default)s)")
+    p.add_argument("--processes", type=int, default=None, metavar="N",
+                   help="img2dataset download processes (default: all cores)")
+    p.add_argument("--threads", type=int, default=64, metavar="N",
+                   help="download threads per process (default: %(default)s)")
+    p.add_argument("--timeout", type=int, default=10, metavar="SECONDS",
+                   help="give up on a URL (counted as slow) after this many seconds (default: %(default)s)")
+    p.add_argument("--retries", type=int, default=0, metavar="N",
+                   help="extra attempts at a failed URL within one run (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="download anew when DEST holds downloads or shards of another selection (other files, "
+                        "filters, --image_size, --resize_mode or --shard_size)")
+    p.set_defaults(func=cmd_laion)
+
+
 def add_parser(subparsers) -> None:
     """Register `t2i data` and its sub-commands."""
     parser = subparsers.add_parser("data", help="create datasets and features: shapes, pack, coco, cub, lafite, "
-                                                "features, shards")
+                                                "features, shards, laion")
     sub = parser.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
     _add_shapes(sub)
     _add_pack(sub)
@@ -242,3 +317,4 @@ def add_parser(subparsers) -> None:
     _add_lafite(sub)
     _add_features(sub)
     _add_shards(sub)
+    _add_laion(sub)

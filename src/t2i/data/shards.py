@@ -7,7 +7,8 @@ samples [s * N, (s + 1) * N). Each shard is written to a temporary sibling and r
 OUTDIR/.shards-progress.jsonl with its size and sha256, so a rerun after a crash keeps the shards that are
 complete and rewrites a missing, truncated or altered one. `OUTDIR/shards.json` comes last: the shard list
 with sample counts and the source's fingerprint. Tar members carry a fixed mtime, so a rewritten shard is
-bit-identical to the first one.
+bit-identical to the first one. `write_tar` and `ShardLog` (the progress log and manifest) are shared with the
+other writer of shards, `t2i data laion` (t2i.data.laion).
 
 `ShardStream` reads shards (a shards.json, a folder holding one, tar paths, or a list mixing them: a split of
 ten million pairs is a list of shards, not code) as (image uint8 (3, H, W), captions, attributes). Per epoch
@@ -29,6 +30,7 @@ import random
 import re
 import tarfile
 import zipfile
+from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -70,27 +72,38 @@ def _image_reader(dataset: ImageTextDataset):
         yield lambda file: (dataset.path / file).read_bytes()
 
 
-def _write_shard(dataset: ImageTextDataset, image_bytes, start: int, stop: int, path: Path) -> dict:
-    """Write samples [start, stop) to the tar at path (atomically); returns its manifest entry."""
+def write_tar(path: Path, samples: Iterable[dict]) -> dict:
+    """Write webdataset samples ({"__key__", "png", "json"}, bytes values) to the tar at path, atomically and
+    with fixed member mtimes; returns its manifest entry {"file", "samples", "bytes", "sha256"}."""
     import webdataset as wds
 
+    count = 0
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f, wds.TarWriter(f, encoder=False, mtime=TAR_MTIME) as tar:
-            for i in range(start, stop):
-                record = dataset.records[i]
-                tar.write({"__key__": f"{i:08d}", "png": image_bytes(record["file"]),
-                           "json": sample_json(record, i)})
-        entry = {"file": path.name, "samples": stop - start, "bytes": tmp.stat().st_size,
-                 "sha256": sha256_file(tmp)}
+            for sample in samples:
+                tar.write(sample)
+                count += 1
+        entry = {"file": path.name, "samples": count, "bytes": tmp.stat().st_size, "sha256": sha256_file(tmp)}
     return entry
+
+
+def _write_shard(dataset: ImageTextDataset, image_bytes, start: int, stop: int, path: Path) -> dict:
+    """Write samples [start, stop) to the tar at path (atomically); returns its manifest entry."""
+    return write_tar(path, ({"__key__": f"{i:08d}", "png": image_bytes(dataset.records[i]["file"]),
+                             "json": sample_json(dataset.records[i], i)} for i in range(start, stop)))
+
+
+def shard_intact(outdir: Path, entry: dict | None) -> bool:
+    """Whether the shard an entry describes is on disk with its recorded size and hash."""
+    if entry is None:
+        return False
+    path = outdir / entry["file"]
+    return path.is_file() and path.stat().st_size == entry.get("bytes") and sha256_file(path) == entry.get("sha256")
 
 
 def _is_complete(outdir: Path, entry: dict | None, samples: int) -> bool:
     """Whether the shard an entry describes is on disk with its recorded sample count, size and hash."""
-    if entry is None or entry.get("samples") != samples:
-        return False
-    path = outdir / entry["file"]
-    return path.is_file() and path.stat().st_size == entry.get("bytes") and sha256_file(path) == entry.get("sha256")
+    return entry is not None and entry.get("samples") == samples and shard_intact(outdir, entry)
 
 
 def _read_done(outdir: Path, fingerprint: str, shard_size: int, overwrite: bool) -> tuple[dict[str, dict], set[str]]:
@@ -124,8 +137,70 @@ def _read_done(outdir: Path, fingerprint: str, shard_size: int, overwrite: bool)
                                f"{str(run_fingerprint)[:12]}, shard size {run_size}); pass --overwrite to replace "
                                "them, or choose another OUTDIR")
             continue
-        done.update({e["file"]: {k: e.get(k) for k in ("file", "samples", "bytes", "sha256")} for e in entries})
+        # Entries keep what their writer recorded beyond file, samples, bytes and sha256 (t2i.data.laion: the
+        # download shard it came from); the run keys are not part of an entry.
+        done.update({e["file"]: {k: v for k, v in e.items() if k not in ("fingerprint", "shard_size")}
+                     for e in entries})
     return done, recorded
+
+
+class ShardLog:
+    """The resumable bookkeeping of one shard folder, shared by every writer of shards (`write_shards`,
+    `t2i.data.laion`): the shards earlier runs over the same source (fingerprint) and shard size completed,
+    the progress log that survives a crash, and shards.json, written last.
+
+    `with ShardLog(...) as log:` then, per shard in order, `log.previous(index)` (an earlier run's entry, to
+    check and keep) and `log.add(entry, written)`; `log.finish(name, source, resolution)` writes the manifest.
+    """
+
+    def __init__(self, outdir: Path, fingerprint: str, shard_size: int, overwrite: bool = False):
+        self.outdir, self.fingerprint, self.shard_size = outdir, fingerprint, shard_size
+        self.done, self.recorded = _read_done(outdir, fingerprint, shard_size, overwrite)
+        if overwrite:  # forget the other runs, so that a crash from here on needs no --overwrite again
+            remove(outdir / MANIFEST)
+            remove(outdir / PROGRESS)
+        self.entries: list[dict] = []
+        self.written = 0
+        self._log = open(outdir / PROGRESS, "a", encoding="utf-8")
+        if overwrite:
+            for entry in self.done.values():
+                self._append(entry)
+
+    def __enter__(self) -> ShardLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._log.close()
+
+    def _append(self, entry: dict) -> None:
+        """Record a complete shard in the progress log, durably (a crash after this keeps the shard)."""
+        self._log.write(json.dumps({"fingerprint": self.fingerprint, "shard_size": self.shard_size, **entry}) + "\n")
+        self._log.flush()
+        os.fsync(self._log.fileno())
+
+    def previous(self, index: int) -> dict | None:
+        """The entry an earlier run recorded for shard `index`, if any (not yet checked against the disk)."""
+        return self.done.get(shard_name(index))
+
+    def add(self, entry: dict, written: bool) -> None:
+        """Append a shard to the manifest; a shard written by this run also goes into the progress log."""
+        if written:
+            self._append(entry)
+            self.written += 1
+        self.entries.append(entry)
+
+    def finish(self, name: str, source, resolution) -> dict:
+        """Delete shards only other runs listed, write shards.json and drop the progress log; returns the
+        manifest with the counts of shards written and kept under "written" and "kept" (not stored)."""
+        self._log.close()
+        for stale in self.recorded - {e["file"] for e in self.entries}:  # listed by an overwritten run only
+            remove(self.outdir / stale)
+        manifest = {"format": FORMAT, "version": VERSION, "name": name, "source": source,
+                    "fingerprint": self.fingerprint, "resolution": list(resolution), "shard_size": self.shard_size,
+                    "samples": sum(e["samples"] for e in self.entries), "shards": self.entries}
+        write_json_atomic(self.outdir / MANIFEST, manifest)
+        remove(self.outdir / PROGRESS)
+        return {**manifest, "written": self.written, "kept": len(self.entries) - self.written}
 
 
 def write_shards(dataset_path: str | os.PathLike, outdir: str | os.PathLike, shard_size: int,
@@ -144,40 +219,17 @@ def write_shards(dataset_path: str | os.PathLike, outdir: str | os.PathLike, sha
     if outdir.exists() and not outdir.is_dir():
         raise T2IError(f"OUTDIR {outdir} is a file; give a folder for the shards")
     outdir.mkdir(parents=True, exist_ok=True)
-    fingerprint = dataset.fingerprint()
-    done, recorded = _read_done(outdir, fingerprint, shard_size, overwrite)
-    if overwrite:  # forget the other runs, so that a crash from here on needs no --overwrite again
-        remove(outdir / MANIFEST)
-        remove(outdir / PROGRESS)
-
-    def log_entry(log, entry: dict) -> None:
-        log.write(json.dumps({"fingerprint": fingerprint, "shard_size": shard_size, **entry}) + "\n")
-        log.flush()
-        os.fsync(log.fileno())
-
     n = len(dataset)
-    entries, written = [], 0
-    with _image_reader(dataset) as image_bytes, open(outdir / PROGRESS, "a", encoding="utf-8") as log:
-        if overwrite:
-            for entry in done.values():
-                log_entry(log, entry)
+    with _image_reader(dataset) as image_bytes, ShardLog(outdir, dataset.fingerprint(), shard_size, overwrite) as log:
         for s in tqdm(range((n + shard_size - 1) // shard_size), desc=f"sharding {dataset.name}", unit="shard",
                       disable=not progress):
             start, stop = s * shard_size, min(n, (s + 1) * shard_size)
-            entry = done.get(shard_name(s))
-            if not _is_complete(outdir, entry, stop - start):
+            entry = log.previous(s)
+            complete = _is_complete(outdir, entry, stop - start)
+            if not complete:
                 entry = _write_shard(dataset, image_bytes, start, stop, outdir / shard_name(s))
-                log_entry(log, entry)
-                written += 1
-            entries.append(entry)
-    for stale in recorded - {e["file"] for e in entries}:  # listed by an overwritten run, not by this one
-        remove(outdir / stale)
-    manifest = {"format": FORMAT, "version": VERSION, "name": dataset.name, "source": str(dataset.path),
-                "fingerprint": fingerprint, "resolution": list(dataset.resolution), "shard_size": shard_size,
-                "samples": n, "shards": entries}
-    write_json_atomic(outdir / MANIFEST, manifest)
-    remove(outdir / PROGRESS)
-    return {**manifest, "written": written, "kept": len(entries) - written}
+            log.add(entry, written=not complete)
+        return log.finish(dataset.name, str(dataset.path), dataset.resolution)
 
 
 def _read_manifest(path: Path) -> list[tuple[Path, int | None]]:
