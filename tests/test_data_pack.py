@@ -128,6 +128,26 @@ def test_workers_give_identical_zip_and_report_beside_it(tmp_path):
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["d.zip", "d.zip.report.json"]
 
 
+def test_png_level_changes_file_size_never_pixels(tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    list(_good_source(src, n=6))
+    sizes, pixels = {}, {}
+    for level in (0, 1, 9):
+        dest = tmp_path / f"l{level}.zip"
+        assert main(["data", "pack", str(src), str(dest), "--width", "32", "--height", "32",
+                     "--transform", "center-crop", "--png_level", str(level)]) == 0
+        d = ImageTextDataset(dest)
+        sizes[level] = dest.stat().st_size
+        pixels[level] = [d[i]["image"] for i in range(len(d))]
+        assert json.loads((tmp_path / f"l{level}.zip.report.json").read_text())["png_level"] == level
+    assert sizes[0] > sizes[1] >= sizes[9]
+    assert all((a == b).all() and (a == c).all() for a, b, c in zip(pixels[0], pixels[1], pixels[9]))
+    assert main(["data", "pack", str(src), str(tmp_path / "bad"), "--width", "32", "--height", "32",
+                 "--transform", "center-crop", "--png_level", "10"]) == 2
+    assert "--png_level 10 must be in 0-9" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("reason", list(BAD_FILES) + ["truncated"])
 def test_strict_fails_on_each_bad_input(tmp_path, reason):
     src = tmp_path / "src"

@@ -13,6 +13,7 @@ import json
 import os
 from pathlib import Path, PurePosixPath
 
+from t2i.data.dataset import PNG_COMPRESS_LEVEL
 from t2i.data.pack import (
     MISSING_IMAGE,
     Candidate,
@@ -111,6 +112,7 @@ def coco(
     overwrite: bool = False,
     workers: int | None = None,
     progress: bool = True,
+    png_level: int = PNG_COMPRESS_LEVEL,
 ) -> PackReport:
     """Import COCO images (a train2014/ or val2017/ folder) with their captions JSON into DEST."""
     images, captions, dest = Path(images), Path(captions), Path(dest)
@@ -120,9 +122,9 @@ def coco(
     if not captions.is_file():
         raise T2IError(f"--captions {captions} does not exist; {_FIX}")
     check_dest(dest, images, captions)
-    check_size(width, height, transform)
+    check_size(width, height, transform, png_level)
     report = PackReport(str(images), str(dest), width, height, transform, subset, seed,
-                        inputs={"captions": str(captions)})
+                        inputs={"captions": str(captions)}, png_level=png_level)
     candidates, report.skipped = scan_coco(images, captions)
     hint = f"check that --images {images} is the folder holding the file_name entries of {captions}"
     return write_dataset(images, candidates, report, hint, strict=strict, overwrite=overwrite,

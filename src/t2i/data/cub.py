@@ -18,6 +18,7 @@ import pickle
 import re
 from pathlib import Path, PurePosixPath
 
+from t2i.data.dataset import PNG_COMPRESS_LEVEL
 from t2i.data.pack import (
     EMPTY_CAPTION,
     MISSING_IMAGE,
@@ -203,6 +204,7 @@ def cub(
     overwrite: bool = False,
     workers: int | None = None,
     progress: bool = True,
+    png_level: int = PNG_COMPRESS_LEVEL,
 ) -> PackReport:
     """Import the train or test split of CUB-200-2011 (AttnGAN layout under ROOT) into DEST."""
     root, dest = Path(root), Path(dest)
@@ -212,8 +214,9 @@ def cub(
         raise T2IError(f"CUB root {root} does not exist (or is not a folder); pass the folder holding "
                        f"CUB_200_2011/, text/, train/ and test/ (the layout is {LAYOUT})")
     check_dest(dest, root)
-    check_size(width, height, transform)
-    report = PackReport(str(root), str(dest), width, height, transform, subset, seed, inputs={"split": split})
+    check_size(width, height, transform, png_level)
+    report = PackReport(str(root), str(dest), width, height, transform, subset, seed, inputs={"split": split},
+                        png_level=png_level)
     candidates, report.skipped = scan_cub(root, split)
     hint = (f"every name in {root / split / 'filenames.pickle'} needs its image in images.txt and "
             "bounding_boxes.txt, and a caption file text/<name>.txt")

@@ -36,10 +36,10 @@ def is_zip_path(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(".zip")
 
 
-def encode_png(image: Image.Image) -> bytes:
-    """Encode an image as PNG bytes with the dataset's compression settings."""
+def encode_png(image: Image.Image, level: int = PNG_COMPRESS_LEVEL) -> bytes:
+    """Encode an image as PNG bytes at zlib `level` (0: stored, fastest; 9: smallest)."""
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    image.save(buffer, format="PNG", compress_level=level)
     return buffer.getvalue()
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from t2i.data.dataset import DatasetWriter, encode_png, is_zip_path
+from t2i.data.dataset import PNG_COMPRESS_LEVEL, DatasetWriter, encode_png, is_zip_path
 from t2i.io import write_json_atomic
 from t2i.data.transforms import center_crop, center_crop_wide
 from t2i.errors import T2IError
@@ -79,6 +79,7 @@ class PackReport:
     kept: int = 0
     skipped: list[Skipped] = field(default_factory=list)
     inputs: dict[str, str] = field(default_factory=dict)  # beyond source: COCO captions file, CUB split
+    png_level: int = PNG_COMPRESS_LEVEL  # zlib level of the written PNGs
 
     def counts(self) -> dict[str, int]:
         """Number of skipped files per reason."""
@@ -206,10 +207,11 @@ def load_image(path: Path, width: int, height: int, transform: str,
 
 
 def _encode_task(task: tuple) -> tuple[bytes | None, str, str]:
-    """Pool worker: (path, width, height, transform, box) to (PNG bytes, "", "") or (None, reason, detail)."""
-    path, width, height, transform, box = task
+    """Pool worker: (path, width, height, transform, box, png_level) to (PNG bytes, "", "") or
+    (None, reason, detail)."""
+    path, width, height, transform, box, png_level = task
     try:
-        return encode_png(load_image(Path(path), width, height, transform, box)), "", ""
+        return encode_png(load_image(Path(path), width, height, transform, box), png_level), "", ""
     except Unusable as e:
         return None, e.args[0], e.args[1]
 
@@ -237,21 +239,23 @@ def check_dest(dest: Path, *sources: Path) -> None:
                            "the source, choose a destination outside it")
 
 
-def check_size(width: int, height: int, transform: str) -> None:
-    """Reject non-positive sizes and unknown transforms."""
+def check_size(width: int, height: int, transform: str, png_level: int = PNG_COMPRESS_LEVEL) -> None:
+    """Reject non-positive sizes, unknown transforms and PNG levels outside zlib's 0-9."""
     if width < 1 or height < 1:
         raise T2IError(f"--width {width} --height {height}: both must be positive")
+    if not 0 <= png_level <= 9:
+        raise T2IError(f"--png_level {png_level} must be in 0-9 (0: stored, fastest to write; 9: smallest)")
     if transform not in TRANSFORMS:
         raise T2IError(f"unknown transform {transform!r}; choose one of {', '.join(TRANSFORMS)}")
 
 
-def _check_paths(source: Path, dest: Path, width: int, height: int, transform: str) -> None:
+def _check_paths(source: Path, dest: Path, width: int, height: int, transform: str, png_level: int) -> None:
     """Reject a missing source, a dest inside the source, and bad sizes or transforms."""
     if not source.is_dir():
         raise T2IError(f"source folder {source} does not exist (or is not a folder); pass a folder of "
                        "images with .txt caption files")
     check_dest(dest, source)
-    check_size(width, height, transform)
+    check_size(width, height, transform, png_level)
 
 
 def _choose_subset(candidates: list[Candidate], subset: int | None, seed: int) -> list[Candidate]:
@@ -284,7 +288,7 @@ def write_dataset(
     if strict and report.skipped:
         raise _strict_error(report.skipped[0])
     candidates = _choose_subset(candidates, report.subset, report.seed)
-    tasks = [(str(root / c.file), width, height, transform, c.box) for c in candidates]
+    tasks = [(str(root / c.file), width, height, transform, c.box, report.png_level) for c in candidates]
     workers = workers or default_workers()
     with DatasetWriter(dest, dest.stem, (width, height), overwrite=overwrite) as writer:
         # Order-preserving pool: the dataset's order is the candidates' order, whatever the timing.
@@ -324,11 +328,12 @@ def pack(
     overwrite: bool = False,
     workers: int | None = None,
     progress: bool = True,
+    png_level: int = PNG_COMPRESS_LEVEL,
 ) -> PackReport:
     """Import SOURCE into a canonical dataset at DEST (folder or .zip); returns the report."""
     source, dest = Path(source), Path(dest)
-    _check_paths(source, dest, width, height, transform)
-    report = PackReport(str(source), str(dest), width, height, transform, subset, seed)
+    _check_paths(source, dest, width, height, transform, png_level)
+    report = PackReport(str(source), str(dest), width, height, transform, subset, seed, png_level=png_level)
     candidates, report.skipped = scan_source(source)
     return write_dataset(source, candidates, report,
                          "each image needs a NAME.txt beside it with one caption per line",
