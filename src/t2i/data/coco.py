@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path, PurePosixPath
 
-from t2i.data.dataset import PNG_COMPRESS_LEVEL
+from t2i.data.canonical import PNG_COMPRESS_LEVEL
 from t2i.data.pack import (
     MISSING_IMAGE,
     Candidate,

@@ -18,7 +18,7 @@ import pickle
 import re
 from pathlib import Path, PurePosixPath
 
-from t2i.data.dataset import PNG_COMPRESS_LEVEL
+from t2i.data.canonical import PNG_COMPRESS_LEVEL
 from t2i.data.pack import (
     EMPTY_CAPTION,
     MISSING_IMAGE,

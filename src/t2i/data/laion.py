@@ -42,7 +42,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from t2i.data.dataset import encode_png
+from t2i.data.canonical import encode_png
 from t2i.data.pack import CORRUPT, WRONG_SIZE, Skipped, Unusable, report_path
 from t2i.data.shards import MANIFEST, ShardLog, sample_json, shard_intact, shard_name, write_tar
 from t2i.errors import T2IError

@@ -21,9 +21,9 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from t2i.data.dataset import PNG_COMPRESS_LEVEL, DatasetWriter, encode_png, is_zip_path
+from t2i.data.canonical import PNG_COMPRESS_LEVEL, DatasetWriter, encode_png, is_zip_path
 from t2i.io import write_json_atomic
-from t2i.data.transforms import center_crop, center_crop_wide
+from t2i.data.crops import center_crop, center_crop_wide
 from t2i.errors import T2IError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
