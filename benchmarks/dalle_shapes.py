@@ -15,24 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
-import time
 from pathlib import Path
 
-T2I = [sys.executable, "-m", "t2i"]
-
-
-def sh(args: list[str], log: Path) -> float:
-    """Run a command with its output in `log`; fail loudly; return its wall time in seconds."""
-    import subprocess
-
-    t0 = time.time()
-    with open(log, "w") as out:
-        r = subprocess.run([str(a) for a in args], stdout=out, stderr=subprocess.STDOUT)
-    if r.returncode:
-        raise SystemExit(f"failed ({r.returncode}): {' '.join(map(str, args))}; see {log}")
-    return time.time() - t0
-
+from common import T2I, sh
 
 def finished(outdir: Path, suffix: str) -> Path | None:
     """The newest run in outdir ending in suffix whose log has a `done:` line (or a BPE run), else None."""

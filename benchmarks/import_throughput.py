@@ -20,8 +20,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
-import sys
 import time
 import zipfile
 from pathlib import Path
@@ -29,7 +27,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-T2I = [sys.executable, "-m", "t2i"]
+from common import T2I, sh
+
 
 
 def make_sources(work: Path, n: int, seed: int = 0) -> tuple[Path, Path, Path]:
@@ -90,12 +89,6 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(walls)
 
 
-def run_cli(args: list) -> None:
-    r = subprocess.run([str(a) for a in args], capture_output=True, text=True)
-    if r.returncode:
-        raise SystemExit(f"failed: {' '.join(map(str, args))}\n{r.stderr[-2000:]}")
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", default="/tmp/t2i-import", help="where sources and outputs go")
@@ -124,7 +117,7 @@ def main() -> None:
     for name, cmd in (("t2i data pack", pack_cmd), ("t2i data coco", coco_cmd)):
         for level in (0, 1):
             rows.append((f"{name} --png_level {level}",
-                         timed(lambda: run_cli(cmd + [fresh(f"{level}.zip"), *size, "--png_level", level]),
+                         timed(lambda: sh(cmd + [fresh(f"{level}.zip"), *size, "--png_level", level]),
                                args.repeats)))
     shutil.rmtree(out, ignore_errors=True)
     base = rows[0][1]

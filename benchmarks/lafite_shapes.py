@@ -24,22 +24,10 @@ import re
 import shlex
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-T2I = [sys.executable, "-m", "t2i"]
-
-
-def sh(args: list[str], log: Path | None = None) -> float:
-    """Run a command (output to `log`), fail loudly, return its wall time in seconds."""
-    t0 = time.time()
-    with open(log if log else os.devnull, "w") as out:
-        r = subprocess.run(args, stdout=out, stderr=subprocess.STDOUT)
-    if r.returncode:
-        raise SystemExit(f"failed ({r.returncode}): {' '.join(args)}" + (f"; see {log}" if log else ""))
-    return time.time() - t0
-
+from common import T2I, sh
 
 def newest_run(outdir: Path, suffix: str) -> Path:
     """The highest-numbered run directory ending in `suffix`."""

@@ -29,7 +29,6 @@ of each kind as examples (DEST/downloads/NNNNN.parquet lists them all).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
 import os
@@ -40,10 +39,9 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from PIL import Image
 
 from t2i.data.canonical import encode_png
-from t2i.data.pack import CORRUPT, WRONG_SIZE, Skipped, Unusable, report_path
+from t2i.data.pack import CORRUPT, Skipped, Unusable, load_image, report_path
 from t2i.data.shards import MANIFEST, ShardLog, sample_json, shard_intact, shard_name, write_tar
 from t2i.errors import T2IError
 from t2i.io import remove, replace_atomic, sha256_file, temp_sibling, write_json_atomic
@@ -398,19 +396,9 @@ def run_img2dataset(command: list[str], log_path: Path) -> None:
 
 
 def decode_image(data: bytes, size: int) -> bytes:
-    """PNG bytes of a downloaded image after a full decode; Unusable if it does not decode or is not
-    size x size."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.verify()  # structural checks without decoding
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()  # decodes every pixel: truncated files fail here
-            image = im.convert("RGB") if im.mode != "RGB" else im.copy()
-    except Exception as e:  # decoders raise many types on malformed data (OSError, SyntaxError, ...)
-        raise Unusable(CORRUPT, f"{type(e).__name__}: {e}") from None
-    if image.size != (size, size):
-        raise Unusable(WRONG_SIZE, f"{image.size[0]}x{image.size[1]}, expected {size}x{size}")
-    return encode_png(image)
+    """PNG bytes of a downloaded image after a full decode (the importers' `load_image`); Unusable if it
+    does not decode or is not size x size."""
+    return encode_png(load_image(data, size, size, "none"))
 
 
 def _download_samples(tar_path: Path):

@@ -11,6 +11,7 @@ datasets' own annotation files, and all three hand it a list of `Candidate`s.
 
 from __future__ import annotations
 
+import io
 import math
 import multiprocessing
 import os
@@ -171,17 +172,21 @@ def _crop_box(im: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
     return im.crop((left, top, right, bottom))
 
 
-def load_image(path: Path, width: int, height: int, transform: str,
+def load_image(path: Path | bytes, width: int, height: int, transform: str,
                box: tuple[int, int, int, int] | None = None) -> Image.Image:
-    """Decode (verify, then fully load), crop to box, orient and transform one image to width x height RGB.
+    """Decode (verify, then fully load), crop to box, orient and transform one image (a file, or its
+    bytes) to width x height RGB.
 
     box is (left, top, right, bottom) in stored pixels (before EXIF orientation, as AttnGAN reads CUB
     boxes), clipped to the image. Raises Unusable(reason, detail) for an unusable image.
     """
+    def open_image():
+        return Image.open(io.BytesIO(path) if isinstance(path, bytes) else path)
+
     try:
-        with Image.open(path) as im:
+        with open_image() as im:
             im.verify()  # structural checks (PNG chunk CRCs etc.) without decoding
-        with Image.open(path) as im:
+        with open_image() as im:
             orientation = im.getexif().get(EXIF_ORIENTATION, 1)
             rotated = orientation in (5, 6, 7, 8)  # EXIF: stored sideways, shown rotated 90 degrees
             if transform != "none" and box is None:

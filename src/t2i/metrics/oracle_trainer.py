@@ -105,7 +105,6 @@ def load_oracle(path: str | Path | None = None, device="cpu") -> ShapesOracle:
 
 
 @torch.no_grad()
-@torch.no_grad()
 def oracle_self_accuracy(oracle: ShapesOracle, n: int = 1000, seed: int = 12345, size: int = 64,
                          device="cpu", through=None, split: str | None = None) -> dict:
     """The oracle's accuracy on n freshly rendered scenes (all combinations, or one split's).
