@@ -52,7 +52,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
     """Import a folder of images and .txt captions."""
     from t2i.data.pack import pack
 
-    _print_report(pack(args.source, args.dest, **_import_options(args)), args.dest)
+    _print_report(pack(args.source, args.dest, **_import_options(args), captions=not args.no_captions), args.dest)
     return 0
 
 
@@ -111,9 +111,13 @@ def _add_import_options(p, defaults: dict | None) -> None:
 def _add_pack(sub) -> None:
     p = sub.add_parser("pack", help="import a folder of images with NAME.txt captions",
                        description="Import SOURCE (recursively: NAME.png|jpg|jpeg|webp beside NAME.txt, "
-                                   "one caption per line) into a dataset folder or .zip at DEST.")
+                                   "one caption per line; with --no_captions images alone) into a dataset "
+                                   "folder or .zip at DEST.")
     p.add_argument("source", help="folder of images and caption files (never modified)")
     p.add_argument("dest", help="destination folder, or a path ending in .zip")
+    p.add_argument("--no_captions", action="store_true",
+                   help="import images without captions (any .txt files are ignored): an image-only dataset, "
+                        "marked so in dataset.json, for language-free training (`t2i train lafite --mixing_prob 1`)")
     _add_import_options(p, defaults=None)
     p.set_defaults(func=cmd_pack)
 
@@ -223,7 +227,7 @@ def _add_shards(sub) -> None:
     p = sub.add_parser("shards", help="write a dataset as webdataset tar shards for streaming at scale",
                        description="Write DATASET as OUTDIR/shard-000000.tar, ... (each sample KEY.png with the "
                                    "dataset's PNG bytes and KEY.json with its captions and attributes) and "
-                                   "OUTDIR/shards.json (the shard list that t2i.data.shards.ShardStream reads). "
+                                   "OUTDIR/shards.json (the shard list that `t2i train lafite|vqgan --data` streams). "
                                    "Shards are written atomically; a rerun keeps complete shards and rewrites "
                                    "missing or damaged ones.")
     p.add_argument("dataset", help="dataset folder or zip (t2i format)")

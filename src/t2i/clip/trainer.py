@@ -14,7 +14,7 @@ from t2i.clip.loss import info_nce
 from t2i.clip.negatives import WordSwapper
 from t2i.clip.model import CLIP_PRESETS, ClipConfig, SmallClip
 from t2i.clip.tokenizer import ClipTokenizer, train_bpe
-from t2i.data.loader import load_images, step_batches
+from t2i.data.loader import load_images, require_dataset, step_batches
 from t2i.data.transforms import to_model
 from t2i.errors import T2IError
 from t2i.training.loop import Phase
@@ -60,6 +60,7 @@ def validate(cfg: ClipTrainConfig) -> None:
         raise T2IError(f"unknown CLIP preset {cfg.preset!r}; choose from {sorted(PRESETS)}")
     if not cfg.data:
         raise T2IError("--data is required: a dataset folder or zip in t2i format")
+    require_dataset(cfg.data, "t2i train clip")
 
 
 def describe(cfg: ClipTrainConfig) -> str:
@@ -72,6 +73,7 @@ def open_caption_sets(cfg: ClipTrainConfig):
     from t2i.data.dataset import ImageTextDataset, captions_by_image
 
     dataset = ImageTextDataset(cfg.data)
+    dataset.require_captions("t2i train clip")
     n = len(dataset) if cfg.subset <= 0 else min(cfg.subset, len(dataset))
     return dataset, captions_by_image(dataset, cfg.langs, n), n
 

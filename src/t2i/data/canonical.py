@@ -59,7 +59,9 @@ class DatasetWriter:
     """Context manager that writes a dataset to a folder or `.zip`, atomically, on successful exit.
 
     Everything goes into a temporary sibling (`<dest>.tmp-XXXX`) that replaces dest at the end; on
-    an exception the temporary is removed and an existing dest is left untouched.
+    an exception the temporary is removed and an existing dest is left untouched. An `image_only`
+    dataset (language-free training data) holds images without captions: every record has
+    `captions: []` and dataset.json says `"image_only": true`; any other dataset needs captions on every image.
     """
 
     def __init__(
@@ -68,11 +70,13 @@ class DatasetWriter:
         name: str,
         resolution: tuple[int, int],
         overwrite: bool = False,
+        image_only: bool = False,
     ):
         self.dest = Path(dest)
         self.name = name
         self.resolution = (int(resolution[0]), int(resolution[1]))
         self.overwrite = overwrite
+        self.image_only = image_only
         self.records: list[dict] = []
         self._tmp: Path | None = None
         self._zip: zipfile.ZipFile | None = None
@@ -123,10 +127,16 @@ class DatasetWriter:
         if self._tmp is None:
             raise RuntimeError("DatasetWriter.add outside its `with` block")
         self._check_size(png_size(png))
-        record: dict[str, Any] = {"file": f"{len(self.records):08d}.png",
-                                  "captions": _check_captions(captions, "captions")}
-        for lang, caps in (captions_by_lang or {}).items():
-            record[f"captions_{lang}"] = _check_captions(caps, f"captions_{lang}")
+        record: dict[str, Any] = {"file": f"{len(self.records):08d}.png"}
+        if self.image_only:
+            if captions or captions_by_lang:
+                raise T2IError(f"an image-only dataset takes no captions, got {captions!r}; write a captioned "
+                               "dataset instead (image_only=False, without `t2i data pack --no_captions`)")
+            record["captions"] = []
+        else:
+            record["captions"] = _check_captions(captions, "captions")
+            for lang, caps in (captions_by_lang or {}).items():
+                record[f"captions_{lang}"] = _check_captions(caps, f"captions_{lang}")
         if attributes is not None:
             record["attributes"] = attributes
         if self._zip is not None:
@@ -144,7 +154,7 @@ class DatasetWriter:
 
     def _finish(self) -> None:
         """Write dataset.json and move the temporary into place."""
-        data = _dump_metadata(self.name, self.resolution, self.records).encode("utf-8")
+        data = _dump_metadata(self.name, self.resolution, self.records, self.image_only).encode("utf-8")
         if self._zip is not None:
             self._zip.writestr("dataset.json", data)
             self._zip.close()
@@ -155,10 +165,12 @@ class DatasetWriter:
         self._tmp = None
 
 
-def _dump_metadata(name: str, resolution: tuple[int, int], records: list[dict]) -> str:
+def _dump_metadata(name: str, resolution: tuple[int, int], records: list[dict], image_only: bool = False) -> str:
     """dataset.json text with one image entry per line: compact, yet readable and diffable."""
-    head = json.dumps({"format": FORMAT, "version": VERSION, "name": name,
-                       "resolution": list(resolution)}, ensure_ascii=False)
+    head = {"format": FORMAT, "version": VERSION, "name": name, "resolution": list(resolution)}
+    if image_only:  # only then: a captioned dataset's bytes, and so its fingerprint, stay as they were
+        head["image_only"] = True
+    head = json.dumps(head, ensure_ascii=False)
     entries = ",\n".join(json.dumps(r, ensure_ascii=False) for r in records)
     return head[:-1] + ', "images": [\n' + entries + "\n]}\n"
 
@@ -167,5 +179,6 @@ def _check_captions(captions: list[str], field: str) -> list[str]:
     """Validate a caption list: a non-empty list of non-empty strings."""
     valid = not isinstance(captions, str) and all(isinstance(c, str) and c.strip() for c in captions)
     if not captions or not valid:
-        raise T2IError(f"{field} must be a non-empty list of non-empty strings, got {captions!r}")
+        raise T2IError(f"{field} must be a non-empty list of non-empty strings, got {captions!r} (images without "
+                       "captions go into an image-only dataset: `t2i data pack --no_captions`)")
     return list(captions)

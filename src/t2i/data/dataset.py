@@ -35,7 +35,8 @@ from t2i.errors import T2IError
 
 
 class ImageTextDataset(torch.utils.data.Dataset):
-    """A canonical dataset (folder or zip) as a torch Dataset of uint8 images and captions."""
+    """A canonical dataset (folder or zip) as a torch Dataset of uint8 images and captions (none in an
+    `image_only` dataset, the language-free kind)."""
 
     def __init__(
         self,
@@ -56,6 +57,7 @@ class ImageTextDataset(torch.utils.data.Dataset):
         self.name: str = meta["name"]
         self.resolution: tuple[int, int] = (int(meta["resolution"][0]), int(meta["resolution"][1]))
         self.records: list[dict] = meta["images"]
+        self.image_only: bool = meta["image_only"]
         self._caption_key = "captions" if caption_lang == "en" else f"captions_{caption_lang}"
         self._check_records()
 
@@ -82,17 +84,23 @@ class ImageTextDataset(torch.utils.data.Dataset):
         return meta_path.read_bytes()
 
     def _check_records(self) -> None:
-        """Fail early on entries without captions or whose image file is missing."""
+        """Fail early on entries whose image file is missing, on entries without captions (with
+        captions, in an image-only dataset): a dataset is captioned or image-only, never a mix."""
         for i, record in enumerate(self.records):
             file = record.get("file") if isinstance(record, dict) else None
             if not isinstance(file, str):
                 raise T2IError(f"{self.path}: entry {i} of dataset.json has no 'file'")
-            caps = record.get(self._caption_key)
-            if not isinstance(caps, list) or not caps or not all(isinstance(c, str) for c in caps):
+            if self.image_only:
+                if any(record[k] for k in record if k == "captions" or k.startswith("captions_")):
+                    raise T2IError(f"{self.path}: entry {i} ({file}) has captions, but dataset.json marks the "
+                                   "dataset image_only; rebuild it with `t2i data pack` (with .txt captions for "
+                                   "every image, or --no_captions for none)")
+            elif not _valid_captions(record.get(self._caption_key)):
                 langs = sorted(["en"] + [k[len("captions_"):] for k in record if k.startswith("captions_")])
                 raise T2IError(f"{self.path}: entry {i} ({file}) has no {self._caption_key!r} "
                                f"(caption_lang={self.caption_lang!r}; languages it has: {langs}); "
-                               "every entry needs a non-empty caption list")
+                               "every entry of a captioned dataset needs a non-empty caption list (images "
+                               "without captions go into an image-only dataset: `t2i data pack --no_captions`)")
             exists = file in self._members if self.is_zip else (self.path / file).is_file()
             if not exists:
                 raise T2IError(f"{self.path}: image {file} listed in dataset.json (entry {i}) is "
@@ -108,8 +116,14 @@ class ImageTextDataset(torch.utils.data.Dataset):
             image = self.transform(image)
         if isinstance(image, Image.Image):
             image = pil_to_tensor(image)
-        return {"image": image, "captions": list(record[self._caption_key]), "index": i,
+        return {"image": image, "captions": list(record.get(self._caption_key, [])), "index": i,
                 "attributes": record.get("attributes", {})}
+
+    def require_captions(self, needed_by: str) -> None:
+        """Raise a T2IError naming this dataset and the fix when it is image-only and `needed_by` needs captions."""
+        if self.image_only:
+            raise T2IError(f"dataset {str(self.path)!r} is image-only (no captions), but {needed_by} needs "
+                           "captions; give a captioned dataset (`t2i data pack` with a NAME.txt beside each image)")
 
     def _zipfile(self) -> zipfile.ZipFile:
         """This process's zip handle, opened lazily (DataLoader workers fork and must not share it)."""
@@ -160,6 +174,11 @@ class ImageTextDataset(torch.utils.data.Dataset):
             self._zip.close()
 
 
+def _valid_captions(caps) -> bool:
+    """Whether a record's caption list is a non-empty list of strings."""
+    return isinstance(caps, list) and bool(caps) and all(isinstance(c, str) for c in caps)
+
+
 def _parse_metadata(raw: bytes, path: Path) -> dict:
     """Parse and validate dataset.json, with a T2IError naming the problem."""
     try:
@@ -178,6 +197,8 @@ def _parse_metadata(raw: bytes, path: Path) -> dict:
         raise T2IError(f"{path}: dataset.json resolution {res!r} must be [width, height]")
     if not isinstance(meta.get("images"), list):
         raise T2IError(f"{path}: dataset.json has no 'images' list")
+    if not isinstance(meta.setdefault("image_only", False), bool):
+        raise T2IError(f"{path}: dataset.json image_only {meta['image_only']!r} must be true or false")
     meta.setdefault("name", path.stem)
     return meta
 

@@ -65,9 +65,19 @@ def encode_caption(clip, text: str) -> torch.Tensor:
         return torch.stack([encode_caption(clip, p) for p in pieces]).mean(0)
 
 
+def encode_captions(clip, captions: list[str]) -> torch.Tensor:
+    """(N, D) float features of captions, in one batch unless one is too long for the CLIP (then one by one,
+    long ones split as `encode_caption` does)."""
+    try:
+        return clip.encode_text(captions).float()
+    except T2IError:
+        return torch.stack([encode_caption(clip, c) for c in captions]).float()
+
+
 @torch.no_grad()
 def compute_features(dataset, clip, lang: str = "en", batch: int = 256, device="cpu") -> Features:
-    """Encode every image and caption of `dataset` with `clip` (with a progress bar)."""
+    """Encode every image and caption of `dataset` with `clip` (with a progress bar); an image-only dataset
+    gets image features and an empty (0, D) text tensor."""
     from tqdm import tqdm
 
     img_feats, txt_feats, offsets = [], [], [0]
@@ -77,13 +87,13 @@ def compute_features(dataset, clip, lang: str = "en", batch: int = 256, device="
         images = to_model(torch.stack([it["image"] for it in items])).to(device)
         img_feats.append(clip.encode_image(images).float().cpu())
         caps = [c for it in items for c in it["captions"]]
-        try:
-            txt_feats.append(clip.encode_text(caps).float().cpu())
-        except T2IError:  # some caption is too long: encode one by one, splitting long ones
-            txt_feats.append(torch.stack([encode_caption(clip, c) for c in caps]).float().cpu())
+        if caps:
+            txt_feats.append(encode_captions(clip, caps).cpu())
         for it in items:
             offsets.append(offsets[-1] + len(it["captions"]))
-    return Features(torch.cat(img_feats), torch.cat(txt_feats), torch.tensor(offsets, dtype=torch.long))
+    image = torch.cat(img_feats)
+    text = torch.cat(txt_feats) if txt_feats else image.new_zeros(0, image.shape[1])
+    return Features(image, text, torch.tensor(offsets, dtype=torch.long))
 
 
 def load_or_compute_features(dataset, clip, lang: str = "en", device="cpu", log=print) -> Features:

@@ -1,6 +1,7 @@
 """`t2i data pack`: import a folder of images with .txt captions into the canonical dataset format.
 
-SOURCE holds `name.png|jpg|jpeg|webp` beside `name.txt` (one caption per line), in any sub-folder.
+SOURCE holds `name.png|jpg|jpeg|webp` beside `name.txt` (one caption per line), in any sub-folder;
+with `--no_captions` it holds images only and becomes an image-only dataset (language-free data).
 Unusable files are skipped with a reason (or, with strict, stop the import); decoding, cropping and
 PNG encoding run in a process pool; nothing in SOURCE is ever written.
 
@@ -81,6 +82,7 @@ class PackReport:
     skipped: list[Skipped] = field(default_factory=list)
     inputs: dict[str, str] = field(default_factory=dict)  # beyond source: COCO captions file, CUB split
     png_level: int = PNG_COMPRESS_LEVEL  # zlib level of the written PNGs
+    image_only: bool = False  # images without captions (`t2i data pack --no_captions`)
 
     def counts(self) -> dict[str, int]:
         """Number of skipped files per reason."""
@@ -119,8 +121,9 @@ def read_captions(path: Path) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def scan_source(source: Path) -> tuple[list[Candidate], list[Skipped]]:
-    """Pair images with caption files under source (recursively, sorted), checking the captions."""
+def scan_source(source: Path, captions: bool = True) -> tuple[list[Candidate], list[Skipped]]:
+    """Pair images with caption files under source (recursively, sorted), checking the captions; with
+    captions False, every image without its caption (.txt files are ignored)."""
     images: dict[str, list[str]] = {}  # stem (relative, no extension) -> image files
     texts: dict[str, str] = {}
     for dirpath, dirnames, filenames in os.walk(source):
@@ -132,6 +135,9 @@ def scan_source(source: Path) -> tuple[list[Candidate], list[Skipped]]:
                 images.setdefault(stem, []).append(rel)
             elif ext.lower() == ".txt":
                 texts[stem] = rel
+    if not captions:
+        files = sorted(f for group in images.values() for f in group)
+        return [Candidate(f, [], {"source": f}) for f in files], []
     candidates, skipped = [], []
     for stem in sorted(set(images) | set(texts)):
         files, text = sorted(images.get(stem, [])), texts.get(stem)
@@ -295,7 +301,8 @@ def write_dataset(
     candidates = _choose_subset(candidates, report.subset, report.seed)
     tasks = [(str(root / c.file), width, height, transform, c.box, report.png_level) for c in candidates]
     workers = workers or default_workers()
-    with DatasetWriter(dest, dest.stem, (width, height), overwrite=overwrite) as writer:
+    with DatasetWriter(dest, dest.stem, (width, height), overwrite=overwrite,
+                       image_only=report.image_only) as writer:
         # Order-preserving pool: the dataset's order is the candidates' order, whatever the timing.
         pool = multiprocessing.Pool(workers) if workers > 1 else None
         try:
@@ -315,8 +322,8 @@ def write_dataset(
                 pool.join()
         report.kept = len(writer.records)
         if report.kept == 0:
-            raise T2IError(f"no usable image and caption pairs in {report.source} ({len(report.skipped)} "
-                           f"files skipped); {hint}")
+            what = "images" if report.image_only else "image and caption pairs"
+            raise T2IError(f"no usable {what} in {report.source} ({len(report.skipped)} files skipped); {hint}")
     write_json_atomic(report_path(dest), report.to_dict())
     return report
 
@@ -334,12 +341,17 @@ def pack(
     workers: int | None = None,
     progress: bool = True,
     png_level: int = PNG_COMPRESS_LEVEL,
+    captions: bool = True,
 ) -> PackReport:
-    """Import SOURCE into a canonical dataset at DEST (folder or .zip); returns the report."""
+    """Import SOURCE into a canonical dataset at DEST (folder or .zip); returns the report. With captions
+    False the dataset is image-only: every image, no caption files read."""
     source, dest = Path(source), Path(dest)
     _check_paths(source, dest, width, height, transform, png_level)
-    report = PackReport(str(source), str(dest), width, height, transform, subset, seed, png_level=png_level)
-    candidates, report.skipped = scan_source(source)
-    return write_dataset(source, candidates, report,
-                         "each image needs a NAME.txt beside it with one caption per line",
-                         strict=strict, overwrite=overwrite, workers=workers, progress=progress)
+    report = PackReport(str(source), str(dest), width, height, transform, subset, seed, png_level=png_level,
+                        image_only=not captions)
+    candidates, report.skipped = scan_source(source, captions)
+    hint = ("SOURCE needs .png/.jpg/.jpeg/.webp images" if not captions else
+            "each image needs a NAME.txt beside it with one caption per line (or pass --no_captions for an "
+            "image-only dataset)")
+    return write_dataset(source, candidates, report, hint, strict=strict, overwrite=overwrite, workers=workers,
+                         progress=progress)

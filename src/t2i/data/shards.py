@@ -6,7 +6,8 @@ every other `captions_<lang>` list, "attributes": {...}, "file": ...}) with key 
 samples [s * N, (s + 1) * N). Each shard is written to a temporary sibling and renamed, and then appended to
 OUTDIR/.shards-progress.jsonl with its size and sha256, so a rerun after a crash keeps the shards that are
 complete and rewrites a missing, truncated or altered one. `OUTDIR/shards.json` comes last: the shard list
-with sample counts and the source's fingerprint. Tar members carry a fixed mtime, so a rewritten shard is
+with sample counts, the resolution and the source's fingerprint (and `"image_only": true` for an image-only
+dataset, whose samples carry `"captions": []`). Tar members carry a fixed mtime, so a rewritten shard is
 bit-identical to the first one. `write_tar` and `ShardLog` (the progress log and manifest) are shared with the
 other writer of shards, `t2i data laion` (t2i.data.laion).
 
@@ -19,11 +20,17 @@ read exactly once per epoch across all ranks and workers. Samples pass through a
 more than others (which ones changes with the epoch), and the last shard may be short: every sample is still
 read once per epoch, but ranks read different numbers of samples, so a multi-process loop must count steps,
 not epochs. Fewer shards than ranks is an error; a worker left without a shard yields nothing.
+
+Training streams through `ShardBatches`: one rank's endless stream of batches over epochs, in an order that
+does not depend on the DataLoader's workers, placed at any step from the sample counts (exact --resume).
+`open_shard_set` reads a trainer's `--data` (shards.json files or folders holding one, comma-separated) and
+checks that the lists agree on one resolution and count every shard's samples.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import random
@@ -32,6 +39,7 @@ import tarfile
 import zipfile
 from collections.abc import Iterable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -189,15 +197,18 @@ class ShardLog:
             self.written += 1
         self.entries.append(entry)
 
-    def finish(self, name: str, source, resolution) -> dict:
+    def finish(self, name: str, source, resolution, image_only: bool = False) -> dict:
         """Delete shards only other runs listed, write shards.json and drop the progress log; returns the
-        manifest with the counts of shards written and kept under "written" and "kept" (not stored)."""
+        manifest with the counts of shards written and kept under "written" and "kept" (not stored). An
+        image-only source (samples without captions) is marked `"image_only": true`."""
         self._log.close()
         for stale in self.recorded - {e["file"] for e in self.entries}:  # listed by an overwritten run only
             remove(self.outdir / stale)
         manifest = {"format": FORMAT, "version": VERSION, "name": name, "source": source,
                     "fingerprint": self.fingerprint, "resolution": list(resolution), "shard_size": self.shard_size,
                     "samples": sum(e["samples"] for e in self.entries), "shards": self.entries}
+        if image_only:
+            manifest["image_only"] = True
         write_json_atomic(self.outdir / MANIFEST, manifest)
         remove(self.outdir / PROGRESS)
         return {**manifest, "written": self.written, "kept": len(self.entries) - self.written}
@@ -229,11 +240,11 @@ def write_shards(dataset_path: str | os.PathLike, outdir: str | os.PathLike, sha
             if not complete:
                 entry = _write_shard(dataset, image_bytes, start, stop, outdir / shard_name(s))
             log.add(entry, written=not complete)
-        return log.finish(dataset.name, str(dataset.path), dataset.resolution)
+        return log.finish(dataset.name, str(dataset.path), dataset.resolution, dataset.image_only)
 
 
-def _read_manifest(path: Path) -> list[tuple[Path, int | None]]:
-    """The (shard path, sample count) list of a shards.json; relative files are relative to its folder."""
+def _load_manifest(path: Path) -> dict:
+    """A shards.json, checked for its format, version and shard list."""
     try:
         m = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -243,6 +254,13 @@ def _read_manifest(path: Path) -> list[tuple[Path, int | None]]:
     if m.get("version") != VERSION:
         raise T2IError(f"{path}: shard list version {m.get('version')!r} is not supported (this t2i reads "
                        f"version {VERSION}); rewrite it with `t2i data shards`")
+    return m
+
+
+def _read_manifest(path: Path, m: dict | None = None) -> list[tuple[Path, int | None]]:
+    """The (shard path, sample count) list of a shards.json (its loaded content m, if at hand); relative
+    files are relative to its folder."""
+    m = _load_manifest(path) if m is None else m
     out = []
     for i, e in enumerate(m["shards"]):
         if not (isinstance(e, dict) and isinstance(e.get("file"), str)):
@@ -269,6 +287,104 @@ def resolve_shards(spec) -> list[tuple[Path, int | None]]:
 
         return [(Path(p), None) for p in expand_urls(text)]
     return [(path, None)]
+
+
+def split_spec(data: str) -> list[str]:
+    """The parts of a comma-separated `--data` value."""
+    return [part.strip() for part in str(data).split(",") if part.strip()]
+
+
+def is_shard_spec(data: str) -> bool:
+    """Whether a `--data` value names shards (a shards.json, a folder holding one and no dataset.json, a .tar,
+    or several of these comma-separated) rather than one canonical dataset."""
+    parts = split_spec(data)
+
+    def names_shards(part: str) -> bool:
+        path = Path(part)
+        if path.is_dir():
+            return (path / MANIFEST).is_file() and not (path / "dataset.json").is_file()
+        return path.suffix in (".json", ".tar") or "{" in part
+
+    return len(parts) > 1 or any(names_shards(part) for part in parts)
+
+
+@dataclass
+class ShardSet:
+    """The shard lists of a training `--data` value, read together: what a trainer checks before streaming."""
+
+    lists: list[Path]                   # the shards.json files
+    shards: list[tuple[Path, int]]      # (tar path, sample count) of every shard, lists in the order given
+    resolution: tuple[int, int]         # (width, height), the same in every list
+    image_only: list[Path]              # the lists of image-only sources (samples without captions)
+
+    @property
+    def samples(self) -> int:
+        """Samples in all shards."""
+        return sum(count for _, count in self.shards)
+
+
+def _require_counts(shards: list[tuple[Path, int | None]]) -> None:
+    """Every shard must come with a positive sample count: training places a resumed run by the counts."""
+    for path, count in shards:
+        if not isinstance(count, int) or count < 1:
+            raise T2IError(f"shard {path} has no positive sample count in its shard list ({count!r}); training "
+                           "streams shards through the shards.json that `t2i data shards` writes, whose counts "
+                           "place a resumed run in the stream")
+
+
+def _first_image_size(shards: list[tuple[Path, int | None]]) -> tuple[int, int]:
+    """(width, height) of the first sample's PNG: the resolution of a shard list that does not state one."""
+    from t2i.data.canonical import png_size
+
+    path = shards[0][0]
+    try:
+        with tarfile.open(path) as tar:
+            member = next(m for m in tar if m.name.endswith(".png"))
+            return png_size(tar.extractfile(member).read(24))
+    except (OSError, StopIteration, ValueError, tarfile.TarError) as e:
+        raise T2IError(f"cannot read the first image of shard {path} ({type(e).__name__}: {e}); rewrite the shards "
+                       "with `t2i data shards`") from None
+
+
+def open_shard_set(data: str) -> ShardSet:
+    """The shard lists a `--data` value names (shards.json files or folders holding one, comma-separated), with
+    every shard's sample count (training needs them to place a resumed run in the stream) and one resolution
+    (the lists', else the first image's)."""
+    lists, shards, image_only, sizes = [], [], [], {}
+    for part in split_spec(data):
+        path = Path(part) / MANIFEST if Path(part).is_dir() else Path(part)
+        if path.suffix != ".json":
+            raise T2IError(f"--data {data}: {part} is not a shard list; training streams shards through the "
+                           f"{MANIFEST} that `t2i data shards` (or `t2i data laion`) writes beside them, whose "
+                           "sample counts let --resume continue the stream exactly; give that file or its folder")
+        if not path.is_file():
+            raise T2IError(f"shard list {path} does not exist; write one with `t2i data shards DATASET OUTDIR`")
+        m = _load_manifest(path)
+        entries = _read_manifest(path, m)
+        if not entries:
+            raise T2IError(f"shard list {path} lists no shards; rewrite it with `t2i data shards`")
+        _require_counts(entries)
+        res = m.get("resolution")
+        valid = isinstance(res, list) and len(res) == 2 and all(isinstance(v, int) and v > 0 for v in res)
+        sizes[path] = tuple(res) if valid else _first_image_size(entries)
+        lists.append(path)
+        shards += entries
+        if m.get("image_only"):
+            image_only.append(path)
+    if not lists:
+        raise T2IError(f"--data {data!r} names no shard list; give a {MANIFEST} or a folder holding one")
+    if len(set(sizes.values())) > 1:
+        listed = ", ".join(f"{p} {w}x{h}" for p, (w, h) in sizes.items())
+        raise T2IError(f"--data {data} mixes resolutions ({listed}); the shard lists of one run must share one "
+                       "(repack the odd one with `t2i data pack --width W --height H`, then `t2i data shards`)")
+    return ShardSet(lists, shards, sizes[lists[0]], image_only)
+
+
+def first_samples(data, n: int, caption_lang: str = "en") -> tuple[torch.Tensor, list[list[str]]]:
+    """The first n samples of shards in their listed order, unshuffled: images uint8 (n, 3, H, W) and captions
+    (fixed grids and metrics of a streamed run)."""
+    samples = list(itertools.islice(ShardStream(split_spec(data), shuffle=False, caption_lang=caption_lang), n))
+    return torch.stack([image for image, _, _ in samples]), [caps for _, caps, _ in samples]
 
 
 def assign_shards(n_shards: int, rank: int, world: int, worker: int, workers: int, seed: int, epoch: int,
@@ -354,14 +470,106 @@ class ShardStream(torch.utils.data.IterableDataset):
         image = pil_to_tensor(Image.open(io.BytesIO(sample["png"])))
         return image, list(meta.get(self.caption_key, [])), meta.get("attributes", {})
 
-    def __iter__(self):
-        info = torch.utils.data.get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        indices = assign_shards(len(self.shards), self.rank, self.world, worker, workers, self.seed, self.epoch,
+    def _epoch_samples(self, epoch: int, worker: int = 0, workers: int = 1):
+        """The raw samples one worker of this rank reads in an epoch, through the shuffle buffer."""
+        indices = assign_shards(len(self.shards), self.rank, self.world, worker, workers, self.seed, epoch,
                                 self.shuffle)
         samples = self._raw_samples(indices)
         if self.shuffle:
-            rng = random.Random(f"t2i-samples:{self.seed}:{self.epoch}:{self.rank}:{worker}")
+            rng = random.Random(f"t2i-samples:{self.seed}:{epoch}:{self.rank}:{worker}")
             samples = shuffle_buffer(samples, self.buffer, rng)
-        for sample in samples:
+        return samples
+
+    def __iter__(self):
+        worker, workers = _worker()
+        for sample in self._epoch_samples(self.epoch, worker, workers):
             yield self.decode(sample)
+
+
+def _worker() -> tuple[int, int]:
+    """(this DataLoader worker's id, the number of workers); (0, 1) outside a worker."""
+    info = torch.utils.data.get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+def _batched(items, size: int):
+    """Consecutive lists of `size` items (the last one may be shorter)."""
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+class ShardBatches(ShardStream):
+    """One rank's batches of `batch` samples from its sample number `start` on, epoch after epoch without end:
+    the stream a training run reads. Batches are dicts {"image": uint8 (B, 3, H, W), "captions": [[str]]}.
+
+    Epoch e holds exactly the samples `ShardStream(spec, rank, world, seed, e)` yields outside a DataLoader,
+    in that order, and the next epoch follows without a gap (a batch may straddle two). The order does not
+    depend on the DataLoader's workers: each worker reads the rank's whole sample stream (raw tar members;
+    cheap next to PNG decoding, and the page cache serves the workers reading the same shard together) and
+    decodes only the batches k with k % workers == worker; the DataLoader takes batches from its workers
+    round-robin, so they arrive in order for any number of workers. Where sample `start` lies (epoch,
+    offset) follows from the shard lists' sample counts; the samples before it in its epoch are read
+    through the shuffle buffer again, not decoded. A T2IError in a worker (a damaged shard) comes out as
+    a batch {"error": message}, so the trainer can raise it with its own message rather than the
+    DataLoader's traceback text.
+    """
+
+    def __init__(self, spec, batch: int, resolution: tuple[int, int], rank: int = 0, world: int = 1,
+                 seed: int = 0, start: int = 0, buffer: int = 1000, caption_lang: str = "en"):
+        super().__init__(spec, rank, world, seed, 0, buffer, caption_lang)
+        _require_counts(self.shards)
+        self.batch, self.resolution, self.start = batch, tuple(resolution), start
+
+    def epoch_samples(self, epoch: int) -> int:
+        """How many samples this rank reads in an epoch."""
+        shards = assign_shards(len(self.shards), self.rank, self.world, 0, 1, self.seed, epoch)
+        return sum(self.shards[i][1] for i in shards)
+
+    def locate(self, sample: int) -> tuple[int, int]:
+        """(epoch, position in that epoch) of this rank's sample number `sample`, counted from epoch 0."""
+        epoch = 0
+        while sample >= (n := self.epoch_samples(epoch)):  # every epoch gives every rank >= 1 sample
+            sample -= n
+            epoch += 1
+        return epoch, sample
+
+    def _samples_from(self, epoch: int):
+        """This rank's raw samples from the start of `epoch` on, endlessly."""
+        while True:
+            yield from self._epoch_samples(epoch)
+            epoch += 1
+
+    def _decode_batch(self, chunk: list[dict]) -> dict:
+        """Stack decoded samples, each checked against the shard lists' resolution."""
+        w, h = self.resolution
+        images, captions = [], []
+        for sample in chunk:
+            try:
+                image, caps, _ = self.decode(sample)
+            except (OSError, ValueError) as e:  # PIL's errors on bad image bytes, JSON's on bad metadata
+                raise T2IError(f"sample {sample['__key__']} of shard {sample.get('__url__')} cannot be decoded "
+                               f"({type(e).__name__}: {e}); rewrite the shard with `t2i data shards`") from None
+            if image.shape[1:] != (h, w):
+                raise T2IError(f"sample {sample['__key__']} of shard {sample.get('__url__')} is {image.shape[2]}x"
+                               f"{image.shape[1]}, but its shard list says {w}x{h}; rewrite the shards from one "
+                               "dataset with `t2i data shards`")
+            images.append(image)
+            captions.append(caps)
+        return {"image": torch.stack(images), "captions": captions}
+
+    def __iter__(self):
+        worker, workers = _worker()
+        epoch, offset = self.locate(self.start)
+        try:
+            samples = itertools.islice(self._samples_from(epoch), offset, None)
+            for k, chunk in enumerate(_batched(samples, self.batch)):
+                if k % workers == worker:
+                    yield self._decode_batch(chunk)
+        except T2IError as e:
+            yield {"error": str(e)}

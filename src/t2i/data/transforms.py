@@ -81,3 +81,9 @@ def mirror(img: Image.Image | torch.Tensor, rng: RandomSource) -> Image.Image | 
     if isinstance(img, torch.Tensor):
         return img.flip(-1)
     return img.transpose(Image.FLIP_LEFT_RIGHT)
+
+
+def mirror_batch(images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Flip each image of (B, C, H, W) horizontally with probability 0.5 (one draw per image from g)."""
+    flip = torch.rand(len(images), generator=g) < 0.5
+    return torch.where(flip[:, None, None, None], images.flip(-1), images)

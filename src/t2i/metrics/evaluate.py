@@ -15,6 +15,7 @@ import torch
 from t2i.errors import T2IError
 
 METRICS = ("fid", "clip_score", "r_precision", "shapes_accuracy")
+DATASET_METRICS = ("fid", "clip_score", "r_precision")  # read --data: a captioned canonical dataset
 
 
 @dataclass
@@ -167,7 +168,9 @@ def _need_data(opts: EvalOptions, metric: str):
 
     if not opts.data:
         raise T2IError(f"metric {metric} needs --data DATASET (its images and captions)")
-    return ImageTextDataset(opts.data)
+    dataset = ImageTextDataset(opts.data)
+    dataset.require_captions(f"metric {metric} (its prompts are the dataset's captions)")
+    return dataset
 
 
 RUNNERS = {"fid": fid, "clip_score": clip_score_metric, "r_precision": r_precision_metric,

@@ -33,13 +33,16 @@ def add_args(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Train the BPE and write its run directory."""
     from t2i.data.dataset import ImageTextDataset, captions_by_image
+    from t2i.data.loader import require_dataset
     from t2i.training.run import next_run_dir
 
     if args.vocab < 260:
         raise T2IError(f"--vocab {args.vocab} is too small: a byte-level BPE needs its 256 byte symbols "
                        "plus special tokens; use at least 260 (the paper uses 16384)")
     t0 = time.time()
+    require_dataset(args.data, "t2i train bpe")
     dataset = ImageTextDataset(args.data)
+    dataset.require_captions("t2i train bpe")
     captions = [c for caps in captions_by_image(dataset, args.langs) for c in caps]
     tokenizer = train_bpe(captions, args.vocab, dropout=args.dropout)
     run_dir = next_run_dir(Path(args.outdir), f"{Path(args.data.rstrip('/')).stem}-bpe{args.vocab}")

@@ -30,8 +30,9 @@ TRAINABLE = {
     "vqgan": "t2i.models.dalle.vqgan_trainer",
 }
 
-# Options that may change on `--resume` without turning it into a fine-tune.
-CONTINUATION_KEYS = {"kimg", "snap", "keep", "metrics", "tick_kimg", "device"}
+# Options that may change on `--resume` without turning it into a fine-tune (loop options, and `workers` of
+# the families that stream shards: their batches do not depend on it).
+CONTINUATION_KEYS = {"kimg", "snap", "keep", "metrics", "tick_kimg", "device", "workers"}
 
 
 def family_module(name: str):
@@ -147,7 +148,8 @@ def is_continuation(resolved: dict, snapshot: Path) -> bool:
     """True when only continuation options differ from the snapshot's run (exact resume)."""
     meta = json.loads((snapshot / "config.json").read_text())
     old_cfg, new_cfg = meta.get("config", {}), resolved["config"]
-    if old_cfg.keys() != new_cfg.keys() or not all(_same_value(old_cfg[k], new_cfg[k]) for k in new_cfg):
+    keys = (old_cfg.keys() | new_cfg.keys()) - CONTINUATION_KEYS
+    if not all(k in old_cfg and k in new_cfg and _same_value(old_cfg[k], new_cfg[k]) for k in keys):
         return False
     old, new = meta.get("loop", {}), resolved["loop"]
     return all(old.get(k) == v for k, v in new.items() if k not in CONTINUATION_KEYS)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from t2i.data.loader import step_batches
+from t2i.data.loader import require_dataset, step_batches
 from t2i.errors import T2IError
 from t2i.models.dalle.objective import dalle_loss, drop_text
 from t2i.models.dalle.transformer import PRESETS, DalleConfig, DalleTransformer
@@ -82,6 +82,7 @@ def validate(cfg: DalleTrainConfig) -> None:
         raise T2IError("--vqgan is required: a `t2i train vqgan` run or snapshot")
     if not 0 <= cfg.null_text_prob < 1:
         raise T2IError(f"--null_text_prob {cfg.null_text_prob} must be in [0, 1)")
+    require_dataset(cfg.data, "t2i train dalle")
 
 
 def describe(cfg: DalleTrainConfig) -> str:
@@ -114,13 +115,14 @@ class DalleFamily:
         from t2i.models.dalle.vqgan_trainer import load_vqgan_snapshot
 
         self.cfg, self.loop, self.device = cfg, loop, d.device
+        dataset = ImageTextDataset(cfg.data)
+        dataset.require_captions("t2i train dalle")
         if init is not None:
             self.vqgan = VQGAN(VQGANConfig.from_dict(init.meta["vqgan"])).to(d.device)
             self.vqgan.load_state_dict(init.state_dict("vqgan"))
             self.vqgan.eval().requires_grad_(False)
         else:
             self.vqgan = load_vqgan_snapshot(cfg.vqgan, d.device)
-        dataset = ImageTextDataset(cfg.data)
         self.captions = captions_by_image(dataset, cfg.langs)
         if not all(self.captions):
             i = next(i for i, c in enumerate(self.captions) if not c)

@@ -4,7 +4,8 @@ G main updates the autoencoder (encoder, codebook, decoder) with reconstruction 
 codebook/commitment losses and, after `--disc_start_kimg`, the adaptively weighted adversarial term;
 it also runs the dead-code restart once per call. D main trains the patch discriminator (hinge) once
 it has started. Images seen so far come with each batch (step x global batch, exactly the loop's own
-count), so the delayed start survives `--resume`.
+count), so the delayed start survives `--resume`. Images come from a canonical dataset decoded into
+memory, or are streamed from shards (`--data` a shard list; t2i.data.loader), captions unused.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from t2i.data.loader import load_images, step_batches
-from t2i.data.transforms import to_model, to_uint8
+from t2i.data.loader import data_name, load_images, step_batches, stream_batches
+from t2i.data.transforms import mirror_batch, to_model, to_uint8
 from t2i.errors import T2IError
 from t2i.models.dalle.vqgan import PRESETS, VQGAN, PatchDiscriminator, VQGANConfig, code_usage
 from t2i.models.dalle.vqgan_objective import VQGANLoss, VQGANLossWeights, load_perceptual
@@ -35,6 +36,7 @@ class VQGANTrainConfig(VQGANLossWeights):
     lr_decay: bool = False       # cosine decay to 10% of --lr at --kimg (taming: constant)
     mirror: bool = False         # random horizontal flips (off for layouts where left/right matters)
     crop: int = 0                # train on random crops of this side (0 = whole images)
+    workers: int = 2             # DataLoader processes decoding streamed shards (the batches do not depend on it)
 
 
 CONFIG = VQGANTrainConfig
@@ -50,7 +52,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     S = argparse.SUPPRESS
     defaults = VQGANTrainConfig()
     help_ = {
-        "data": "dataset folder or zip (t2i format)",
+        "data": "dataset folder or zip (t2i format, decoded into memory), or shards to stream: a shards.json, a "
+                "folder holding one, or several of these comma-separated (a large split is a list of shard lists)",
         "preset": f"network preset: {', '.join(PRESETS)}",
         "perceptual": "perceptual loss: none, or lpips:/path/to/vgg16.pth (a torchvision vgg16 state_dict; "
                       "needs `pip install lpips`)",
@@ -60,6 +63,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
         "mirror": "random horizontal flips (1/0)",
         "crop": "train on random square crops of this many pixels, a multiple of the downsampling factor "
                 "(the model is convolutional, so it still encodes whole images); 0 = whole images",
+        "workers": "DataLoader processes decoding shards when --data streams them (0 = in the training "
+                   "process); the batches are the same for any number, so it may change on --resume",
         "beta": "commitment weight: ||z - sg[z_q]||^2 counts beta times",
         "codebook_weight": "weight of the codebook + commitment loss",
         "perceptual_weight": "weight of the LPIPS term (with --perceptual lpips:...)",
@@ -84,7 +89,7 @@ def validate(cfg: VQGANTrainConfig) -> None:
     if cfg.perceptual != "none" and not cfg.perceptual.startswith("lpips:"):
         raise T2IError(f"--perceptual {cfg.perceptual!r}: use 'none' or 'lpips:/path/to/vgg16.pth'")
     for name in ("beta", "codebook_weight", "perceptual_weight", "disc_weight", "disc_start_kimg",
-                 "restart_patience", "crop"):
+                 "restart_patience", "crop", "workers"):
         if getattr(cfg, name) < 0:
             raise T2IError(f"--{name} {getattr(cfg, name)} must be >= 0")
     if cfg.lr <= 0:
@@ -93,12 +98,12 @@ def validate(cfg: VQGANTrainConfig) -> None:
 
 def describe(cfg: VQGANTrainConfig) -> str:
     """Run-directory description, e.g. shapes64-vqgan-tiny."""
-    return f"{Path(cfg.data.rstrip('/')).stem}-vqgan-{cfg.preset}"
+    return f"{data_name(cfg.data)}-vqgan-{cfg.preset}"
 
 
 def check_resolution(dataset, net: VQGANConfig, data: str, preset: str, crop: int = 0) -> None:
-    """The dataset's images must have the preset's square resolution; a --crop must fit in them and
-    be a multiple of the downsampling factor."""
+    """The images of a dataset (or a ShardSet: anything with a resolution) must have the preset's square
+    resolution; a --crop must fit in them and be a multiple of the downsampling factor."""
     if crop and (crop > net.resolution or crop % net.factor):
         raise T2IError(f"--crop {crop} must be at most {net.resolution} and a multiple of {net.factor} "
                        f"(the VQGAN's downsampling factor), e.g. --crop {max(net.factor, net.resolution // 2)}")
@@ -129,12 +134,19 @@ class VQGANFamily:
 
     def __init__(self, cfg: VQGANTrainConfig, loop, d, log, init=None):
         from t2i.data.dataset import ImageTextDataset
+        from t2i.data.shards import first_samples, is_shard_spec, open_shard_set
 
         self.cfg, self.loop, self.device = cfg, loop, d.device
         self.net = VQGANConfig.from_dict(init.meta["net"]) if init else copy.deepcopy(PRESETS[cfg.preset])
-        dataset = ImageTextDataset(cfg.data)
-        check_resolution(dataset, self.net, cfg.data, cfg.preset, cfg.crop)
-        self.images = load_images(dataset)
+        self.shards = open_shard_set(cfg.data) if is_shard_spec(cfg.data) else None
+        source = self.shards or ImageTextDataset(cfg.data)  # captions unused: image-only data works too
+        check_resolution(source, self.net, cfg.data, cfg.preset, cfg.crop)
+        if self.shards is not None:  # streamed; the first 64 images give the reals and reconstruction grids
+            self.images = first_samples(cfg.data, 64)[0]
+            count = f"{self.shards.samples} images streamed from {len(self.shards.shards)} shards"
+        else:
+            self.images = load_images(source)
+            count = f"{len(self.images)} images"
         self.vqgan = VQGAN(self.net).to(d.device)
         self.D = PatchDiscriminator(self.net).to(d.device)
         self.modules = {"vqgan": self.vqgan, "D": self.D}
@@ -142,7 +154,7 @@ class VQGANFamily:
         self.objective = VQGANLoss(self.vqgan, self.D, load_perceptual(cfg.perceptual, d.device), cfg)
         side = self.net.token_side
         log(f"VQGAN {cfg.preset}: {millions(self.vqgan):.2f}M parameters (D {millions(self.D):.2f}M); "
-            f"{len(self.images)} images at {self.net.resolution}px -> {side}x{side} tokens of "
+            f"{count} at {self.net.resolution}px -> {side}x{side} tokens of "
             f"{self.net.n_embed} codes; perceptual {cfg.perceptual}; D starts at {cfg.disc_start_kimg} kimg")
 
     def phases(self) -> list[Phase]:
@@ -153,18 +165,25 @@ class VQGANFamily:
         return [Phase("G_main", self.vqgan, adam(self.vqgan), lr_scale=schedule),
                 Phase("D_main", self.D, adam(self.D), lr_scale=schedule)]
 
+    def augment(self, images: torch.Tensor, g: torch.Generator) -> dict:
+        """--mirror and --crop of one batch (uint8 (B, 3, H, W)), drawn from the step's generator."""
+        if self.cfg.mirror:
+            images = mirror_batch(images, g)
+        if self.cfg.crop:
+            images = random_crops(images, self.cfg.crop, g)
+        return {"image": images}
+
     def batches(self, step, batch, rank, world, seed):
-        def fetch(idx, g):
-            images = self.images[idx]
-            if self.cfg.mirror:
-                flip = torch.rand(len(idx), generator=g) < 0.5
-                images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-            if self.cfg.crop:
-                images = random_crops(images, self.cfg.crop, g)
-            return {"image": images}
+        cfg = self.cfg
+        if self.shards is not None:
+            source = stream_batches(cfg.data, lambda item, g: self.augment(item["image"], g), step, batch, seed,
+                                    rank, world, self.shards.resolution, cfg.workers)
+        else:
+            source = step_batches(len(self.images), lambda idx, g: self.augment(self.images[idx], g), step, batch,
+                                  seed, rank)
         # Images shown before step k: k x the global batch, the loop's own count (split_batch passes
         # the int unchanged to every micro-batch).
-        for k, b in enumerate(step_batches(len(self.images), fetch, step, batch, seed, rank), start=step):
+        for k, b in enumerate(source, start=step):
             yield {**b, "nimg": k * batch * world}
 
     def loss(self, phase: Phase, batch: dict):
@@ -246,14 +265,19 @@ VQGAN_METRICS = ("psnr", "shapes_recon")
 
 def evaluate(name: str, snapshot: Path, cfg: VQGANTrainConfig, device) -> dict:
     """Metrics of a VQGAN snapshot: `psnr` (reconstruction PSNR and codebook usage over up to 1000
-    training images); `shapes_recon` (shapes-oracle accuracy of round trips of fresh scenes)."""
+    training images, the first ones of shards); `shapes_recon` (shapes-oracle accuracy of round trips of
+    fresh scenes)."""
     from t2i.data.dataset import ImageTextDataset
+    from t2i.data.shards import first_samples, is_shard_spec
 
     if name not in VQGAN_METRICS:
         raise T2IError(f"metric {name!r} is not available while training a VQGAN; use {', '.join(VQGAN_METRICS)}")
     vqgan = load_vqgan_snapshot(snapshot, device)
     if name == "shapes_recon":
         return shapes_recon_accuracy(vqgan, device=device)
-    dataset = ImageTextDataset(cfg.data)
-    images = load_images(dataset, min(len(dataset), 1000))
+    if is_shard_spec(cfg.data):
+        images = first_samples(cfg.data, 1000)[0]
+    else:
+        dataset = ImageTextDataset(cfg.data)
+        images = load_images(dataset, min(len(dataset), 1000))
     return reconstruction_metrics(vqgan, images, device)

@@ -1,4 +1,10 @@
-"""`t2i train lafite`: LAFITE in the shared loop (phases G main, G reg, D main, D reg)."""
+"""`t2i train lafite`: LAFITE in the shared loop (phases G main, G reg, D main, D reg).
+
+Data comes in two ways. A canonical dataset is decoded into memory with its CLIP features, computed once
+and cached beside it. Shards (`--data` a shard list) are streamed, and the frozen CLIP encodes each batch
+on the training device instead: its image features, and the features of one random caption per image when
+real captions are used (`--mixing_prob` < 1). Image-only data (no captions) trains language-free only.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +16,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from t2i.data.loader import load_images, step_batches
-from t2i.data.transforms import to_model
+from t2i.data.features import encode_captions
+from t2i.data.loader import data_name, load_images, step_batches, stream_batches
+from t2i.data.transforms import mirror_batch, to_model
 from t2i.errors import T2IError
 from t2i.models.lafite.networks import PRESETS, Discriminator, Generator, LafiteNetConfig
 from t2i.models.lafite.objective import LafiteLoss, LossWeights, mix_conditions
@@ -35,6 +42,7 @@ class LafiteConfig(LossWeights):
     d_reg_interval: int = 16
     subset: int = 0              # train on a deterministic subset of N images (fine-tuning recipe)
     mirror: bool = False         # random horizontal flips (off for layouts where left/right matters)
+    workers: int = 2             # DataLoader processes decoding streamed shards (the batches do not depend on it)
 
 
 CONFIG = LafiteConfig
@@ -50,7 +58,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     S = argparse.SUPPRESS
     defaults = LafiteConfig()
     help_ = {
-        "data": "dataset folder or zip (t2i format)",
+        "data": "dataset folder or zip (t2i format, decoded into memory), or shards to stream: a shards.json, a "
+                "folder holding one, or several of these comma-separated (a large split is a list of shard lists)",
         "clip": "CLIP for features: a `t2i train clip` run/snapshot, or ARCH:/path (open_clip weights)",
         "preset": f"network preset: {', '.join(PRESETS)}",
         "lang": "caption language for real-text conditions (en, ko, ...)",
@@ -61,6 +70,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
         "g_reg_interval": "path-length regulariser every N steps", "d_reg_interval": "R1 every N steps",
         "subset": "train on a deterministic subset of N images (0 = all)",
         "mirror": "random horizontal flips (1/0)",
+        "workers": "DataLoader processes decoding shards when --data streams them (0 = in the training "
+                   "process); the batches are the same for any number, so it may change on --resume",
         "gamma": "R1 weight", "itd": "weight of the D-feature/condition contrastive loss",
         "itc": "weight of the CLIP(fake)/condition contrastive loss", "temp": "contrastive temperature",
         "pl_weight": "path-length regulariser weight (0 = off)",
@@ -80,11 +91,39 @@ def validate(cfg: LafiteConfig) -> None:
         raise T2IError("--clip is required: a `t2i train clip` run directory, or ARCH:/path/to/weights")
     if not 0.0 <= cfg.mixing_prob <= 1.0:
         raise T2IError(f"--mixing_prob {cfg.mixing_prob} must be in [0, 1]")
+    if cfg.workers < 0:
+        raise T2IError(f"--workers {cfg.workers} must be >= 0 (0 decodes in the training process)")
 
 
 def describe(cfg: LafiteConfig) -> str:
     """Run-directory description, e.g. shapes64-lafite-tiny."""
-    return f"{Path(cfg.data.rstrip('/')).stem}-lafite-{cfg.preset}"
+    return f"{data_name(cfg.data)}-lafite-{cfg.preset}"
+
+
+def check_data(source, image_only: list, net: LafiteNetConfig, cfg: LafiteConfig, streamed: bool,
+               metrics: list[str]) -> None:
+    """Reject data that does not fit the run: another resolution than the preset's, captions asked of
+    image-only data, a data-reading metric on data it cannot read."""
+    from t2i.metrics.evaluate import DATASET_METRICS
+
+    w, h = source.resolution
+    if w != net.resolution or h != net.resolution:
+        raise T2IError(f"dataset {cfg.data!r} is {w}x{h} but preset {cfg.preset!r} generates {net.resolution}x"
+                       f"{net.resolution}; repack the data with `t2i data pack --width {net.resolution} --height "
+                       f"{net.resolution}` or pick another preset")
+    if image_only and cfg.mixing_prob < 1:
+        raise T2IError(f"{', '.join(map(str, image_only))}: image-only data (no captions), but --mixing_prob "
+                       f"{cfg.mixing_prob} trains on real captions for {1 - cfg.mixing_prob:.0%} of the images; "
+                       "train language-free with --mixing_prob 1, or give captioned data")
+    reading = [m for m in metrics if m in DATASET_METRICS]
+    if reading and (streamed or image_only):
+        kind = "shards" if streamed else "image-only"
+        raise T2IError(f"--metrics {','.join(reading)} read the images and captions of a captioned canonical "
+                       f"dataset, but --data {cfg.data} is {kind}; evaluate the snapshots afterwards with `t2i eval "
+                       "RUN --data DATASET`, or train with --metrics shapes_accuracy")
+    if streamed and cfg.subset:
+        raise T2IError(f"--subset {cfg.subset} picks images of a dataset in memory; to train on a subset of shards, "
+                       "write its shards (`t2i data pack --subset N`, then `t2i data shards`)")
 
 
 def subset_indices(n: int, subset: int, seed: int = 0) -> torch.Tensor:
@@ -99,27 +138,19 @@ class LafiteFamily:
 
     name = "lafite"
 
-    def __init__(self, cfg: LafiteConfig, d, log, init=None):
-        from t2i.data.dataset import ImageTextDataset
-        from t2i.data.features import load_or_compute_features
+    def __init__(self, cfg: LafiteConfig, d, log, init=None, metrics: list[str] = ()):
+        from t2i.data.shards import is_shard_spec
         from t2i.models.lafite.pipeline import load_condition_clip
 
         self.cfg, self.device = cfg, d.device
         self.clip, self.clip_meta = load_condition_clip(cfg.clip, init, d.device)
         net = LafiteNetConfig(**init.meta["net"]) if init else copy.deepcopy(PRESETS[cfg.preset])
         net.c_dim = self.clip.embed_dim
-        dataset = ImageTextDataset(cfg.data, caption_lang=cfg.lang)
-        if dataset.resolution[0] != net.resolution or dataset.resolution[1] != net.resolution:
-            raise T2IError(f"dataset {cfg.data!r} is {dataset.resolution[0]}x{dataset.resolution[1]} but preset "
-                           f"{cfg.preset!r} generates {net.resolution}x{net.resolution}; repack the data with "
-                           f"`t2i data pack --width {net.resolution} --height {net.resolution}` or pick another preset")
-        feats = load_or_compute_features(dataset, self.clip, cfg.lang, device=d.device, log=log)
-        keep = subset_indices(len(dataset), cfg.subset)
-        self.images = load_images(dataset)[keep]
-        self.img_fts = feats.image[keep]
-        self.txt_fts, self.offsets = feats.text, feats.offsets
-        self.keep = keep
-        self.grid_prompts = [dataset.records[int(i)]["captions"][0] for i in keep[:: max(1, len(keep) // 8)][:8]]
+        self.shards = None
+        if is_shard_spec(cfg.data):
+            n = self._open_shards(net, list(metrics))
+        else:
+            n = self._load_dataset(net, list(metrics), log)
         self.net = net
         # channels_last: oneDNN's convolutions are ~25% faster on CPU with it (and so are cuDNN's on GPU).
         self.G = Generator(net).to(d.device, memory_format=torch.channels_last)
@@ -131,9 +162,44 @@ class LafiteFamily:
         self.ema = {"G_ema": "G"}
         self.objective = LafiteLoss(self.G, self.D, self.clip, cfg)
         count = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
+        source = (f"{n} images streamed from {len(self.shards.shards)} shards, CLIP features per batch"
+                  if self.shards else f"{n} images")
         log(f"LAFITE {cfg.preset}: G {count(self.G):.2f}M, D {count(self.D):.2f}M parameters; "
-            f"{len(keep)} images; CLIP {self.clip.identity}; mixing_prob {cfg.mixing_prob}")
-        log("sample grid prompts (columns): " + " | ".join(self.grid_prompts))
+            f"{source}; CLIP {self.clip.identity}; mixing_prob {cfg.mixing_prob}")
+        log("sample grid prompts (columns): " + (" | ".join(self.grid_prompts) if self.grid_prompts else
+            "none, the data has no captions: CLIP image features of 8 training images instead"))
+
+    def _load_dataset(self, net: LafiteNetConfig, metrics: list[str], log) -> int:
+        """Decode a canonical dataset and its (cached) CLIP features into memory; returns the image count."""
+        from t2i.data.dataset import ImageTextDataset
+        from t2i.data.features import load_or_compute_features
+
+        cfg = self.cfg
+        dataset = ImageTextDataset(cfg.data, caption_lang=cfg.lang)
+        check_data(dataset, [dataset.path] if dataset.image_only else [], net, cfg, False, metrics)
+        feats = load_or_compute_features(dataset, self.clip, cfg.lang, device=self.device, log=log)
+        keep = subset_indices(len(dataset), cfg.subset)
+        self.images = load_images(dataset)[keep]
+        self.img_fts = feats.image[keep]
+        self.txt_fts, self.offsets = feats.text, feats.offsets
+        self.keep = keep
+        grid = slice(None, None, max(1, len(keep) // 8))
+        self.grid_reals = self.images[grid][:8]
+        self.grid_prompts = [] if dataset.image_only else [dataset.records[int(i)]["captions"][0]
+                                                           for i in keep[grid][:8]]
+        return len(keep)
+
+    def _open_shards(self, net: LafiteNetConfig, metrics: list[str]) -> int:
+        """Check the shard lists and read the first 64 samples (reals and sample grid); returns the image count."""
+        from t2i.data.shards import first_samples, open_shard_set
+
+        self.shards = open_shard_set(self.cfg.data)
+        check_data(self.shards, self.shards.image_only, net, self.cfg, True, metrics)
+        self.images, captions = first_samples(self.cfg.data, 64)
+        grid = slice(None, None, max(1, len(self.images) // 8))
+        self.grid_reals = self.images[grid][:8]
+        self.grid_prompts = [caps[0] for caps in captions[grid][:8]] if all(captions[grid][:8]) else []
+        return self.shards.samples
 
     def phases(self) -> list[Phase]:
         def adam(module, lr, interval):
@@ -153,20 +219,43 @@ class LafiteFamily:
         return phases
 
     def batches(self, step, batch, rank, world, seed):
+        cfg = self.cfg
+        if self.shards is not None:
+            return stream_batches(cfg.data, self._encode_batch, step, batch, seed, rank, world,
+                                  self.shards.resolution, cfg.workers, cfg.lang)
+
         def fetch(idx, g):
             src = self.keep[idx]
-            count = self.offsets[src + 1] - self.offsets[src]
-            j = self.offsets[src] + (torch.rand(len(idx), generator=g) * count).long()
-            images = self.images[idx]
-            if self.cfg.mirror:
-                flip = torch.rand(len(idx), generator=g) < 0.5
-                images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-            return {"image": images, "img_fts": self.img_fts[idx], "txt_fts": self.txt_fts[j]}
+            pick = torch.rand(len(idx), generator=g)  # caption choice, drawn even when language-free: the flips
+            # after it keep the draws they had before image-only data existed (so do resumed runs)
+            images = mirror_batch(self.images[idx], g) if cfg.mirror else self.images[idx]
+            out = {"image": images, "img_fts": self.img_fts[idx]}
+            if cfg.mixing_prob < 1:  # image-only data has no text features (and trains with mixing_prob 1)
+                count = self.offsets[src + 1] - self.offsets[src]
+                out["txt_fts"] = self.txt_fts[self.offsets[src] + (pick * count).long()]
+            return out
         return step_batches(len(self.keep), fetch, step, batch, seed, rank)
+
+    @torch.no_grad()
+    def _encode_batch(self, item: dict, g: torch.Generator) -> dict:
+        """A streamed batch with the frozen CLIP's features of its images and, unless language-free, of one
+        random caption each: the features the in-memory path reads from its cache."""
+        cfg, images = self.cfg, item["image"]
+        pick = torch.rand(len(images), generator=g)
+        out = {"img_fts": self.clip.encode_image(to_model(images.to(self.device))).float()}
+        out["image"] = mirror_batch(images, g) if cfg.mirror else images
+        if cfg.mixing_prob < 1:
+            captions = item["captions"]
+            if not all(captions):
+                raise T2IError(f"a sample streamed from {cfg.data} has no {cfg.lang!r} caption; train language-free "
+                               "with --mixing_prob 1, or choose a --lang that every sample has")
+            out["txt_fts"] = encode_captions(self.clip, [caps[int(p * len(caps))] for caps, p in zip(captions, pick)])
+        return out
 
     def loss(self, phase: Phase, batch: dict):
         dev = self.device
-        c = mix_conditions(batch["img_fts"].to(dev), batch["txt_fts"].to(dev), self.cfg.mixing_prob,
+        txt_fts = batch["txt_fts"].to(dev) if "txt_fts" in batch else None  # absent when language-free
+        c = mix_conditions(batch["img_fts"].to(dev), txt_fts, self.cfg.mixing_prob,
                            self.cfg.pseudo_noise, self.cfg.text_noise)
         z = torch.randn(len(c), self.net.z_dim, device=dev)
         real = to_model(batch["image"].to(dev)).contiguous(memory_format=torch.channels_last)
@@ -180,11 +269,14 @@ class LafiteFamily:
 
     @torch.no_grad()
     def sample_images(self) -> torch.Tensor:
-        """8 seeds (rows) x 8 grid prompts (columns) from G_ema."""
+        """8 seeds (rows) x 8 grid prompts (columns; CLIP image features of 8 reals without captions) from G_ema."""
         from t2i.data.transforms import to_uint8
 
-        c = F.normalize(self.clip.encode_text(self.grid_prompts).float(), dim=-1)
-        n = len(self.grid_prompts)
+        if self.grid_prompts:
+            c = F.normalize(self.clip.encode_text(self.grid_prompts).float(), dim=-1)
+        else:  # language-free data: CLIP image features stand in for text, as in training
+            c = F.normalize(self.clip.encode_image(to_model(self.grid_reals.to(self.device))).float(), dim=-1)
+        n = len(c)
         z = torch.randn(8, self.net.z_dim, generator=torch.Generator().manual_seed(0)).to(self.device)
         out = self.G_ema(z.repeat_interleave(n, 0), c.repeat(8, 1), noise="none")
         return to_uint8(out.cpu())
@@ -198,7 +290,7 @@ class LafiteFamily:
 
 def build(cfg: LafiteConfig, loop, d, log, init=None) -> LafiteFamily:
     """The LAFITE family object for the shared loop."""
-    return LafiteFamily(cfg, d, log, init)
+    return LafiteFamily(cfg, d, log, init, loop.metrics)
 
 
 def evaluate(name: str, snapshot: Path, cfg: LafiteConfig, device) -> dict:
