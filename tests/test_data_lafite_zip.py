@@ -172,12 +172,25 @@ def test_skips_are_counted_and_kept_features_stay_aligned(tmp_path):
     assert saved["skipped_by_reason"][lz.WRONG_LENGTH] == 2 and len(saved["skipped_files"]) == 8
 
 
-def test_caption_less_zips_are_refused_with_the_way_out(tmp_path, cli_error):
+def test_language_free_zip_becomes_an_image_only_dataset_with_its_image_features(tmp_path):
     free = tmp_path / "free.zip"
-    build_zip(free, captions=None)  # language-free: no captions, empty text feature lists
-    message = cli_error("data", "lafite", free, tmp_path / "out")
-    assert "language-free" in message and "t2i data pack" in message and "does not invent" in message
-    assert not (tmp_path / "out").exists()
+    images, meta = build_zip(free, captions=None)  # language-free: no captions, empty text feature lists
+    before = _state(free)
+    cli("data", "lafite", free, tmp_path / "out")
+    assert _state(free) == before
+    ds = ImageTextDataset(tmp_path / "out")
+    assert ds.image_only and len(ds) == 4 and all(ds[i]["captions"] == [] for i in range(4))
+    assert [ds.records[i]["attributes"] for i in range(4)] == [{"source": f, "label": k} for k, f in enumerate(images)]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["kept"] == 4 and report["inputs"]["captions"] == lz.LANGUAGE_FREE
+    feats = load_or_compute_features(ds, CachedOnlyClip(lz.DEFAULT_IDENTITY))   # read from the cache
+    assert torch.equal(feats.image, torch.tensor([f for _, f in meta["clip_img_features"]]))
+    assert feats.text.shape == (0, DIM) and feats.offsets.tolist() == [0] * 5
+
+
+def test_caption_less_zips_with_text_features_are_refused_with_the_way_out(tmp_path, cli_error):
+    free = tmp_path / "free.zip"
+    build_zip(free, captions=None)
 
     # Text features without their captions: the captions can be given as a folder.
     bare = tmp_path / "bare.zip"
@@ -188,7 +201,8 @@ def test_caption_less_zips_are_refused_with_the_way_out(tmp_path, cli_error):
         for name, data in members.items():
             zf.writestr(name, data)
     message = cli_error("data", "lafite", bare, tmp_path / "out")
-    assert "--captions DIR" in message and "DIR/00000/img00000000.txt" in message
+    assert "--captions DIR" in message and "DIR/00000/img00000000.txt" in message and "does not invent" in message
+    assert not (tmp_path / "out").exists()
 
     # A folder of captions does not make a language-free zip importable: it has no text features to store.
     caps = tmp_path / "caps" / "00000"

@@ -194,7 +194,8 @@ def _add_lafite(sub) -> None:
                                    "features into DEST's feature cache, so that `t2i train lafite` with a CLIP of "
                                    "the same identity uses them without recomputing. Captions come from --captions "
                                    "DIR, else a 'captions' entry of dataset.json, else NAME.txt members of the zip; "
-                                   "a zip with none (language-free) is refused, as every t2i image needs a caption. "
+                                   "a language-free zip (no captions, no text features) becomes an image-only "
+                                   "dataset for `t2i train lafite --mixing_prob 1`. "
                                    "Images without features, features without images and features of the wrong "
                                    "length are skipped and reported. The zip is never modified.")
     p.add_argument("zip", help="the LAFITE dataset zip (only read)")

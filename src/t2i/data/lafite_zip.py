@@ -6,10 +6,12 @@ LAFITE's dataset_tool.py writes `00000/img00000000.png`, ... and a dataset.json 
 dataset needs at least one (docs/ARCHITECTURE.md), and placeholder text would reach every trainer and metric
 as if it were a real caption. So the captions come from exactly one source, the first present of:
 `captions=DIR` (DIR/<member without extension>.txt), a `captions` entry of dataset.json ([[file, [str, ...]],
-...] or {file: [str, ...]}), or `<member without extension>.txt` members of the zip. A zip with none of them
-(a language-free one) is refused with a T2IError that says so. dataset_tool.py computed one text feature per
-non-blank line of an image's .txt file, so caption i of an image is the text of its text feature i; an image
-whose caption and text feature counts differ is skipped.
+...] or {file: [str, ...]}), or `<member without extension>.txt` members of the zip. dataset_tool.py computed
+one text feature per non-blank line of an image's .txt file, so caption i of an image is the text of its text
+feature i; an image whose caption and text feature counts differ is skipped. A language-free zip (no captions
+and no text features at all) becomes an image-only dataset (`"image_only": true`, no captions) with its image
+features, what `t2i train lafite --mixing_prob 1` trains on; text features without any caption source are
+refused with the way to give the captions.
 
 Images are copied byte for byte when they are 8-bit RGB PNGs of the dataset's resolution (the most common image
 size) and decoded and re-encoded otherwise (grayscale PNGs, JPEGs); images of another size are skipped. No
@@ -60,6 +62,7 @@ DUPLICATE = "listed twice in the features"
 NO_CAPTIONS = "image without captions"
 CAPTIONS_WITHOUT_IMAGE = "captions without image"
 CAPTION_COUNT = "caption count differs from text feature count"
+LANGUAGE_FREE = "none (language-free zip: image-only dataset)"
 
 _FIX = "pass a zip written by LAFITE's dataset_tool.py (images and a dataset.json with clip_img_features)"
 _PNG_8BIT_RGB = (8, 2)  # IHDR bit depth and colour type of the PNGs the canonical format stores
@@ -157,9 +160,15 @@ def _read_text(data: bytes, file: str) -> list[str] | Skipped:
         return Skipped(file, NOT_UTF8, f"invalid byte at offset {e.start}")
 
 
+def is_language_free(meta: dict, path: Path) -> bool:
+    """Whether a zip's dataset.json has no text feature at all (dataset_tool.py without captions)."""
+    return not any(isinstance(v, list) and v for v in _pairs(meta, "clip_txt_features", path)[0].values())
+
+
 def read_captions(zf: zipfile.ZipFile, meta: dict, images: list[str], captions_dir: Path | None,
                   path: Path) -> tuple[str, dict[str, list[str] | Skipped], list[Skipped]]:
-    """(where the captions came from, {image: captions or why not}, captions without an image)."""
+    """(where the captions came from, {image: captions or why not}, captions without an image); the
+    source is LANGUAGE_FREE, with no captions, for a zip without captions or text features."""
     if captions_dir is not None:
         found: dict[str, list[str] | Skipped] = {}
         for image in images:
@@ -185,15 +194,12 @@ def read_captions(zf: zipfile.ZipFile, meta: dict, images: list[str], captions_d
                                                 for f in orphans]
     texts = {n for n in zf.namelist() if n.lower().endswith(".txt")}
     if not texts:
-        head = (f"{path} has no captions (no 'captions' entry in dataset.json and no NAME.txt beside the "
-                "images), and every image of a t2i dataset needs at least one caption; t2i does not invent them")
-        if not any(isinstance(v, list) and v for v in _pairs(meta, "clip_txt_features", path)[0].values()):
-            raise T2IError(f"{head}. It is a language-free LAFITE zip (no text features either), which t2i's "
-                           "dataset format cannot hold: import the original images with their captions by "
-                           "`t2i data pack` (or coco, cub) and compute features with `t2i data features`")
-        raise T2IError(f"{head}. Pass the captions its text features were computed from with --captions DIR "
-                       f"(DIR/{_txt_name(images[0])}, one caption per line, in the order of the image's "
-                       "clip_txt_features)")
+        if is_language_free(meta, path):
+            return LANGUAGE_FREE, {}, []
+        raise T2IError(f"{path} has no captions (no 'captions' entry in dataset.json and no NAME.txt beside the "
+                       "images) but has text features, and t2i does not invent captions for them. Pass the "
+                       f"captions its text features were computed from with --captions DIR (DIR/{_txt_name(images[0])}"
+                       ", one caption per line, in the order of the image's clip_txt_features)")
     found = {image: _read_text(zf.read(_txt_name(image)), _txt_name(image))
              for image in images if _txt_name(image) in texts}
     orphans = sorted(texts - {_txt_name(image) for image in images})
@@ -201,9 +207,10 @@ def read_captions(zf: zipfile.ZipFile, meta: dict, images: list[str], captions_d
                                                   for f in orphans]
 
 
-def match_features(meta: dict, images: list[str], captions: dict, dim: int,
-                   path: Path) -> tuple[list[_Entry], list[Skipped]]:
-    """Pair each image with its image feature, text features, captions and label, in the images' order."""
+def match_features(meta: dict, images: list[str], captions: dict, dim: int, path: Path,
+                   language_free: bool = False) -> tuple[list[_Entry], list[Skipped]]:
+    """Pair each image with its image feature, text features, captions and label, in the images' order
+    (`language_free`: image features only)."""
     img_feats, img_twice = _pairs(meta, "clip_img_features", path)
     txt_feats, txt_twice = _pairs(meta, "clip_txt_features", path)
     labels, _ = _pairs(meta, "labels", path)
@@ -219,6 +226,9 @@ def match_features(meta: dict, images: list[str], captions: dict, dim: int,
             if image not in img_feats:
                 raise Unusable(NO_IMAGE_FEATURE, "not in clip_img_features")
             image_feature = _vector(img_feats[image], dim, "image feature")
+            if language_free:  # image features only; the dataset is image-only
+                entries.append(_Entry(image, [], _attributes(image, labels), image_feature, torch.zeros(0, dim)))
+                continue
             texts = txt_feats.get(image)
             if not isinstance(texts, list) or not texts:
                 raise Unusable(NO_TEXT_FEATURES, "no list in clip_txt_features" if not isinstance(texts, list)
@@ -235,11 +245,13 @@ def match_features(meta: dict, images: list[str], captions: dict, dim: int,
         except Unusable as e:
             skipped.append(Skipped(image, *e.args))
             continue
-        attributes = {"source": image}
-        if image in labels:
-            attributes["label"] = labels[image]
-        entries.append(_Entry(image, caps, attributes, image_feature, text_features))
+        entries.append(_Entry(image, caps, _attributes(image, labels), image_feature, text_features))
     return entries, skipped
+
+
+def _attributes(image: str, labels: dict) -> dict:
+    """An entry's attributes: its member name in the zip, and its label when the zip has labels."""
+    return {"source": image, **({"label": labels[image]} if image in labels else {})}
 
 
 def _header_size(zf: zipfile.ZipFile, member: str) -> tuple[int, int]:
@@ -344,7 +356,8 @@ def lafite_zip(
         if not images:
             raise T2IError(f"{source} holds no images ({', '.join(IMAGE_EXTENSIONS)}); {_FIX}")
         caption_source, caps, skipped = read_captions(zf, meta, images, captions_dir, source)
-        entries, more = match_features(meta, images, caps, feature_dim, source)
+        image_only = caption_source == LANGUAGE_FREE
+        entries, more = match_features(meta, images, caps, feature_dim, source, image_only)
         skipped += more
         resolution, entries, more = choose_resolution(zf, entries)
         skipped += more
@@ -353,7 +366,7 @@ def lafite_zip(
         if not entries:
             raise _nothing_usable(report, len(images))
         kept = []
-        with DatasetWriter(dest, dest.stem, resolution, overwrite=overwrite) as writer:
+        with DatasetWriter(dest, dest.stem, resolution, overwrite=overwrite, image_only=image_only) as writer:
             for e in tqdm(entries, desc=f"importing {source.name}", unit="img", disable=not progress):
                 try:
                     png = png_for_dataset(zf.read(e.file), resolution)
