@@ -5,6 +5,7 @@ slow URLs (counts in the report, nothing half-written, reruns that resume withou
 import io
 import json
 import os
+import re
 import tarfile
 import threading
 from collections import Counter
@@ -26,11 +27,14 @@ from t2i.data.laion import (
     LOW_SIMILARITY,
     NO_URL,
     TOO_SMALL,
+    DownloadOptions,
     Filters,
+    LaionReport,
     convert_samples,
     failure_kind,
     filter_reason,
     resolve_columns,
+    write_laion_shards,
 )
 from t2i.data.pack import CORRUPT, WRONG_SIZE
 from t2i.data.shards import MANIFEST, ShardStream, shard_name
@@ -299,6 +303,38 @@ def test_images_that_do_not_decode_are_skipped(tmp_path):
     assert Image.open(io.BytesIO(out[0]["png"])).format == "PNG"
     assert [(s.file, s.reason) for s in skipped] == [
         ("http://x/1.jpg", CORRUPT), ("http://x/2.jpg", CORRUPT), ("http://x/3.jpg", WRONG_SIZE)]
+
+
+def test_shards_converted_by_several_processes_are_the_ones_one_process_writes(tmp_path):
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    meta = {"caption": "a kite", "source_file": "p.parquet", "similarity": 0.3}
+    for shard in range(5):  # shard 3 holds only an undecodable image: no t2i shard for it
+        samples = [(f"{shard:04d}{k:05d}", b"junk" if shard == 3 else _image_bytes(shard * 10 + k, "JPEG", (32, 32)),
+                    {**meta, "url": f"http://x/{shard}/{k}.jpg", "source_row": shard * 10 + k}) for k in range(3)]
+        _download_tar(downloads / f"{shard:05d}.tar", samples)
+        pq.write_table(pa.table({"url": [m["url"] for _, _, m in samples] + [f"http://x/{shard}/gone"],
+                                 "status": ["success"] * 3 + ["failed_to_download"],
+                                 "error_message": [None] * 3 + ["HTTP Error 404: Not Found"]}),
+                       downloads / f"{shard:05d}.parquet")
+        (downloads / f"{shard:05d}_stats.json").write_text("{}")
+    results = {}
+    for processes in (1, 2):
+        options = DownloadOptions(image_size=32, shard_size=3, processes=processes)
+        report = LaionReport(["p.parquet"], str(tmp_path / f"dest{processes}"), {}, {})
+        out = tmp_path / f"dest{processes}" / "shards"
+        manifest = write_laion_shards(downloads, out, "fp", options, False, report, progress=False)
+        results[processes] = (manifest["shards"], report.to_dict(),
+                              {p.name: p.read_bytes() for p in sorted(out.glob("shard-*.tar"))})
+    assert [e["file"] for e in results[1][0]] == [shard_name(i) for i in (0, 1, 2, 4)]
+    assert results[1][1]["failed"] == {"missing": 5, "corrupt": 3, "other": 0, "slow": 0}
+
+    def comparable(entries, report):  # PIL's messages name the BytesIO object by its address
+        text = json.dumps([entries, {k: v for k, v in report.items() if k != "dest"}])
+        return re.sub(r"at 0x[0-9a-f]+", "at ADDRESS", text)
+
+    assert comparable(*results[1][:2]) == comparable(*results[2][:2])
+    assert results[1][2] == results[2][2] and len(results[1][2]) == 4   # bit-identical shards
 
 
 @pytest.fixture

@@ -301,7 +301,8 @@ def _add_laion(sub) -> None:
                    help="selected rows per download shard; each gives one t2i shard of its usable images "
                         "(default: %(default)s)")
     p.add_argument("--processes", type=int, default=None, metavar="N",
-                   help="img2dataset download processes (default: all cores)")
+                   help="img2dataset download processes, then processes converting the downloads into t2i "
+                        "shards (default: all cores)")
     p.add_argument("--threads", type=int, default=64, metavar="N",
                    help="download threads per process (default: %(default)s)")
     p.add_argument("--timeout", type=int, default=10, metavar="SECONDS",

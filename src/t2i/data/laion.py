@@ -19,7 +19,7 @@ Three resumable stages, everything written under DEST (the parquet files are onl
    and the attributes url, source, row, similarity, original_size), through `t2i.data.shards.ShardLog`: atomic
    per-shard writes, a progress log, shards.json last. A rerun keeps a t2i shard while its download shard's
    stats file is unchanged. Images that do not decode are skipped; a download shard with no usable image
-   gives no t2i shard.
+   gives no t2i shard. --processes shards are converted side by side, logged in shard order.
 
 DEST/report.json counts the rows read, filtered out per reason, downloaded and kept, and the failures by kind:
 missing (an HTTP error such as 404), corrupt (undecodable), slow (timed out), other; with the first failures
@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -470,36 +471,59 @@ def count_download_failures(parquet_path: Path, report: LaionReport) -> None:
             report.fail(failure_kind(status, message), url, message or status)
 
 
+def _convert_shard(job: tuple[Path, Path, Path, int]) -> dict:
+    """Pool worker: (download tar, its stats file, t2i shard to write, image size) to the shard's log entry
+    (with the images skipped and the download's stats hash)."""
+    tar, stats, out, size = job
+    skipped: list[Skipped] = []
+    try:
+        entry = write_tar(out, convert_samples(tar, size, skipped))
+    except (OSError, EOFError, ValueError, KeyError, tarfile.TarError) as e:
+        raise T2IError(f"download shard {tar} is damaged ({type(e).__name__}: {e}); delete {stats} and rerun to "
+                       "download it again") from None
+    return {**entry, "download": tar.name, "download_stats": sha256_file(stats),
+            "skipped": [asdict(s) for s in skipped]}
+
+
 def write_laion_shards(downloads: Path, outdir: Path, fingerprint: str, options: DownloadOptions,
                        overwrite: bool, report: LaionReport, progress: bool = True) -> dict:
-    """One t2i shard per finished download shard with a usable image (see the module docstring); counts go
-    into report; returns the manifest."""
+    """One t2i shard per finished download shard with a usable image (see the module docstring), converted
+    by `options.processes` processes; counts go into report; returns the manifest."""
     from tqdm import tqdm
 
     outdir.mkdir(parents=True, exist_ok=True)
     with ShardLog(outdir, fingerprint, options.shard_size, overwrite) as log:
-        for shard_id in tqdm(finished_downloads(downloads), desc="t2i shards", unit="shard", disable=not progress):
+        plan = []  # (previous entry if still complete, else the conversion job), in shard order
+        for shard_id in finished_downloads(downloads):
             count_download_failures(downloads / f"{shard_id:05d}.parquet", report)
-            stats = sha256_file(downloads / _stats_name(shard_id))
+            stats = downloads / _stats_name(shard_id)
             entry = log.previous(shard_id)
-            complete = entry is not None and entry.get("download_stats") == stats and shard_intact(outdir, entry)
-            if not complete:
-                skipped: list[Skipped] = []
-                tar = downloads / f"{shard_id:05d}.tar"
-                try:
-                    entry = write_tar(outdir / shard_name(shard_id), convert_samples(tar, options.image_size, skipped))
-                except (OSError, EOFError, ValueError, KeyError, tarfile.TarError) as e:
-                    raise T2IError(f"download shard {tar} is damaged ({type(e).__name__}: {e}); delete "
-                                   f"{downloads / _stats_name(shard_id)} and rerun to download it again") from None
-                entry.update(download=f"{shard_id:05d}.tar", download_stats=stats,
-                             skipped=[asdict(s) for s in skipped])
-            for s in entry.get("skipped", []):
-                report.fail(CORRUPT_KIND if s["reason"] == CORRUPT else OTHER, s["file"],
-                            f"{s['reason']}: {s['detail']}")
-            if entry["samples"] == 0:  # nothing usable: no empty shard in the list (it stays uncounted)
-                remove(outdir / entry["file"])
-                continue
-            log.add(entry, written=not complete)
+            if entry is not None and entry.get("download_stats") == sha256_file(stats) and shard_intact(outdir, entry):
+                plan.append((entry, None))
+            else:
+                plan.append((None, (downloads / f"{shard_id:05d}.tar", stats, outdir / shard_name(shard_id),
+                                    options.image_size)))
+        jobs = [job for _, job in plan if job is not None]
+        # Order-preserving pool: shards are decoded side by side and logged in shard order.
+        pool = multiprocessing.Pool(min(options.processes, len(jobs))) if options.processes > 1 and len(jobs) > 1 \
+            else None
+        try:
+            converted = pool.imap(_convert_shard, jobs) if pool else map(_convert_shard, jobs)
+            converted = iter(tqdm(converted, total=len(jobs), desc="t2i shards", unit="shard", disable=not progress))
+            for entry, job in plan:
+                written = job is not None
+                entry = next(converted) if written else entry
+                for s in entry.get("skipped", []):
+                    report.fail(CORRUPT_KIND if s["reason"] == CORRUPT else OTHER, s["file"],
+                                f"{s['reason']}: {s['detail']}")
+                if entry["samples"] == 0:  # nothing usable: no empty shard in the list (it stays uncounted)
+                    remove(outdir / entry["file"])
+                    continue
+                log.add(entry, written=written)
+        finally:
+            if pool is not None:
+                pool.terminate()
+                pool.join()
         manifest = log.finish(Path(report.dest).name, report.source, (options.image_size, options.image_size))
     report.kept, report.shards, report.shards_written = manifest["samples"], len(log.entries), manifest["written"]
     return manifest
