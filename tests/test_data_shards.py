@@ -191,8 +191,13 @@ ids = {epoch: [a["id"] for _, _, a in ShardStream(sys.argv[2], d.rank, d.world, 
        for epoch in (0, 1)}
 total = torch.tensor([len(ids[0])])
 dist.all_reduce(total)
+# What training reads: two epochs of 8 samples per rank in batches of 4, decoded by two DataLoader workers
+# (shuffle buffer 1000, not 3: another order within the epoch).
+from t2i.data.loader import stream_batches
+batches = stream_batches(sys.argv[2] + "/shards.json", lambda item, g: item, 0, 4, 5, d.rank, d.world, (8, 8), 2)
+trained = [int(c[0].split()[1]) for _, b in zip(range(4), batches) for c in b["captions"]]
 with open(f"{sys.argv[1]}/rank{d.rank}.json", "w") as f:
-    json.dump({"ids": ids, "total": int(total), "world": d.world}, f)
+    json.dump({"ids": ids, "total": int(total), "world": d.world, "trained": trained}, f)
 distributed.teardown()
 """
 
@@ -213,6 +218,8 @@ def test_two_gloo_ranks_read_disjoint_halves(tmp_path):
         a, b = r0["ids"][epoch], r1["ids"][epoch]
         assert len(a) == len(b) == 8 and not set(a) & set(b) and sorted(a + b) == list(range(16))
     assert r0["ids"]["0"] != r0["ids"]["1"]  # another epoch, another order (and shard split)
+    for r in (r0, r1):  # the training stream (another shuffle buffer): each epoch the rank's same samples
+        assert sorted(r["trained"][:8]) == sorted(r["ids"]["0"]) and sorted(r["trained"][8:]) == sorted(r["ids"]["1"])
     # The same split in this process: reproducible for the seed.
     assert _ids(ShardStream(out, 1, 2, seed=5, epoch=1, buffer=3)) == r1["ids"]["1"]
 
