@@ -17,7 +17,15 @@ from torch import nn
 from t2i.data.dataset import ImageTextDataset
 from t2i.errors import T2IError
 from t2i.models.dalle.taming import load_taming_vqgan
-from t2i.models.dalle.vqgan import PRESETS, VQGAN, PatchDiscriminator, VectorQuantizer, VQGANConfig, code_usage
+from t2i.models.dalle.vqgan import (
+    PRESETS,
+    VQGAN,
+    ChannelNorm,
+    PatchDiscriminator,
+    VectorQuantizer,
+    VQGANConfig,
+    code_usage,
+)
 from t2i.models.dalle.vqgan_objective import (
     VQGANLoss,
     VQGANLossWeights,
@@ -122,6 +130,40 @@ def test_l2_codebook_picks_the_code_of_highest_cosine_and_returns_unit_vectors()
     _, z, _, _ = VQGAN(cfg)(torch.rand(2, 3, 16, 16) * 2 - 1)
     assert torch.allclose(z.norm(dim=1), torch.ones_like(z[:, 0]), atol=1e-5)
 
+
+
+def test_local_encoder_tokens_ignore_pixels_outside_their_receptive_field():
+    # 64px with the test widths (f2, 32x32 latents). The encoder sees at most 18 px around a position
+    # (conv_in 1, level 0: 2 + 1 down, level 1: 2 x (2 + 4 mid convs + conv_out 1) at f2 = 14 -> 18).
+    base = {**PRESETS["test"].to_dict(), "resolution": 64}
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    x2 = x.clone()
+    x2[..., :8, :8] = 1.0                                       # paint the top-left corner white
+    far = (slice(None), slice(None), slice(16, None), slice(16, None))   # latents from pixel 32 on
+    for local in (True, False):
+        torch.manual_seed(0)
+        model = VQGAN(VQGANConfig(**{**base, "local_encoder": local})).eval()
+        with torch.no_grad():
+            z, z2 = model.encode_latents(x), model.encode_latents(x2)
+        assert not torch.allclose(z[..., :2, :2], z2[..., :2, :2])        # the corner's own tokens change
+        # Per-position norms, no middle attention: far tokens are untouched. With taming's GroupNorm and
+        # attention every token depends on the whole image.
+        assert torch.allclose(z[far], z2[far], atol=1e-5) == local
+    local_model = VQGAN(VQGANConfig(**{**base, "local_encoder": True}))
+    norms = [type(m) for m in local_model.encoder.modules() if isinstance(m, nn.GroupNorm)]
+    assert norms and set(norms) == {ChannelNorm}
+    assert "encoder.mid.attn_1.q.weight" not in local_model.state_dict()
+    assert "decoder.mid.attn_1.q.weight" in local_model.state_dict()   # the decoder stays global
+
+
+def test_channel_norm_normalises_each_position_over_its_channels():
+    norm = ChannelNorm(6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.arange(6.0)), norm.bias.fill_(0.5)
+    x = torch.randn(2, 6, 3, 4) * 3 + 1
+    mean, var = x.mean(1, keepdim=True), x.var(1, unbiased=False, keepdim=True)
+    expected = (x - mean) / torch.sqrt(var + 1e-6) * torch.arange(6.0)[:, None, None] + 0.5
+    assert torch.allclose(norm(x), expected, atol=1e-5)
 
 def test_codebook_and_commitment_losses_match_the_formula():
     torch.manual_seed(0)
