@@ -439,6 +439,35 @@ def test_random_crops_are_seeded_windows_of_each_image():
     assert torch.equal(random_crops(images, 16, torch.Generator()), images)
 
 
+def test_data_init_puts_every_code_on_an_encoder_output():
+    torch.manual_seed(0)
+    q = VectorQuantizer(16, 4)
+    q.unused_steps.fill_(7)
+    z = torch.randn(2, 4, 4, 4)
+    q.init_codebook(z)
+    flat = z.permute(0, 2, 3, 1).reshape(-1, 4)
+    dist_to_data = (q.embedding.weight[:, None].detach() - flat[None]).norm(dim=-1).min(1).values
+    assert dist_to_data.max() == 0 and len(q.embedding.weight.unique(dim=0)) == 16   # distinct outputs
+    assert q.unused_steps.eq(0).all()
+    _, ids, _ = q(z)
+    assert ids.unique().numel() == 16          # the uniform start would give z far fewer codes
+
+
+def test_cli_codebook_init_data_runs_once_and_never_on_resume(shapes16, tmp_path, monkeypatch, cli_error):
+    calls = []
+    original = VectorQuantizer.init_codebook
+    monkeypatch.setattr(VectorQuantizer, "init_codebook", lambda self, z: calls.append(z.shape) or original(self, z))
+    args = ["train", "vqgan", "--data", shapes16, "--preset", "test", "--batch", 8, "--outdir", tmp_path]
+    cli(*args, "--kimg", 0.032, "--codebook_init", "data")
+    assert calls == [(8, 8, 8, 8)]             # the first batch's latents, before the first step
+    (run,) = tmp_path.glob("*-vqgan-test")
+    cli(*args, "--kimg", 0.048, "--codebook_init", "data", "--resume", run)
+    assert len(calls) == 1 and load_snapshot(run).meta["config"]["codebook_init"] == "data"
+    cli(*args, "--kimg", 0.016, "--outdir", tmp_path / "uniform")
+    assert len(calls) == 1                     # the default keeps taming's uniform start
+    assert "choose uniform or data" in cli_error(*args, "--codebook_init", "kmeans")
+
+
 def test_cli_trains_on_crops_and_rejects_a_bad_crop(shapes16, tmp_path, cli_error):
     cli("train", "vqgan", "--data", shapes16, "--preset", "test", "--batch", 8, "--kimg", 0.032, "--crop", 8,
         "--lr", 1e-3, "--lr_decay", 1, "--outdir", tmp_path)

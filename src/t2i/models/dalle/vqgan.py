@@ -342,17 +342,32 @@ class VectorQuantizer(nn.Module):
         dead = (self.unused_steps >= patience).nonzero().squeeze(1)
         if len(dead) == 0:
             return 0
-        flat = z.detach().permute(0, 2, 3, 1).reshape(-1, self.embed_dim)
-        if len(flat) >= len(dead):   # distinct vectors where possible, so restarted codes do not tie
-            pick = torch.randperm(len(flat), device=flat.device)[:len(dead)]
-        else:
-            pick = torch.randint(len(flat), (len(dead),), device=flat.device)
-        new = flat[pick].to(self.embedding.weight.dtype)
-        if multi:
-            dist.broadcast(new, src=0)
-        self.embedding.weight[dead] = new
-        self.unused_steps[dead] = 0
+        self._move_codes(dead, z)
         return len(dead)
+
+    @torch.no_grad()
+    def init_codebook(self, z: torch.Tensor) -> None:
+        """Move every code onto a random encoder output of z (B, embed_dim, h, w): a data-dependent start.
+
+        Uniformly initialised codes can all lie on one side of a freshly initialised encoder's outputs, which
+        then all pick the same code; the decoder sees one vector everywhere, learns the mean image and the
+        encoder gets no signal to spread out (a 64px f8 VQGAN stayed at one code this way). Codes drawn from
+        the outputs themselves tell apart whatever the encoder already tells apart.
+        """
+        self._move_codes(torch.arange(self.n_embed, device=z.device), z)
+
+    def _move_codes(self, codes: torch.Tensor, z: torch.Tensor) -> None:
+        """Set `codes` to random vectors of z (distinct where z has enough), rank 0's under torchrun."""
+        flat = z.detach().permute(0, 2, 3, 1).reshape(-1, self.embed_dim)
+        if len(flat) >= len(codes):   # distinct vectors where possible, so moved codes do not tie
+            pick = torch.randperm(len(flat), device=flat.device)[:len(codes)]
+        else:
+            pick = torch.randint(len(flat), (len(codes),), device=flat.device)
+        new = flat[pick].to(self.embedding.weight.dtype)
+        if dist.is_available() and dist.is_initialized():
+            dist.broadcast(new, src=0)
+        self.embedding.weight[codes] = new
+        self.unused_steps[codes] = 0
 
 
 # ----------------------------------------------------------------------------------------------

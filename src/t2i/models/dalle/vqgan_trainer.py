@@ -36,6 +36,7 @@ class VQGANTrainConfig(VQGANLossWeights):
     lr_decay: bool = False       # cosine decay to 10% of --lr at --kimg (taming: constant)
     mirror: bool = False         # random horizontal flips (off for layouts where left/right matters)
     crop: int = 0                # train on random crops of this side (0 = whole images)
+    codebook_init: str = "uniform"  # uniform (taming) | data: codes start on the first batch's encoder outputs
     workers: int = 2             # DataLoader processes decoding streamed shards (the batches do not depend on it)
 
 
@@ -61,6 +62,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
         "lr_decay": "cosine-decay the learning rate to 10%% at --kimg (1/0); a fixed budget ends on a "
                     "settled model instead of a noisy one",
         "mirror": "random horizontal flips (1/0)",
+        "codebook_init": "where a new model's codes start: uniform (taming's small uniform values) or data (on "
+                         "random encoder outputs of the first batch; keeps a deep encoder from starting on one code)",
         "crop": "train on random square crops of this many pixels, a multiple of the downsampling factor "
                 "(the model is convolutional, so it still encodes whole images); 0 = whole images",
         "workers": "DataLoader processes decoding shards when --data streams them (0 = in the training "
@@ -94,6 +97,8 @@ def validate(cfg: VQGANTrainConfig) -> None:
             raise T2IError(f"--{name} {getattr(cfg, name)} must be >= 0")
     if cfg.lr <= 0:
         raise T2IError(f"--lr {cfg.lr} must be > 0")
+    if cfg.codebook_init not in ("uniform", "data"):
+        raise T2IError(f"--codebook_init {cfg.codebook_init!r}: choose uniform or data")
 
 
 def describe(cfg: VQGANTrainConfig) -> str:
@@ -148,6 +153,7 @@ class VQGANFamily:
             self.images = load_images(source)
             count = f"{len(self.images)} images"
         self.vqgan = VQGAN(self.net).to(d.device)
+        self.data_init = init is None and cfg.codebook_init == "data"
         self.D = PatchDiscriminator(self.net).to(d.device)
         self.modules = {"vqgan": self.vqgan, "D": self.D}
         self.ema = {}
@@ -189,6 +195,10 @@ class VQGANFamily:
     def loss(self, phase: Phase, batch: dict):
         x = to_model(batch["image"].to(self.device))
         if phase.name == "G_main":
+            if self.data_init:  # once, before the first step of a new model (never on resume or fine-tune)
+                with torch.no_grad():
+                    self.vqgan.quantize.init_codebook(self.vqgan.encode_latents(x))
+                self.data_init = False
             return self.objective.g_main(x, batch["nimg"])
         return self.objective.d_main(x, batch["nimg"])
 
