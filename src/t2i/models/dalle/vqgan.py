@@ -76,14 +76,16 @@ class VQGANConfig:
 
 PRESETS: dict[str, VQGANConfig] = {
     # CPU: 64px shapes, f4 -> 16x16 = 256 tokens (a small object spans about 4x4 of them; at f8 it got
-    # 2x2 and came back as a blob of the wrong colour), 512 codes looked up by cosine in 8 dimensions
+    # 2x2 and came back as a blob of the wrong colour), codes looked up by cosine in 8 dimensions
     # (ViT-VQGAN's factorised, l2-normalised codes: all codes stay in use and colours stay apart).
     # A local encoder (per-position norms, no attention): a background token far from every object
-    # keeps its code when the objects are removed in 78% of cases, against 4% with taming's encoder,
-    # so the transformer does not have to model a background that carries the rest of the image.
+    # keeps its code when the objects are removed in 78% of cases, against 4% with taming's encoder.
+    # 64 codes, not 512: the same round-trip accuracy (85% vs 87%, PSNR 33.1 dB) with a perplexity of
+    # 25 instead of 145, and a transformer trained on them uses the caption's shape word three times
+    # as much (9.8 vs 3.0 nats per image) and doubles its shape accuracy (52% vs 22-28%) at the same budget.
     # 16 channels at 64px, 32 at 32px, 64 at 16px; the decoder keeps its middle attention.
     "tiny": VQGANConfig(resolution=64, ch=16, ch_mult=(1, 2, 4), num_res_blocks=1, attn_resolutions=(),
-                        z_channels=32, embed_dim=8, n_embed=512, codebook_l2=True, local_encoder=True,
+                        z_channels=32, embed_dim=8, n_embed=64, codebook_l2=True, local_encoder=True,
                         norm_groups=8, disc_ndf=16, disc_layers=3),
     # Smallest possible, for unit tests: 16px, f2 -> 8x8 tokens, attention at 8x8.
     "test": VQGANConfig(resolution=16, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,),
