@@ -17,6 +17,7 @@ import math
 import multiprocessing
 import os
 import random
+import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -207,7 +208,9 @@ def load_image(path: Path | bytes, width: int, height: int, transform: str,
     except Unusable:
         raise
     except Exception as e:  # decoders raise many types on malformed data (OSError, SyntaxError, ...)
-        raise Unusable(CORRUPT, f"{type(e).__name__}: {e}") from None
+        # PIL names an in-memory file by its address; without it, equal failures read the same in a report.
+        detail = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "the image bytes", str(e))
+        raise Unusable(CORRUPT, f"{type(e).__name__}: {detail}") from None
     if transform == "center-crop":
         return center_crop(image, width, height)
     if transform == "center-crop-wide":
