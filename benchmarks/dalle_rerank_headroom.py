@@ -18,7 +18,6 @@ import random
 import time
 
 import torch
-import torch.nn.functional as F
 
 from t2i.clip import load_clip
 from t2i.data import shapes
@@ -26,32 +25,23 @@ from t2i.data.transforms import to_model, to_uint8
 from t2i.metrics.oracle import predict, score
 from t2i.metrics.oracle_trainer import load_oracle
 from t2i.models.dalle.pipeline import DallePipeline
-from t2i.models.dalle.sampling import generate
 from t2i.training.snapshot import load_snapshot
 
 
 @torch.no_grad()
-def judge(pipe: DallePipeline, clip, oracle, scenes: list, K: int, guidance: float, top_k: int,
+def judge(pipe: DallePipeline, oracle, scenes: list, K: int, guidance: float, top_k: int,
           batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(right (n, K) bool, CLIP similarity (n, K)) of K candidates for each scene's prompt (candidate j of
-    prompt i drawn as `DallePipeline` draws candidate j for seed i)."""
+    """(right (n, K) bool, CLIP similarity (n, K)) of K candidates for each scene's prompt, candidate j of
+    scene i drawn exactly as `DallePipeline` draws candidate j for seed i."""
     prompts = [shapes.prompt(s) for s in scenes]
-    rows = [(i, j) for i in range(len(scenes)) for j in range(K)]
-    right, sim = torch.zeros(len(scenes), K, dtype=torch.bool), torch.zeros(len(scenes), K)
-    side = pipe.vqgan.cfg.token_side
-    for b in range(0, len(rows), batch):
-        chunk = rows[b:b + batch]
-        text = pipe.text_ids([prompts[i] for i, _ in chunk])
-        gens = [torch.Generator().manual_seed(i * 1_000_003 + j) for i, j in chunk]
-        codes = generate(pipe.model, text, 1.0, top_k, 1.0, guidance, generator=gens)
-        images = pipe.vqgan.decode_ids(codes.view(-1, side, side)).float().clamp(-1, 1)
-        preds = predict(oracle(to_model(to_uint8(images))))
-        img = F.normalize(clip.encode_image(images).float(), dim=-1)
-        txt = F.normalize(clip.encode_text([prompts[i] for i, _ in chunk]).float(), dim=-1)
-        for (i, j), p, s in zip(chunk, preds, (img * txt).sum(-1)):
-            right[i, j] = score([p], [scenes[i]])["all"] == 1.0
-            sim[i, j] = s
-    return right, sim
+    right, sim = [], []
+    for b in range(0, len(scenes), max(1, batch // K)):
+        chunk = list(range(b, min(b + max(1, batch // K), len(scenes))))
+        images = pipe.sample_candidates([prompts[i] for i in chunk], chunk, K, guidance, top_k, batch=batch)
+        preds = predict(oracle(to_model(to_uint8(images.flatten(0, 1)))))
+        right += [score([p], [scenes[chunk[r // K]]])["all"] == 1.0 for r, p in enumerate(preds)]
+        sim.append(pipe.clip_similarity(images, [prompts[i] for i in chunk]))
+    return torch.tensor(right).view(len(scenes), K), torch.cat(sim)
 
 
 def main() -> None:
@@ -66,7 +56,7 @@ def main() -> None:
     args = p.parse_args()
 
     pipe = DallePipeline.from_snapshot(load_snapshot(args.run))
-    clip, oracle = load_clip(args.clip), load_oracle(None)
+    pipe.clip, oracle = load_clip(args.clip), load_oracle(None)
     top_k = args.top_k or max(1, pipe.model.cfg.image_vocab // 10)
     Ns = sorted({2 ** e for e in range(args.candidates.bit_length()) if 2 ** e <= args.candidates} | {args.candidates})
     results = {}
@@ -74,7 +64,7 @@ def main() -> None:
         rng = random.Random(f"headroom-{split}")
         scenes = [shapes.sample_scene(rng, split) for _ in range(args.n)]
         t0 = time.time()
-        right, sim = judge(pipe, clip, oracle, scenes, args.candidates, args.guidance, top_k, args.batch)
+        right, sim = judge(pipe, oracle, scenes, args.candidates, args.guidance, top_k, args.batch)
         rows = torch.arange(args.n)
         results[split] = [(right[:, :N].any(1).float().mean().item(),
                            right[rows, sim[:, :N].argmax(1)].float().mean().item()) for N in Ns]

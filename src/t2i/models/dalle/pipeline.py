@@ -55,10 +55,19 @@ class DallePipeline:
         (training captions, as in training) instead of refusing them."""
         from t2i.data.transforms import to_uint8
 
+        n = candidates if self.clip is not None else 1
+        images = self.sample_candidates(prompts, seeds, n, guidance, top_k, top_p, temperature, batch, truncate)
+        return to_uint8((self.rerank(images, prompts) if n > 1 else images[:, 0]).cpu())
+
+    @torch.no_grad()
+    def sample_candidates(self, prompts: list[str], seeds: list[int], n: int, guidance: float = 3.0,
+                          top_k: int = 0, top_p: float = 1.0, temperature: float = 1.0, batch: int = 64,
+                          truncate: bool = False) -> torch.Tensor:
+        """n candidates per (prompt, seed) as float images (N, n, 3, R, R) in [-1, 1]; candidate j of seed s
+        draws from its own generator, so it does not depend on the batch it is sampled in."""
         if len(prompts) != len(seeds):
             raise ValueError("one seed per prompt")
         device = next(self.model.parameters()).device
-        n = candidates if self.clip is not None else 1
         rows = [(p, s, j) for p, s in zip(prompts, seeds) for j in range(n)]
         k = top_k or max(1, self.model.cfg.image_vocab // 10)
         side = self.vqgan.cfg.token_side
@@ -69,15 +78,17 @@ class DallePipeline:
             gens = [torch.Generator().manual_seed(int(s) * 1_000_003 + j) for _, s, j in chunk]
             codes = generate(self.model, text, temperature, k, top_p, guidance, generator=gens)
             images.append(self.vqgan.decode_ids(codes.view(-1, side, side)).float().clamp(-1, 1))
-        images = torch.cat(images)                                            # (N * n, 3, R, R)
-        if n > 1:
-            images = self.rerank(images.view(len(prompts), n, *images.shape[1:]), prompts)
-        return to_uint8(images.cpu())
+        return torch.cat(images).view(len(prompts), n, *images[0].shape[1:])
 
     def rerank(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """The candidate with the highest CLIP similarity to its prompt, per prompt: (N, n, 3, R, R) -> (N, 3, R, R)."""
+        best = self.clip_similarity(images, prompts).argmax(1)                    # (N,)
+        return images[torch.arange(len(images)), best]
+
+    @torch.no_grad()
+    def clip_similarity(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """Cosine similarity (N, n) under the reranking CLIP of candidates (N, n, 3, R, R) to their prompts."""
         N, n = images.shape[:2]
         img = F.normalize(self.clip.encode_image(images.flatten(0, 1)).float(), dim=-1).view(N, n, -1)
         txt = F.normalize(self.clip.encode_text(prompts).float(), dim=-1)          # (N, D)
-        best = (img @ txt[:, :, None]).squeeze(-1).argmax(1)                     # (N,)
-        return images[torch.arange(N), best]
+        return (img @ txt[:, :, None]).squeeze(-1)
