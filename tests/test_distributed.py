@@ -42,6 +42,11 @@ torch.save({{k: v for k, v in fam.net.state_dict().items()}}, out / f"rank{{d.ra
 code = main(["train", "clip", "--data", sys.argv[2], "--preset", "tiny", "--kimg", "0.064", "--batch", "32",
              "--outdir", str(out / "runs")])
 (out / f"rank{{d.rank}}.code").write_text(str(code))
+# The CLI's teardown must free the process group (and its gloo threads) while Python is alive; one that
+# outlives it can abort the process at exit (see distributed.setup).
+tasks = Path("/proc/self/task")
+names = [(t / "comm").read_text().strip() for t in tasks.iterdir()] if tasks.is_dir() else []
+(out / f"rank{{d.rank}}.threads").write_text(json.dumps(names))
 """
 
 
@@ -54,6 +59,9 @@ def test_two_process_training_averages_gradients(tmp_path, shapes16, one_thread)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (tmp_path / "rank0.code").read_text() == (tmp_path / "rank1.code").read_text() == "0"
+    for rank in (0, 1):
+        threads = json.loads((tmp_path / f"rank{rank}.threads").read_text())
+        assert not [t for t in threads if "gloo" in t], threads
 
     # Identical weights on both ranks (broadcast start + averaged gradients) ...
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")

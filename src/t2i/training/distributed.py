@@ -7,6 +7,7 @@ phase averages its gradients explicitly after accumulation (one flat all-reduce)
 
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass
 
@@ -39,6 +40,12 @@ def setup(device: str = "auto") -> Dist:
         dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
+        # Importing torch._dynamo after the group exists (the optimizers do) makes it keep references to the
+        # group that destroy_process_group() does not drop (torch 2.14). The group then outlives teardown(), and
+        # a gloo worker thread that frees its last collective's tensors during interpreter shutdown aborts the
+        # process (SIGABRT, "terminate called without an active exception"). Imported first, it holds nothing.
+        importlib.import_module("torch._dynamo")
+
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
     return Dist(rank=rank, world=world, device=dev)
 
