@@ -426,6 +426,22 @@ def test_cli_trains_snapshots_and_resumes_exactly(shapes16, tmp_path):
     assert resumed.keys() == direct.keys() and all(torch.equal(resumed[k], direct[k]) for k in resumed)
 
 
+def test_lr_schedule_warms_up_then_holds_or_decays():
+    from t2i.models.dalle.vqgan_trainer import VQGANTrainConfig, lr_schedule
+    from t2i.training.loop import LoopConfig
+
+    loop = LoopConfig(kimg=10, batch=32)
+    assert lr_schedule(VQGANTrainConfig(data="d"), loop) is None                 # taming: constant lr
+    warm = lr_schedule(VQGANTrainConfig(data="d", warmup_kimg=2), loop)
+    assert warm(0) == pytest.approx(32 / 2000) and warm(968) == pytest.approx(1000 / 2000)
+    assert warm(2000) == warm(6000) == warm(10000) == pytest.approx(1.0)        # then held
+    both = lr_schedule(VQGANTrainConfig(data="d", warmup_kimg=2, lr_decay=True), loop)
+    assert both(968) == pytest.approx(0.5) and both(2000) == pytest.approx(1.0)
+    assert both(6000) == pytest.approx(0.55) and both(10000) == pytest.approx(0.1)   # cosine to 10%
+    decay = lr_schedule(VQGANTrainConfig(data="d", lr_decay=True), loop)
+    assert decay(0) == pytest.approx(1.0) and decay(5000) == pytest.approx(0.55)
+
+
 def test_random_crops_are_seeded_windows_of_each_image():
     from t2i.models.dalle.vqgan_trainer import random_crops
 

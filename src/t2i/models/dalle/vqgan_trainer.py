@@ -14,6 +14,7 @@ import argparse
 import copy
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -34,6 +35,7 @@ class VQGANTrainConfig(VQGANLossWeights):
     perceptual: str = "none"     # none | lpips:/path/to/torchvision-vgg16.pth
     lr: float = 1e-4             # Adam, both phases (taming: 4.5e-6 x batch)
     lr_decay: bool = False       # cosine decay to 10% of --lr at --kimg (taming: constant)
+    warmup_kimg: float = 0.0     # linear lr warm-up over this many kimg first (taming: none)
     mirror: bool = False         # random horizontal flips (off for layouts where left/right matters)
     crop: int = 0                # train on random crops of this side (0 = whole images)
     codebook_init: str = "uniform"  # uniform (taming) | data: codes start on the first batch's encoder outputs
@@ -61,6 +63,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
         "lr": "Adam learning rate of the autoencoder and the discriminator",
         "lr_decay": "cosine-decay the learning rate to 10%% at --kimg (1/0); a fixed budget ends on a "
                     "settled model instead of a noisy one",
+        "warmup_kimg": "raise the learning rate linearly from 0 over this many thousand images first; at a high "
+                       "--lr, Adam's first full-size steps can collapse the encoder onto a few codes for good",
         "mirror": "random horizontal flips (1/0)",
         "codebook_init": "where a new model's codes start: uniform (taming's small uniform values) or data (on "
                          "random encoder outputs of the first batch; keeps a deep encoder from starting on one code)",
@@ -92,7 +96,7 @@ def validate(cfg: VQGANTrainConfig) -> None:
     if cfg.perceptual != "none" and not cfg.perceptual.startswith("lpips:"):
         raise T2IError(f"--perceptual {cfg.perceptual!r}: use 'none' or 'lpips:/path/to/vgg16.pth'")
     for name in ("beta", "codebook_weight", "perceptual_weight", "disc_weight", "disc_start_kimg",
-                 "restart_patience", "crop", "workers"):
+                 "restart_patience", "crop", "workers", "warmup_kimg"):
         if getattr(cfg, name) < 0:
             raise T2IError(f"--{name} {getattr(cfg, name)} must be >= 0")
     if cfg.lr <= 0:
@@ -167,7 +171,7 @@ class VQGANFamily:
         def adam(module):
             return torch.optim.Adam(module.parameters(), lr=self.cfg.lr, betas=(0.5, 0.9))  # taming's betas
 
-        schedule = warmup_cosine(0, self.loop.kimg * 1000, self.loop.batch) if self.cfg.lr_decay else None
+        schedule = lr_schedule(self.cfg, self.loop)
         return [Phase("G_main", self.vqgan, adam(self.vqgan), lr_scale=schedule),
                 Phase("D_main", self.D, adam(self.D), lr_scale=schedule)]
 
@@ -220,6 +224,14 @@ class VQGANFamily:
 
     def meta(self) -> dict:
         return {"family": "vqgan", "config": asdict(self.cfg), "net": self.net.to_dict()}
+
+
+def lr_schedule(cfg: VQGANTrainConfig, loop) -> Callable[[int], float] | None:
+    """Both phases' lr factor by images seen: --warmup_kimg linear warm-up, then constant or, with
+    --lr_decay, cosine decay to 10% at --kimg; None when neither is asked for (taming's constant lr)."""
+    if not cfg.lr_decay and cfg.warmup_kimg <= 0:
+        return None
+    return warmup_cosine(cfg.warmup_kimg * 1000, loop.kimg * 1000, loop.batch, floor=0.1 if cfg.lr_decay else 1.0)
 
 
 def build(cfg: VQGANTrainConfig, loop, d, log, init=None) -> VQGANFamily:
