@@ -1,4 +1,5 @@
-"""`--help` of every command renders (argparse %-formats help strings, so a stray % breaks it)."""
+"""`--help` of every command renders (argparse %-formats help strings, so a stray % breaks it), documents
+every option, and states a default at most once."""
 
 import argparse
 
@@ -18,7 +19,10 @@ def test_every_command_help_renders_and_documents_every_option():
     assert {("train", "dalle"), ("train", "vqgan"), ("train", "bpe"), ("data", "coco"), ("generate",)} <= parsers.keys()
     for path, parser in parsers.items():
         text = parser.format_help()
+        assert "(default: None)" not in text, f"t2i {' '.join(path)} --help shows a default of None"
         for action in parser._actions:
             if action.option_strings and action.help != argparse.SUPPRESS:
                 assert action.help, f"t2i {' '.join(path)} {action.option_strings[0]} has no help"
                 assert action.option_strings[-1] in text
+            if action.help and "(default" in action.help:  # says its default itself: not shown again
+                assert parser._get_formatter()._get_help_string(action) == action.help

@@ -15,6 +15,16 @@ from t2i.errors import T2IError
 GROUPS = ("data", "train", "generate", "eval")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends each option's default to its help, unless there is none to show (None) or the help
+    already says what it is ("(default: the model's)"), which would otherwise read twice."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or "(default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The argument parser; `only` registers just that group (faster start for one command)."""
     import importlib

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from t2i.cli import HelpFormatter
 from t2i.cli.sampling import add_sampling_args, sampling_options
 from t2i.errors import T2IError
 
@@ -15,7 +16,7 @@ def add_parser(sub) -> None:
         "eval", help="evaluate a model (FID, CLIP score, R-precision, shapes accuracy)",
         description="Evaluate a text-to-image model. Results are printed as a table and appended to "
                     "metric-<name>.jsonl in the model's run directory (or --out).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("model", nargs="?", help="run directory or snapshot (default: the embedded model)")
     p.add_argument("--data", help="dataset (t2i format): reals for fid, captions for fid/clip_score/r_precision")
     p.add_argument("--metrics", default="shapes_accuracy",

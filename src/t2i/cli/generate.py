@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from t2i.cli import HelpFormatter
 from t2i.cli.sampling import add_sampling_args, sampling_options
 from t2i.errors import T2IError
 
@@ -17,7 +18,7 @@ def add_parser(sub) -> None:
         "generate", help="generate images from prompts",
         description="Generate images for one prompt (or a file of prompts). With no --model, uses the embedded "
                     "default: a LAFITE model trained by t2i on the shapes domain.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("prompt", nargs="?", help="the text prompt (quote it)")
     p.add_argument("--prompts", metavar="FILE", help="a UTF-8 text file with one prompt per line (instead of PROMPT)")
     p.add_argument("--model", metavar="RUN_OR_SNAPSHOT", help="run directory or snapshot (default: embedded model)")

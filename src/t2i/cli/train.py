@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
+from t2i.cli import HelpFormatter
 from t2i.training.launch import TRAINABLE, add_loop_args
 
 HELP = {
@@ -24,7 +25,7 @@ def add_parser(sub) -> None:
     fam = p.add_subparsers(dest="family", required=True, metavar="FAMILY")
     for name in TRAINABLE:
         fp = fam.add_parser(name, help=HELP[name], description=HELP[name],
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                            formatter_class=HelpFormatter)
         mod = importlib.import_module(TRAINABLE[name])
         mod.add_args(fp)
         add_loop_args(fp, mod)
@@ -32,7 +33,7 @@ def add_parser(sub) -> None:
     from t2i.text import train as bpe
 
     bp = fam.add_parser("bpe", help=HELP["bpe"], description=HELP["bpe"] + ". " + bpe.__doc__.split("\n\n")[1],
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                        formatter_class=HelpFormatter)
     bpe.add_args(bp)
     bp.set_defaults(func=bpe.run, family="bpe")
 
