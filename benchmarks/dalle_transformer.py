@@ -4,6 +4,7 @@ beside lucidrains' `dalle-pytorch` at the same configuration in the same run.
     python benchmarks/dalle_transformer.py                       # cache speed-up + t2i training tokens/s
     python benchmarks/dalle_transformer.py --peer /tmp/peer      # + dalle-pytorch, set up by --setup-peer
     python benchmarks/dalle_transformer.py --setup-peer /tmp/peer   # make that venv (see shared/PEERS.md)
+    python benchmarks/dalle_transformer.py --only attention --precision bf16   # CPU attention path vs SDPA
 
 dalle-pytorch is never a dependency of t2i: it lives in its own virtual environment, and this script
 runs its half of the measurement there as a subprocess. Configuration (PEERS.md): dim 512, depth 2,
@@ -24,6 +25,9 @@ import torch
 
 BENCH = {"dim": 512, "depth": 2, "heads": 8, "text_len": 256, "image_len": 256, "text_vocab": 16384,
          "image_vocab": 8192, "batch": 4}
+# The shapes benchmark's transformer (tiny preset, 64px through the tiny VQGAN, BPE of 512).
+SHAPES = {"dim": 256, "depth": 4, "heads": 4, "text_len": 32, "image_len": 256, "text_vocab": 512,
+          "image_vocab": 64, "batch": 16}
 
 # Runs inside the peer's venv: dalle-pytorch's DALLE at the same shape, timed the same way.
 PEER_SCRIPT = r"""
@@ -100,6 +104,29 @@ def sampling_tokens_per_s(cfg: dict, batch: int) -> dict:
     return out
 
 
+def attention_paths(cfg: dict, steps: int, warmup: int, precision: str, rounds: int = 3) -> dict:
+    """Training tokens/s with the CPU's three-matmul causal attention and with F.scaled_dot_product_attention
+    in its place, alternated `rounds` times so drift in the machine's speed hits both; the best of each."""
+    import torch.nn.functional as F
+
+    import t2i.models.dalle.transformer as tr
+
+    ours = tr.causal_attention
+    paths = {"three matmuls": ours,
+             "sdpa": lambda q, k, v, dropout=0.0: F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                                                 dropout_p=dropout)}
+    best = {}
+    for _ in range(rounds):
+        for name, fn in paths.items():
+            tr.causal_attention = fn
+            try:
+                rate = training_tokens_per_s(cfg, steps, warmup, precision)["tokens_per_s"]
+            finally:
+                tr.causal_attention = ours
+            best[name] = max(best.get(name, 0.0), rate)
+    return best
+
+
 def setup_peer(venv: Path) -> None:
     """Create the dalle-pytorch venv exactly as shared/PEERS.md describes."""
     pip = [str(venv / "bin" / "pip"), "install", "-q"]
@@ -119,7 +146,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads for both")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="t2i's training precision")
     p.add_argument("--sample_batch", type=int, default=1, help="prompts sampled at once for the cache timing")
-    p.add_argument("--only", choices=["sampling", "training"], help="run one half of the benchmark")
+    p.add_argument("--only", choices=["sampling", "training", "attention"],
+                   help="run one part: sampling, training (+ the peer), or attention (the CPU attention path "
+                        "against SDPA, training the shapes benchmark's transformer)")
     p.add_argument("--peer", type=Path, help="venv with dalle-pytorch (made by --setup-peer)")
     p.add_argument("--setup-peer", dest="setup_peer", type=Path, help="create the dalle-pytorch venv here, then exit")
     args = p.parse_args()
@@ -127,6 +156,15 @@ def main() -> None:
         setup_peer(args.setup_peer)
         return
     torch.set_num_threads(args.threads)
+    if args.only == "attention":
+        rates = attention_paths(SHAPES, args.steps, args.warmup, args.precision)
+        per_kimg = {k: 1000 * (SHAPES["text_len"] + SHAPES["image_len"]) / v for k, v in rates.items()}
+        for name, rate in rates.items():
+            print(f"training, attention by {name:<13} ({args.precision}, dim {SHAPES['dim']}, depth {SHAPES['depth']}, "
+                  f"batch {SHAPES['batch']}, {SHAPES['text_len']} + {SHAPES['image_len']} tokens): {rate:.0f} tokens/s, "
+                  f"{per_kimg[name]:.1f} s/kimg")
+        print(f"three matmuls / sdpa: {rates['three matmuls'] / rates['sdpa']:.2f}x")
+        return
     if args.only != "training":
         s = sampling_tokens_per_s(BENCH, args.sample_batch)
         print(f"sampling {BENCH['image_len']} image tokens (dim {BENCH['dim']}, depth {BENCH['depth']}, batch "

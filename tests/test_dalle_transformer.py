@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from t2i.models.dalle.objective import dalle_loss, drop_text, null_text
 from t2i.models.dalle.sampling import filter_logits, generate, guided
-from t2i.models.dalle.transformer import PRESETS, DalleConfig, DalleTransformer
+from t2i.models.dalle.transformer import PRESETS, DalleConfig, DalleTransformer, causal_attention
 
 
 def make(seed=0, **kw) -> DalleTransformer:
@@ -102,6 +102,27 @@ def test_kv_cache_matches_full_forward():
     finite = torch.isfinite(full)
     assert torch.equal(finite, torch.isfinite(stepped))
     assert torch.allclose(full[finite], stepped[finite], atol=1e-5)
+
+
+def test_cpu_causal_attention_matches_sdpa_with_gradients():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 7, 8, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    grad = torch.randn(2, 3, 7, 8, generator=g, dtype=torch.float64)
+    ours = causal_attention(q, k, v)
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert torch.allclose(ours, ref, atol=1e-10)
+    ours_grads = torch.autograd.grad(ours, (q, k, v), grad)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), grad)
+    for a, b in zip(ours_grads, ref_grads):
+        assert torch.allclose(a, b, atol=1e-10)
+    # Token t never sees a later one: changing the last key and value leaves earlier outputs alone.
+    k2, v2 = k.detach().clone(), v.detach().clone()
+    k2[:, :, -1] += 5
+    v2[:, :, -1] -= 5
+    assert torch.equal(causal_attention(q, k2, v2)[:, :, :-1], ours.detach()[:, :, :-1])
+    # Dropout on the attention weights applies only where asked for.
+    torch.manual_seed(0)
+    assert not torch.allclose(causal_attention(q, k, v, dropout=0.5), ours)
 
 
 @pytest.mark.parametrize("scale", [1.0, 3.0])
