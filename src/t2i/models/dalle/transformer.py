@@ -80,11 +80,11 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache_append(cache, k, v, self.max_len)
         past = k.shape[2] - T
+        p = self.dropout if self.training else 0.0
         if past == 0 and x.device.type == "cpu":
-            y = causal_attention(q, k, v, self.dropout if self.training else 0.0)
+            y = causal_attention(q, k, v, p)
         elif past == 0:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                               dropout_p=self.dropout if self.training else 0.0)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
         elif T == 1:  # one new token sees everything before it: no mask
             y = F.scaled_dot_product_attention(q, k, v)
         else:
