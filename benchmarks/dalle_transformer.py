@@ -23,10 +23,11 @@ from pathlib import Path
 
 import torch
 
-BENCH = {"dim": 512, "depth": 2, "heads": 8, "text_len": 256, "image_len": 256, "text_vocab": 16384,
-         "image_vocab": 8192, "batch": 4}
+# "mlp_ratio" 4 is dalle-pytorch's feed-forward width (its ff_mult default).
+BENCH = {"dim": 512, "depth": 2, "heads": 8, "mlp_ratio": 4, "text_len": 256, "image_len": 256,
+         "text_vocab": 16384, "image_vocab": 8192, "batch": 4}
 # The shapes benchmark's transformer (tiny preset, 64px through the tiny VQGAN, BPE of 512).
-SHAPES = {"dim": 256, "depth": 4, "heads": 4, "text_len": 32, "image_len": 256, "text_vocab": 512,
+SHAPES = {"dim": 256, "depth": 4, "heads": 4, "mlp_ratio": 2, "text_len": 32, "image_len": 256, "text_vocab": 512,
           "image_vocab": 64, "batch": 16}
 
 # Runs inside the peer's venv: dalle-pytorch's DALLE at the same shape, timed the same way.
@@ -55,7 +56,7 @@ def t2i_model(cfg: dict):
     from t2i.models.dalle.transformer import DalleConfig, DalleTransformer
 
     torch.manual_seed(0)
-    return DalleTransformer(DalleConfig(dim=cfg["dim"], depth=cfg["depth"], heads=cfg["heads"],
+    return DalleTransformer(DalleConfig(dim=cfg["dim"], depth=cfg["depth"], heads=cfg["heads"], mlp_ratio=cfg["mlp_ratio"],
                                         text_len=cfg["text_len"], text_vocab=cfg["text_vocab"] + cfg["text_len"],
                                         image_len=cfg["image_len"], image_vocab=cfg["image_vocab"]))
 

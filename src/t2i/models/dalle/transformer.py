@@ -55,7 +55,10 @@ class DalleConfig:
 
 PRESETS: dict[str, DalleConfig] = {
     "test": DalleConfig(dim=32, depth=2, heads=2, text_len=32),
-    "tiny": DalleConfig(dim=256, depth=4, heads=4, text_len=32),
+    # The shapes preset. An MLP twice (not 4x) the width: on the 2-core CPU a 50-kimg run trains in 1216 s
+    # instead of 1487 s, and scored 87% seen / 78% held-out (150 prompts, guidance 2, best of 16) against
+    # 88% / 73% (300 prompts) for the 4x MLP on the same VQGAN; 2.4M parameters instead of 3.4M.
+    "tiny": DalleConfig(dim=256, depth=4, heads=4, mlp_ratio=2, text_len=32),
     # dalle-pytorch's benchmark shape: dim 512, depth 2, 8 heads of 64, 256 text + 256 image tokens.
     "bench": DalleConfig(dim=512, depth=2, heads=8, text_len=256, image_len=256),
     # The DALL-E paper's shape (12B parameters; GPU clusters only): 64 layers, width 3968, 62 heads.
