@@ -23,12 +23,16 @@ from pathlib import Path
 
 import torch
 
+from t2i.models.dalle.transformer import PRESETS, DalleConfig, DalleTransformer
+
 # "mlp_ratio" 4 is dalle-pytorch's feed-forward width (its ff_mult default).
 BENCH = {"dim": 512, "depth": 2, "heads": 8, "mlp_ratio": 4, "text_len": 256, "image_len": 256,
          "text_vocab": 16384, "image_vocab": 8192, "batch": 4}
-# The shapes benchmark's transformer (tiny preset, 64px through the tiny VQGAN, BPE of 512).
-SHAPES = {"dim": 256, "depth": 4, "heads": 4, "mlp_ratio": 2, "text_len": 32, "image_len": 256, "text_vocab": 512,
-          "image_vocab": 64, "batch": 16}
+# The shapes benchmark's transformer: the tiny preset's shape (read from it, so the two cannot drift apart),
+# 64px through the tiny VQGAN, BPE of 512.
+_TINY = PRESETS["tiny"]
+SHAPES = {"dim": _TINY.dim, "depth": _TINY.depth, "heads": _TINY.heads, "mlp_ratio": _TINY.mlp_ratio,
+          "text_len": _TINY.text_len, "image_len": 256, "text_vocab": 512, "image_vocab": 64, "batch": 16}
 
 # Runs inside the peer's venv: dalle-pytorch's DALLE at the same shape, timed the same way.
 PEER_SCRIPT = r"""
@@ -53,11 +57,10 @@ print(json.dumps({"tokens_per_s": c["steps"] * c["batch"] * (c["text_len"] + c["
 
 
 def t2i_model(cfg: dict):
-    from t2i.models.dalle.transformer import DalleConfig, DalleTransformer
-
     torch.manual_seed(0)
-    return DalleTransformer(DalleConfig(dim=cfg["dim"], depth=cfg["depth"], heads=cfg["heads"], mlp_ratio=cfg["mlp_ratio"],
-                                        text_len=cfg["text_len"], text_vocab=cfg["text_vocab"] + cfg["text_len"],
+    return DalleTransformer(DalleConfig(dim=cfg["dim"], depth=cfg["depth"], heads=cfg["heads"],
+                                        mlp_ratio=cfg["mlp_ratio"], text_len=cfg["text_len"],
+                                        text_vocab=cfg["text_vocab"] + cfg["text_len"],
                                         image_len=cfg["image_len"], image_vocab=cfg["image_vocab"]))
 
 
