@@ -12,7 +12,7 @@ from conftest import cli
 from t2i.cli import build_parser
 from t2i.data.coco import NO_CAPTIONS, UNKNOWN_IMAGE
 from t2i.data.dataset import ImageTextDataset
-from t2i.data.pack import CORRUPT, MISSING_IMAGE
+from t2i.data.pack import CORRUPT, MISSING_IMAGE, TOO_SMALL
 
 COLOURS = {9: (220, 40, 40), 25: (40, 200, 60), 34: (30, 60, 210)}
 
@@ -91,6 +91,20 @@ def test_coco_2017_layout_into_a_zip_with_a_subset(tmp_path):
     assert ds.records[0]["attributes"]["source"] in (name(25), name(9))
     report = json.loads((tmp_path / "val.zip.report.json").read_text())
     assert report["kept"] == 1 and report["subset"] == 1 and report["seed"] == 3
+
+
+def test_coco_min_size_skips_small_images_and_defaults_to_keeping_all(tmp_path):
+    images, captions, name = _coco(tmp_path / "coco")
+    cli("data", "coco", "--images", images, "--captions", captions, tmp_path / "all", "--width", 32, "--height", 24,
+        "--workers", 1)
+    report = json.loads((tmp_path / "all" / "report.json").read_text())
+    assert report["kept"] == 2 and report["min_size"] == 0 and TOO_SMALL not in report["skipped_by_reason"]
+    cli("data", "coco", "--images", images, "--captions", captions, tmp_path / "big", "--width", 32, "--height", 24,
+        "--workers", 1, "--min_size", 45)
+    assert [r["attributes"]["coco_id"] for r in ImageTextDataset(tmp_path / "big").records] == [9]  # 64x48
+    report = json.loads((tmp_path / "big" / "report.json").read_text())
+    assert report["min_size"] == 45 and report["skipped_by_reason"][TOO_SMALL] == 1
+    assert {"file": name(25), "reason": TOO_SMALL, "detail": "40x60 < 45"} in report["skipped_files"]
 
 
 def test_coco_strict_stops_at_the_first_skip(tmp_path, cli_error):

@@ -14,7 +14,7 @@ from t2i.cli import data as cli_data
 from t2i.data import cub as cub_module
 from t2i.data.cub import NO_BOX, NOT_LISTED, attngan_box, read_name_list
 from t2i.data.dataset import ImageTextDataset
-from t2i.data.pack import CORRUPT, MISSING_IMAGE, NO_CAPTION, load_image
+from t2i.data.pack import CORRUPT, MISSING_IMAGE, NO_CAPTION, TOO_SMALL, load_image
 from t2i.data.transforms import center_crop
 from t2i.errors import T2IError
 
@@ -134,6 +134,16 @@ def test_cub_test_split_and_text_c10_into_a_zip(tmp_path):
     assert len(ds) == 1 and ds[0]["image"].shape == (3, 8, 16)
     assert ds.records[0]["attributes"] == {"class_id": 2, "class": "Laysan_Albatross", "source": IMAGES[3][0]}
     assert json.loads((tmp_path / "test.zip.report.json").read_text())["skipped_files"] == []
+
+
+def test_cub_min_size_counts_the_crop_not_the_photo(tmp_path, birds):
+    """Bird 1's 100x80 photo is big, its 30x30 crop is not; bird 2's clipped crop is 52x44."""
+    cli("data", "cub", birds, tmp_path / "out", "--split", "train", "--width", 30, "--height", 30, "--workers", 1,
+        "--min_size", 40)
+    assert [r["attributes"]["source"] for r in ImageTextDataset(tmp_path / "out").records] == [IMAGES[2][0]]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["min_size"] == 40 and report["skipped_by_reason"][TOO_SMALL] == 1
+    assert {"file": IMAGES[1][0], "reason": TOO_SMALL, "detail": "30x30 < 40"} in report["skipped_files"]
 
 
 def test_crop_matches_attngan_get_imgs(tmp_path):

@@ -20,6 +20,7 @@ from t2i.data.pack import (
     NO_IMAGE,
     NOT_UTF8,
     SHARED_CAPTION,
+    TOO_SMALL,
     WRONG_SIZE,
     pack,
 )
@@ -262,3 +263,98 @@ def test_reduced_jpeg_decoding_matches_full_decoding(tmp_path, transform):
     full = np.asarray(crop(Image.open(tmp_path / "big.jpg").convert("RGB"), 64, 48)).astype(int)
     assert fast.shape == full.shape == (48, 64, 3)
     assert np.abs(fast - full)[..., :2].mean() < 2  # the smooth channels agree to within 2 levels
+
+
+def _sized_source(root, sizes: dict[str, tuple[int, int]]):
+    """root/NAME.png of each size, with NAME.txt beside it."""
+    root.mkdir()
+    for i, (name, size) in enumerate(sizes.items()):
+        Image.new("RGB", size, (40 * i, 100, 200)).save(root / f"{name}.png")
+        (root / f"{name}.txt").write_text(f"a {size[0]}x{size[1]} picture\n")
+    return root
+
+
+def test_min_size_skips_tiny_images_instead_of_upscaling_them(tmp_path, capsys):
+    src = _sized_source(tmp_path / "src", {"dot": (1, 1), "photo": (100, 100)})
+    before = _snapshot(src)
+    size = ["--width", "64", "--height", "64", "--transform", "center-crop"]
+    assert main(["data", "pack", str(src), str(tmp_path / "out"), *size]) == 0
+    err = capsys.readouterr().err
+    assert "skipped dot.png: smaller than --min_size (1x1 < 32)" in err
+    assert "kept 1 images" in err and "skipped 1 (1 smaller than --min_size)" in err
+    assert [r["attributes"]["source"] for r in ImageTextDataset(tmp_path / "out").records] == ["photo.png"]
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert saved["min_size"] == 32 and saved["kept"] == 1 and saved["skipped_by_reason"] == {TOO_SMALL: 1}
+    assert saved["skipped_files"] == [{"file": "dot.png", "reason": TOO_SMALL, "detail": "1x1 < 32"}]
+
+    assert main(["data", "pack", str(src), str(tmp_path / "all"), *size, "--min_size", "0"]) == 0
+    assert len(ImageTextDataset(tmp_path / "all")) == 2
+    saved = json.loads((tmp_path / "all" / "report.json").read_text())
+    assert saved["min_size"] == 0 and saved["skipped_files"] == []
+    assert _snapshot(src) == before
+
+
+@pytest.mark.parametrize("width, height, kept, skipped", [
+    (256, 256, ["s128", "w300x128"], {"s127": "127x127 < 128", "w300x127": "300x127 < 128"}),
+    (256, 128, ["s127", "s128", "w300x127", "w300x128"], {}),  # half of the shorter side: 64
+])
+def test_default_min_size_is_half_the_shorter_target_side(tmp_path, width, height, kept, skipped):
+    src = _sized_source(tmp_path / "src", {"s127": (127, 127), "s128": (128, 128), "w300x127": (300, 127),
+                                           "w300x128": (300, 128)})
+    report = pack(src, tmp_path / "out", width, height, "center-crop-wide", progress=False)
+    assert report.min_size == min(width, height) // 2
+    assert [r["attributes"]["source"] for r in ImageTextDataset(tmp_path / "out").records] == [
+        f"{name}.png" for name in kept]
+    assert {s.file: s.detail for s in report.skipped} == {f"{name}.png": d for name, d in skipped.items()}
+
+
+def test_min_size_counts_the_stored_size_not_the_reduced_jpeg_decode(tmp_path):
+    """A 400x300 JPEG packed at 32x32 decodes at 1/8 scale; --min_size 300 must still see 300, not 38."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.jpg").write_bytes(_jpeg(0, (400, 304)))
+    (src / "big.txt").write_text("a big photo")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: the shorter side is the same, shown as the width
+    Image.open(io.BytesIO(_jpeg(1, (296, 400)))).save(src / "turned.jpg", exif=exif, quality=90)
+    (src / "turned.txt").write_text("a rotated photo")
+    report = pack(src, tmp_path / "out", 32, 32, "center-crop", min_size=300, progress=False)
+    assert report.kept == 1 and [(s.file, s.detail) for s in report.skipped] == [("turned.jpg", "400x296 < 300")]
+
+
+def test_too_small_under_strict_and_when_nothing_else_is_left(tmp_path):
+    src = _sized_source(tmp_path / "src", {"dot": (1, 1), "photo": (100, 100)})
+    with pytest.raises(T2IError, match=r"dot.png: smaller than --min_size \(1x1 < 32\).*drop --strict"):
+        pack(src, tmp_path / "out", 64, 64, "center-crop", strict=True, progress=False)
+    assert not (tmp_path / "out").exists()
+    assert pack(src, tmp_path / "out", 64, 64, "center-crop", strict=True, min_size=0, progress=False).kept == 2
+    with pytest.raises(T2IError, match=r"no usable image and caption pairs in .*src \(2 files skipped\); 2 smaller "
+                                       r"than --min_size 128 \(lower it, or 0 keeps every size\)$"):
+        pack(src, tmp_path / "none", 256, 256, "center-crop", progress=False)
+    (src / "photo.png").unlink()  # photo.txt is left without its image
+    with pytest.raises(T2IError, match=r"\(2 files skipped\); 1 smaller than --min_size 32 \(lower it, or 0 keeps "
+                                       r"every size\); each image needs a NAME.txt"):
+        pack(src, tmp_path / "none", 64, 64, "center-crop", progress=False)
+
+
+def test_min_size_with_transform_none_and_bad_values(tmp_path):
+    src = _sized_source(tmp_path / "src", {"dot": (1, 1), "exact": (48, 32)})
+    report = pack(src, tmp_path / "out", 48, 32, "none", progress=False)  # exact size is the stricter rule
+    assert report.kept == 1 and report.counts() == {WRONG_SIZE: 1} and report.min_size == 16
+    assert pack(src, tmp_path / "out32", 48, 32, "none", min_size=32, progress=False).kept == 1
+    with pytest.raises(T2IError, match="--min_size 33 with --transform none would skip every image: they must "
+                                       "be exactly 48x32 already; lower --min_size to 32"):
+        pack(src, tmp_path / "x", 48, 32, "none", min_size=33, progress=False)
+    with pytest.raises(T2IError, match="--min_size -1 must be at least 0"):
+        pack(src, tmp_path / "x", 48, 32, "center-crop", min_size=-1, progress=False)
+    assert not (tmp_path / "x").exists()
+
+
+def test_pack_and_laion_keep_their_own_min_size():
+    from t2i.cli import build_parser
+
+    parser = build_parser("data")
+    pack_args = parser.parse_args(["data", "pack", "s", "d", "--width", "8", "--height", "8", "--transform", "none"])
+    assert pack_args.min_size is None  # resolved to half the target side by pack()
+    assert parser.parse_args(["data", "laion", "m.parquet", "d"]).min_size == 0
+    assert parser.parse_args(["data", "coco", "d", "--images", "i", "--captions", "c"]).min_size == 0

@@ -15,7 +15,8 @@ from t2i.errors import T2IError
 PACK_TRANSFORMS = ("center-crop", "center-crop-wide", "none")
 SHAPES_SPLITS = ("train", "test-seen", "test-heldout")
 CUB_SPLITS = ("train", "test")
-IMPORT_DEFAULTS = {"--width": 256, "--height": 256, "--transform": "center-crop"}  # coco and cub
+# coco and cub; --min_size 0 there keeps every image of the split that papers report on.
+IMPORT_DEFAULTS = {"--width": 256, "--height": 256, "--transform": "center-crop", "--min_size": 0}
 LAFITE_IDENTITY = "lafite-zip:ViT-B/32"  # t2i.data.lafite_zip.DEFAULT_IDENTITY (checked by its tests)
 LAION_RESIZE_MODES = ("center_crop", "border")  # t2i.data.laion.RESIZE_MODES (checked by its tests)
 
@@ -37,7 +38,7 @@ def _import_options(args: argparse.Namespace) -> dict:
     """The keyword arguments every importer (pack, coco, cub) takes from the shared options."""
     return {"width": args.width, "height": args.height, "transform": args.transform, "strict": args.strict,
             "subset": args.subset, "seed": args.seed, "overwrite": args.overwrite, "workers": args.workers,
-            "png_level": args.png_level}
+            "png_level": args.png_level, "min_size": args.min_size}
 
 
 def _print_report(report, dest: str) -> None:
@@ -86,7 +87,7 @@ def _add_shapes(sub) -> None:
 
 def _add_import_options(p, defaults: dict | None) -> None:
     """Size, transform, skipping and parallelism options shared by pack, coco and cub; with defaults
-    None, --width, --height and --transform are required."""
+    None, --width, --height and --transform are required and --min_size is half the smaller side."""
     def sized(option: str, help: str, **kw) -> None:
         if defaults is None:
             p.add_argument(option, required=True, help=help, **kw)
@@ -97,6 +98,11 @@ def _add_import_options(p, defaults: dict | None) -> None:
     sized("--height", "image height in pixels", type=int)
     sized("--transform", "center-crop: largest centred box, resized; center-crop-wide: fit the width, crop "
           "or pad the height; none: images must already be WIDTH x HEIGHT", choices=PACK_TRANSFORMS)
+    min_size = "half the smaller of WIDTH and HEIGHT" if defaults is None else defaults["--min_size"]
+    p.add_argument("--min_size", type=int, default=None if defaults is None else defaults["--min_size"],
+                   metavar="PIXELS", help="skip images whose smaller side (cub: of the bounding-box crop) is below "
+                   "PIXELS rather than upscale them; 0 keeps every size; --transform none checks the exact size "
+                   f"instead (default: {min_size})")
     p.add_argument("--strict", action="store_true",
                    help="fail on the first unusable file instead of skipping it")
     p.add_argument("--subset", type=int, default=None, help="keep a seeded random subset of N images")

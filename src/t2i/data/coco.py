@@ -25,7 +25,7 @@ from t2i.data.pack import (
 )
 from t2i.errors import T2IError
 
-# Skip reasons beyond pack's (MISSING_IMAGE, CORRUPT).
+# Skip reasons beyond pack's (MISSING_IMAGE, CORRUPT, TOO_SMALL).
 NO_CAPTIONS = "image with no caption"
 UNKNOWN_IMAGE = "caption for an unknown image id"
 
@@ -113,8 +113,10 @@ def coco(
     workers: int | None = None,
     progress: bool = True,
     png_level: int = PNG_COMPRESS_LEVEL,
+    min_size: int = 0,
 ) -> PackReport:
-    """Import COCO images (a train2014/ or val2017/ folder) with their captions JSON into DEST."""
+    """Import COCO images (a train2014/ or val2017/ folder) with their captions JSON into DEST; images
+    whose shorter side is below min_size are skipped (0, the default, keeps the whole split)."""
     images, captions, dest = Path(images), Path(captions), Path(dest)
     if not images.is_dir():
         raise T2IError(f"--images {images} does not exist (or is not a folder); pass the folder holding "
@@ -122,9 +124,9 @@ def coco(
     if not captions.is_file():
         raise T2IError(f"--captions {captions} does not exist; {_FIX}")
     check_dest(dest, images, captions)
-    check_size(width, height, transform, png_level)
+    check_size(width, height, transform, png_level, min_size)
     report = PackReport(str(images), str(dest), width, height, transform, subset, seed,
-                        inputs={"captions": str(captions)}, png_level=png_level)
+                        inputs={"captions": str(captions)}, png_level=png_level, min_size=min_size)
     candidates, report.skipped = scan_coco(images, captions)
     hint = f"check that --images {images} is the folder holding the file_name entries of {captions}"
     return write_dataset(images, candidates, report, hint, strict=strict, overwrite=overwrite,

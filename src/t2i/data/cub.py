@@ -41,7 +41,8 @@ LAYOUT = ("ROOT/CUB_200_2011/images/<class>/<img>.jpg, ROOT/CUB_200_2011/images.
           "ROOT/train|test/filenames.pickle, as in AttnGAN's data/birds")
 BOX_MARGIN = 0.75  # AttnGAN get_imgs: half-side r = int(0.75 * max(w, h)) around the box centre
 
-# Skip reasons beyond pack's (MISSING_IMAGE, NO_CAPTION, EMPTY_CAPTION, NOT_UTF8, CORRUPT, BOX_OUTSIDE).
+# Skip reasons beyond pack's (MISSING_IMAGE, NO_CAPTION, EMPTY_CAPTION, NOT_UTF8, CORRUPT, BOX_OUTSIDE,
+# TOO_SMALL).
 NOT_LISTED = "image not in images.txt"
 NO_BOX = "image without bounding box"
 
@@ -205,8 +206,10 @@ def cub(
     workers: int | None = None,
     progress: bool = True,
     png_level: int = PNG_COMPRESS_LEVEL,
+    min_size: int = 0,
 ) -> PackReport:
-    """Import the train or test split of CUB-200-2011 (AttnGAN layout under ROOT) into DEST."""
+    """Import the train or test split of CUB-200-2011 (AttnGAN layout under ROOT) into DEST; birds whose
+    crop (clipped to the image) has a shorter side below min_size are skipped (0, the default, keeps all)."""
     root, dest = Path(root), Path(dest)
     if split not in SPLITS:
         raise T2IError(f"--split {split!r} is not one of {', '.join(SPLITS)}")
@@ -214,9 +217,9 @@ def cub(
         raise T2IError(f"CUB root {root} does not exist (or is not a folder); pass the folder holding "
                        f"CUB_200_2011/, text/, train/ and test/ (the layout is {LAYOUT})")
     check_dest(dest, root)
-    check_size(width, height, transform, png_level)
+    check_size(width, height, transform, png_level, min_size)
     report = PackReport(str(root), str(dest), width, height, transform, subset, seed, inputs={"split": split},
-                        png_level=png_level)
+                        png_level=png_level, min_size=min_size)
     candidates, report.skipped = scan_cub(root, split)
     hint = (f"every name in {root / split / 'filenames.pickle'} needs its image in images.txt and "
             "bounding_boxes.txt, and a caption file text/<name>.txt")

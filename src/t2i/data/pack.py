@@ -2,8 +2,9 @@
 
 SOURCE holds `name.png|jpg|jpeg|webp` beside `name.txt` (one caption per line), in any sub-folder;
 with `--no_captions` it holds images only and becomes an image-only dataset (language-free data).
-Unusable files are skipped with a reason (or, with strict, stop the import); decoding, cropping and
-PNG encoding run in a process pool; nothing in SOURCE is ever written.
+Unusable files are skipped with a reason (or, with strict, stop the import), among them images too small
+to scale up to the target (`--min_size`); decoding, cropping and PNG encoding run in a process pool;
+nothing in SOURCE is ever written.
 
 The back half, `write_dataset` (candidates -> skip report -> order-preserving pool -> DatasetWriter),
 is shared by every importer: pack scans a folder, `t2i.data.coco` and `t2i.data.cub` read the
@@ -43,6 +44,7 @@ CORRUPT = "corrupt or truncated image"
 WRONG_SIZE = "wrong size for --transform none"
 MISSING_IMAGE = "image listed but missing on disk"  # coco, cub: annotations name a file that is absent
 BOX_OUTSIDE = "crop box outside the image"  # cub: a bounding box that misses the image
+TOO_SMALL = "smaller than --min_size"  # the region scaled to the target has a shorter side below min_size
 
 
 class Unusable(ValueError):
@@ -84,6 +86,7 @@ class PackReport:
     inputs: dict[str, str] = field(default_factory=dict)  # beyond source: COCO captions file, CUB split
     png_level: int = PNG_COMPRESS_LEVEL  # zlib level of the written PNGs
     image_only: bool = False  # images without captions (`t2i data pack --no_captions`)
+    min_size: int = 0  # regions whose shorter side is below this were skipped (TOO_SMALL); 0 keeps all
 
     def counts(self) -> dict[str, int]:
         """Number of skipped files per reason."""
@@ -180,12 +183,14 @@ def _crop_box(im: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
 
 
 def load_image(path: Path | bytes, width: int, height: int, transform: str,
-               box: tuple[int, int, int, int] | None = None) -> Image.Image:
+               box: tuple[int, int, int, int] | None = None, min_size: int = 0) -> Image.Image:
     """Decode (verify, then fully load), crop to box, orient and transform one image (a file, or its
     bytes) to width x height RGB.
 
     box is (left, top, right, bottom) in stored pixels (before EXIF orientation, as AttnGAN reads CUB
-    boxes), clipped to the image. Raises Unusable(reason, detail) for an unusable image.
+    boxes), clipped to the image. The region that gets scaled (the clipped box, else the whole image)
+    must have a shorter side of at least min_size pixels; transform "none" checks the exact size instead.
+    Raises Unusable(reason, detail) for an unusable image.
     """
     def open_image():
         return Image.open(io.BytesIO(path) if isinstance(path, bytes) else path)
@@ -194,6 +199,7 @@ def load_image(path: Path | bytes, width: int, height: int, transform: str,
         with open_image() as im:
             im.verify()  # structural checks (PNG chunk CRCs etc.) without decoding
         with open_image() as im:
+            stored = im.size  # before draft() decodes a JPEG smaller
             orientation = im.getexif().get(EXIF_ORIENTATION, 1)
             rotated = orientation in (5, 6, 7, 8)  # EXIF: stored sideways, shown rotated 90 degrees
             if transform != "none" and box is None:
@@ -211,6 +217,11 @@ def load_image(path: Path | bytes, width: int, height: int, transform: str,
         # PIL names an in-memory file by its address; without it, equal failures read the same in a report.
         detail = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "the image bytes", str(e))
         raise Unusable(CORRUPT, f"{type(e).__name__}: {detail}") from None
+    # The region the transform scales, as shown; without a box, its stored size (draft() may have decoded
+    # it smaller, though never below the target). Rotation swaps the sides, not the shorter one.
+    w, h = image.size if box is not None else (stored[::-1] if rotated else stored)
+    if transform != "none" and min(w, h) < min_size:
+        raise Unusable(TOO_SMALL, f"{w}x{h} < {min_size}")
     if transform == "center-crop":
         return center_crop(image, width, height)
     if transform == "center-crop-wide":
@@ -221,11 +232,11 @@ def load_image(path: Path | bytes, width: int, height: int, transform: str,
 
 
 def _encode_task(task: tuple) -> tuple[bytes | None, str, str]:
-    """Pool worker: (path, width, height, transform, box, png_level) to (PNG bytes, "", "") or
+    """Pool worker: (path, width, height, transform, box, min_size, png_level) to (PNG bytes, "", "") or
     (None, reason, detail)."""
-    path, width, height, transform, box, png_level = task
+    path, width, height, transform, box, min_size, png_level = task
     try:
-        return encode_png(load_image(Path(path), width, height, transform, box), png_level), "", ""
+        return encode_png(load_image(Path(path), width, height, transform, box, min_size), png_level), "", ""
     except Unusable as e:
         return None, e.args[0], e.args[1]
 
@@ -253,23 +264,37 @@ def check_dest(dest: Path, *sources: Path) -> None:
                            "the source, choose a destination outside it")
 
 
-def check_size(width: int, height: int, transform: str, png_level: int = PNG_COMPRESS_LEVEL) -> None:
-    """Reject non-positive sizes, unknown transforms and PNG levels outside zlib's 0-9."""
+def default_min_size(width: int, height: int) -> int:
+    """`t2i data pack`'s default --min_size: half the target's shorter side."""
+    return min(width, height) // 2
+
+
+def check_size(width: int, height: int, transform: str, png_level: int = PNG_COMPRESS_LEVEL,
+               min_size: int = 0) -> None:
+    """Reject non-positive sizes, unknown transforms, PNG levels outside zlib's 0-9, a negative min_size,
+    and a min_size that --transform none (images exactly width x height) would skip every image for."""
     if width < 1 or height < 1:
         raise T2IError(f"--width {width} --height {height}: both must be positive")
     if not 0 <= png_level <= 9:
         raise T2IError(f"--png_level {png_level} must be in 0-9 (0: stored, fastest to write; 9: smallest)")
     if transform not in TRANSFORMS:
         raise T2IError(f"unknown transform {transform!r}; choose one of {', '.join(TRANSFORMS)}")
+    if min_size < 0:
+        raise T2IError(f"--min_size {min_size} must be at least 0 (0 keeps images of any size)")
+    if transform == "none" and min_size > min(width, height):
+        raise T2IError(f"--min_size {min_size} with --transform none would skip every image: they must be "
+                       f"exactly {width}x{height} already; lower --min_size to {min(width, height)} or less, "
+                       "or choose a cropping transform")
 
 
-def _check_paths(source: Path, dest: Path, width: int, height: int, transform: str, png_level: int) -> None:
+def _check_paths(source: Path, dest: Path, width: int, height: int, transform: str, png_level: int,
+                 min_size: int) -> None:
     """Reject a missing source, a dest inside the source, and bad sizes or transforms."""
     if not source.is_dir():
         raise T2IError(f"source folder {source} does not exist (or is not a folder); pass a folder of "
                        "images with .txt caption files")
     check_dest(dest, source)
-    check_size(width, height, transform, png_level)
+    check_size(width, height, transform, png_level, min_size)
 
 
 def _choose_subset(candidates: list[Candidate], subset: int | None, seed: int) -> list[Candidate]:
@@ -302,7 +327,8 @@ def write_dataset(
     if strict and report.skipped:
         raise _strict_error(report.skipped[0])
     candidates = _choose_subset(candidates, report.subset, report.seed)
-    tasks = [(str(root / c.file), width, height, transform, c.box, report.png_level) for c in candidates]
+    tasks = [(str(root / c.file), width, height, transform, c.box, report.min_size, report.png_level)
+             for c in candidates]
     workers = workers or default_workers()
     with DatasetWriter(dest, dest.stem, (width, height), overwrite=overwrite,
                        image_only=report.image_only) as writer:
@@ -326,6 +352,10 @@ def write_dataset(
         report.kept = len(writer.records)
         if report.kept == 0:
             what = "images" if report.image_only else "image and caption pairs"
+            small = report.counts().get(TOO_SMALL, 0)
+            if small:
+                too_small = f"{small} smaller than --min_size {report.min_size} (lower it, or 0 keeps every size)"
+                hint = too_small if small == len(report.skipped) else f"{too_small}; {hint}"
             raise T2IError(f"no usable {what} in {report.source} ({len(report.skipped)} files skipped); {hint}")
     write_json_atomic(report_path(dest), report.to_dict())
     return report
@@ -345,13 +375,16 @@ def pack(
     progress: bool = True,
     png_level: int = PNG_COMPRESS_LEVEL,
     captions: bool = True,
+    min_size: int | None = None,
 ) -> PackReport:
     """Import SOURCE into a canonical dataset at DEST (folder or .zip); returns the report. With captions
-    False the dataset is image-only: every image, no caption files read."""
+    False the dataset is image-only: every image, no caption files read. Images whose shorter side is
+    below min_size (None: half the target's shorter side; 0: keep all) are skipped, not upscaled."""
     source, dest = Path(source), Path(dest)
-    _check_paths(source, dest, width, height, transform, png_level)
+    min_size = default_min_size(width, height) if min_size is None else min_size
+    _check_paths(source, dest, width, height, transform, png_level, min_size)
     report = PackReport(str(source), str(dest), width, height, transform, subset, seed, png_level=png_level,
-                        image_only=not captions)
+                        image_only=not captions, min_size=min_size)
     candidates, report.skipped = scan_source(source, captions)
     hint = ("SOURCE needs .png/.jpg/.jpeg/.webp images" if not captions else
             "each image needs a NAME.txt beside it with one caption per line (or pass --no_captions for an "
