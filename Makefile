@@ -29,9 +29,11 @@ $(IMG2DATASET_STAMP):
 
 img2dataset: $(IMG2DATASET_STAMP)
 
+DEMO_OUT ?= demo.png
+
+# `t2i generate` says what it wrote; nothing more to echo.
 demo: $(STAMP)
-	$(VENV)/bin/t2i generate "a large red circle above a small blue square" --n 8 --seed 0 --out demo.png
-	@echo "wrote demo.png"
+	$(VENV)/bin/t2i generate "a large red circle above a small blue square" --n 8 --seed 0 --out $(DEMO_OUT)
 
 test: $(STAMP) $(IMG2DATASET_STAMP)
 	$(VENV)/bin/python -m pytest -q

@@ -101,3 +101,15 @@ def test_fid_on_shapes_uses_the_oracle_features(lafite_run, shapes16, copy_run):
     assert line["results"]["extractor"].startswith("shapes-oracle:")
     assert math.isfinite(line["results"]["fid"]) and line["results"]["fid"] > 0
     assert line["results"]["n_fake"] == 16 and line["results"]["n_real"] == 64
+
+
+def test_training_evaluates_pipeline_metrics_at_every_snapshot(tmp_path, shapes16, clip_run):
+    """A text-to-image run's --metrics go through the same evaluation as `t2i eval` (t2i.evaluate)."""
+    from conftest import cli
+
+    cli("train", "lafite", "--data", shapes16, "--clip", clip_run, "--preset", "test", "--kimg", 0.016,
+        "--metrics", "clip_score", "--outdir", tmp_path / "runs")
+    (run,) = (tmp_path / "runs").glob("*-lafite-test")
+    (line,) = metric_lines(run, "clip_score")
+    assert line["snapshot"] == "snapshot-000016" and line["results"]["n"] == 1000
+    assert 0 <= line["results"]["clip_score"] <= 100 and line["results"]["clip"].startswith("t2i-clip:")

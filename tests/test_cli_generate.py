@@ -89,9 +89,128 @@ def test_bad_prompt_files_are_clean_errors(tmp_path, lafite_run, cli_error):
     assert "no prompt given" in cli_error("generate", "--model", lafite_run)
 
 
-@pytest.mark.parametrize("n", [0, -1, 2000])
+@pytest.mark.parametrize("n", [0, -1, 1_000_001])
 def test_bad_image_counts_are_clean_errors(lafite_run, cli_error, n):
     assert f"--n {n}" in cli_error("generate", PROMPT, "--n", n, "--model", lafite_run)
+
+
+def test_too_large_grids_and_batches_are_clean_errors(tmp_path, lafite_run, cli_error):
+    err = cli_error("generate", PROMPT, "--n", 5000, "--model", lafite_run)
+    assert "5000 images are too many for one grid" in err and "--outdir" in err
+    err = cli_error("generate", PROMPT, "--n", 5000, "--outdir", tmp_path / "d", "--out", tmp_path / "g.png",
+                    "--model", lafite_run)
+    assert "drop --out" in err
+    assert "--batch 0" in cli_error("generate", PROMPT, "--batch", 0, "--model", lafite_run)
+    assert not (tmp_path / "d").exists() or not any((tmp_path / "d").iterdir())
+
+
+def test_batch_size_does_not_change_the_images(tmp_path, lafite_run):
+    """Image k of a prompt uses seed + k whatever batch it is made in: --batch 3 and 8 give the same files."""
+    (tmp_path / "prompts.txt").write_text(f"{PROMPT}\na small green star on the left\n", encoding="utf-8")
+    grids = []
+    for batch in (3, 8):
+        grids.append(generate(tmp_path, lafite_run, "--prompts", tmp_path / "prompts.txt", "--n", 5, "--seed", 7,
+                              "--batch", batch, "--outdir", tmp_path / f"b{batch}", name=f"b{batch}.png"))
+    assert np.array_equal(*grids)
+    files = sorted(p.name for p in (tmp_path / "b3").iterdir())
+    assert files == sorted(p.name for p in (tmp_path / "b8").iterdir()) and len(files) == 10
+    assert all((tmp_path / "b3" / f).read_bytes() == (tmp_path / "b8" / f).read_bytes() for f in files)
+    assert files[:5] == ["0000-seed07.png", "0000-seed08.png", "0000-seed09.png", "0000-seed10.png",
+                         "0000-seed11.png"]  # seeds padded to one width: files sort in generation order
+
+
+class FakePipeline:
+    """A pipeline that paints each image with its seed and prompt (8px), counting calls and keeping weak
+    references to every batch it returned, to tell which are still alive."""
+
+    family, options, resolution, meta = "fake", {}, 8, {}
+
+    def __init__(self):
+        self.calls, self.alive_at_call = [], []
+        self.returned = []
+
+    def __call__(self, prompts, seeds, batch=64):
+        import weakref
+
+        import torch
+
+        self.alive_at_call.append(sum(ref() is not None for ref in self.returned))
+        self.calls.append(len(prompts))
+        images = torch.stack([torch.full((3, 8, 8), seed % 256, dtype=torch.uint8) for seed in seeds])
+        images[:, 0] = torch.tensor([len(p) for p in prompts], dtype=torch.uint8)[:, None, None]
+        self.returned.append(weakref.ref(images))
+        return images
+
+
+@pytest.fixture
+def fake_pipeline(monkeypatch):
+    pipe = FakePipeline()
+    monkeypatch.setattr(t2i.models, "load_pipeline", lambda *a, **k: pipe)
+    return pipe
+
+
+def test_outdir_streams_many_images_in_constant_memory(tmp_path, fake_pipeline, capsys):
+    """2000 images with --outdir: one pipeline call per --batch images, each batch written and released
+    before the next is made (at most the one being written is alive), and no grid unless asked."""
+    assert main(["generate", PROMPT, "--n", "2000", "--batch", "64", "--outdir", str(tmp_path / "d")]) == 0
+    assert fake_pipeline.calls == [64] * 31 + [16]
+    assert max(fake_pipeline.alive_at_call) <= 1
+    files = sorted((tmp_path / "d").iterdir())
+    assert len(files) == 2000 and files[0].name == "0000-seed0000.png" and files[-1].name == "0000-seed1999.png"
+    assert [int(f.stem.split("seed")[1]) for f in files] == list(range(2000))  # name order = generation order
+    assert read_png(files[1234])[0, 0, 1] == 1234 % 256
+    assert not (tmp_path / "out.png").exists()                # over 256 images: the grid only when asked
+    captured = capsys.readouterr()
+    assert captured.out.strip() == (f"wrote 2000 images into {tmp_path / 'd'}/ (1 prompt(s) x 2000 images, 8px); "
+                                    "no grid for over 256 images unless --out asks for one")
+    assert "generating: 100%" in captured.err and "2000/2000" in captured.err  # the progress bar, on stderr
+
+
+def test_grid_is_written_when_asked_or_small(tmp_path, fake_pipeline):
+    assert main(["generate", PROMPT, "--n", "300", "--outdir", str(tmp_path / "d"), "--out", str(tmp_path / "g.png"),
+                 "--batch", "100"]) == 0
+    grid = read_png(tmp_path / "g.png")
+    assert grid.shape == (8, 300 * 8, 3) and len(list((tmp_path / "d").iterdir())) == 300
+    assert np.array_equal(grid[:, 8 * 299:], read_png(tmp_path / "d" / "0000-seed299.png"))
+    assert main(["generate", PROMPT, "--n", "256", "--outdir", str(tmp_path / "e")]) == 0
+    assert read_png(tmp_path / "out.png").shape == (8, 256 * 8, 3)  # small: out.png as before
+
+
+def test_unknown_words_warning(tmp_path, lafite_run, shapes16, copy_run, capsys):
+    """One stderr line naming the prompt words the model's training captions never had (case-insensitive,
+    over all prompts); none for known words, none for a model that records no vocabulary."""
+    from t2i.data.dataset import ImageTextDataset
+    from t2i.text.vocab import add_vocab_to_snapshot, dataset_vocabulary
+    from t2i.training.snapshot import resolve_snapshot
+
+    generate(tmp_path, lafite_run, "a purple elephant riding a bicycle", "--n", 1)
+    assert "warning" not in capsys.readouterr().err           # language-free: no vocabulary recorded
+    run = copy_run(lafite_run)
+    vocab = dataset_vocabulary(ImageTextDataset(shapes16))
+    add_vocab_to_snapshot(resolve_snapshot(run), vocab)
+    (tmp_path / "prompts.txt").write_text("A Purple ELEPHANT riding\na bicycle, riding on the LEFT\n", encoding="utf-8")
+    generate(tmp_path, run, "--prompts", tmp_path / "prompts.txt", "--n", 1)
+    err = capsys.readouterr().err
+    assert err == ("t2i: warning: the model never saw these words in training captions: 'elephant', 'riding', "
+                   f"'bicycle' (its vocabulary: {len(vocab)} words)\n")
+    generate(tmp_path, run, "A LARGE red circle on the left", "--n", 1)
+    assert capsys.readouterr().err == ""
+
+
+def test_unknown_words_warning_on_the_default_model(tmp_path, capsys):
+    assert main(["generate", "a purple elephant riding a bicycle", "--n", "1", "--out", str(tmp_path / "e.png")]) == 0
+    assert capsys.readouterr().err == ("t2i: warning: the model never saw these words in training captions: "
+                                       "'elephant', 'riding', 'bicycle' (its vocabulary: 34 words)\n")
+
+
+def test_dalle_candidates_and_reranking_do_not_depend_on_the_batch(tmp_path, dalle_run, clip_run):
+    outs = []
+    for batch in (3, 8):
+        out = tmp_path / f"b{batch}.png"
+        assert main(["generate", PROMPT, "--model", str(dalle_run), "--n", "5", "--candidates", "2", "--rerank_clip",
+                     str(clip_run), "--batch", str(batch), "--out", str(out)]) == 0
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
 
 
 def test_bad_models_are_clean_errors(tmp_path, lafite_run, clip_run, copy_run, cli_error, monkeypatch):

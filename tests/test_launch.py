@@ -94,9 +94,55 @@ def test_resume_latest_takes_the_newest_run_of_its_family(capsys, lafite_run, da
     assert r["from"] == str(list_snapshots(lafite_run)[-1])
 
 
-def test_resume_latest_without_runs_is_a_clean_error(cli_error, tmp_path):
-    err = cli_error("train", "clip", "--data", "d", "--resume", "latest", "--outdir", tmp_path / "none")
-    assert "--resume latest" in err and "none" in err
+def killed_run(like: Path, outdir: Path, number: int) -> Path:
+    """Run `number` in outdir, of `like`'s config, killed before its first snapshot: config.json and log.txt."""
+    run = outdir / f"{number:05d}-{like.name[6:]}"
+    run.mkdir(parents=True)
+    config = {**json.loads((like / "config.json").read_text()), "run_dir": str(run), "from": None}
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "log.txt").write_text(f"training {config['family']} to 0.032 kimg, batch 8 on 1 process(es)\n")
+    return run
+
+
+def test_resume_latest_passes_over_a_newer_run_without_a_snapshot(capsys, lafite_run, copy_run):
+    """The run a preemptible machine's auto-resume script sees most: killed before its first snapshot."""
+    run = copy_run(lafite_run)
+    killed_run(run, run.parent, int(run.name[:5]) + 1)
+    data = json.loads((run / "config.json").read_text())["config"]["data"]
+    r = dry_run(capsys, "lafite", "--data", data, "--resume", "latest", "--outdir", run.parent)
+    assert r["start"] == "exact resume" and r["from"] == str(list_snapshots(run)[-1])
+    main(["train", "lafite", "--data", data, "--resume", "latest", "--outdir", str(run.parent), "--dry-run"])
+    assert capsys.readouterr().err == f"--resume latest: resuming {run} from snapshot-000032\n"
+
+
+def test_resume_latest_starts_a_new_run_when_no_run_has_a_snapshot(capsys, clip_run, shapes16, tmp_path):
+    out = tmp_path / "runs"
+    argv = ["train", "clip", "--data", str(shapes16), "--preset", "tiny", "--batch", "32", "--kimg", "0.032",
+            "--resume", "latest", "--outdir", str(out)]
+    say = f"--resume latest: no clip run in {str(out)!r} has a snapshot yet; starting a new run"
+    r = dry_run(capsys, *argv[1:])                                           # no run at all
+    assert r["start"] == "new run" and r["from"] is None and r["loop"]["batch"] == 32
+    main([*argv, "--dry-run"])
+    assert capsys.readouterr().err == say + "\n"
+
+    killed = killed_run(clip_run, out, 0)               # one killed before a snapshot
+    assert main(argv) == 0
+    assert say in capsys.readouterr().out
+    new = out / f"00001-{clip_run.name[6:]}"
+    assert sorted(p.name for p in out.iterdir()) == [killed.name, new.name]
+    assert say in (new / "log.txt").read_text()
+    assert [p.name for p in list_snapshots(new)] == ["snapshot-000032"] and not list_snapshots(killed)
+    assert json.loads((new / "config.json").read_text())["from"] is None
+
+    r = dry_run(capsys, *argv[1:])                                           # the next start resumes it
+    assert r["start"] == "exact resume" and r["from"] == str(new / "snapshot-000032")
+
+
+def test_resume_naming_a_run_without_a_snapshot_is_a_clean_error(cli_error, lafite_run, tmp_path):
+    run = killed_run(lafite_run, tmp_path / "runs", 3)
+    err = cli_error("train", "lafite", "--data", "d", "--resume", run)
+    assert err.startswith(f"--resume {run}: '{run}' holds no snapshot yet") and err.count("\n") == 1
+    assert "--resume latest" in err
 
 
 def test_resuming_a_clip_run_as_lafite_names_both_families(cli_error, clip_run):

@@ -10,6 +10,7 @@ import torch
 
 from t2i.data import shapes
 from t2i.data.shapes import HELDOUT, Scene, ShapeObject
+from t2i.metrics import oracle as oracle_unnamed
 from t2i.metrics.oracle import OracleConfig, ShapesOracle, oracle_loss, predict, render_batch, score
 
 
@@ -125,3 +126,67 @@ def _train_and_check_oracle():
     print(f"oracle: {steps} steps in {elapsed:.1f} s; all {seen['all']:.3f}, held-out all {heldout['all']:.3f}")
     assert seen["all"] > 0.9 and heldout["all"] > 0.9
     assert min(seen[k] for k in ("shape", "colour", "size", "position")) > 0.95
+
+
+# ----------------------------------------------------------------------------------------------
+# The unnamed attributes: background and per-object jitter
+
+def test_unnamed_targets_and_heads():
+    scene = Scene([ShapeObject("star", "blue", "small", "left", dx=0.03, dy=-0.015, scale=0.95)],
+                  background="olive")
+    t = shapes.unnamed_targets(scene)
+    assert t["background"].item() == shapes.BACKGROUND_NAMES.index("olive")
+    assert t["jitter"][1].tolist() == pytest.approx([1.0, -0.5, -0.5]) and (t["jitter"][[0, 2, 3, 4]] == 0).all()
+    oracle = ShapesOracle(OracleConfig(channels=(4, 8, 8), hidden=16, unnamed=True))
+    images, targets, _ = render_batch(4, random.Random(0))
+    out = oracle(images)
+    assert out["background"].shape == (4, 4) and out["jitter"].shape == (4, 5, 3)
+    assert targets["background"].shape == (4,) and targets["jitter"].shape == (4, 5, 3)
+    for v in out.values():
+        v.retain_grad()
+    oracle_loss(out, targets).backward()
+    empty = targets["shape"] == 0
+    assert (out["jitter"].grad[empty] == 0).all() and (out["jitter"].grad[~empty] != 0).any()
+    assert (out["background"].grad != 0).any()
+    # An oracle config written before the unnamed heads existed loads without them.
+    old = OracleConfig.from_dict({"resolution": 64, "channels": [16, 32, 64], "hidden": 256})
+    assert not old.unnamed and "background" not in ShapesOracle(old)(images)
+
+
+def test_predict_reads_background_and_jitter():
+    scene = Scene([ShapeObject("cross", "white", "large", "top", dx=-0.03, dy=0.0, scale=1.1)], background="tan")
+    targets = {k: v[None] for k, v in (shapes.scene_targets(scene) | shapes.unnamed_targets(scene)).items()}
+    out = _perfect_outputs(targets)
+    out["background"] = torch.nn.functional.one_hot(targets["background"], 4).float() * 10
+    out["jitter"] = targets["jitter"]
+    (pred,) = predict(out)
+    assert pred["background"] == "tan"
+    (obj,) = pred["objects"]
+    assert (obj["dx"], obj["dy"], obj["scale"]) == pytest.approx((-0.03, 0.0, 1.1))
+    assert oracle_unnamed.unnamed_accuracy([pred], [scene]) == pytest.approx(
+        {"background": 1.0, "offset_mae": 0.0, "scale_mae": 0.0}, abs=1e-6)
+
+
+def test_background_tv_spread_and_seed_pairs():
+    def pred(bg, dx=0.0, scale=1.0):
+        return {"background": bg, "objects": [{"slot": "center", "dx": dx, "dy": dx, "scale": scale}]}
+
+    names = shapes.BACKGROUND_NAMES
+    assert oracle_unnamed.background_tv([pred(b) for b in names] * 3) == pytest.approx(0.0)
+    assert oracle_unnamed.background_tv([pred("grey")] * 8) == pytest.approx(0.75)     # all mass on 1 of 4
+    assert oracle_unnamed.backgrounds_differ([pred("grey"), pred("tan")], [pred("grey"), pred("slate")]) == 0.5
+    scenes = [Scene([ShapeObject("circle", "red", "small", "center")])] * 2
+    moved = oracle_unnamed.jitter_seeds_differ([pred("grey", -0.02, 0.9), pred("grey")],
+                                               [pred("grey", 0.02, 1.1), pred("grey")], scenes)
+    assert moved == pytest.approx({"offset_seeds_diff": 0.02, "scale_seeds_diff": 0.1})   # (0.04 + 0) / 2, (0.2 + 0) / 2
+
+
+def test_shipped_oracle_reads_the_unnamed_attributes_of_fresh_renders():
+    from t2i.metrics.oracle_trainer import load_oracle, oracle_self_accuracy
+
+    oracle = load_oracle()
+    assert oracle.config.unnamed
+    acc = oracle_self_accuracy(oracle, n=500, seed=777)
+    assert acc["all"] >= 0.99 and acc["unnamed_background"] >= 0.99
+    # Offsets within a third of their +-0.03 range, scales within a third of their +-0.1 range.
+    assert acc["unnamed_offset_mae"] < 0.01 and acc["unnamed_scale_mae"] < 0.033

@@ -126,7 +126,8 @@ def test_vqgan_streams_shards_with_crops_and_resumes_exactly(shapes16, shapes_sh
     direct = load_snapshot(straight / "snapshot-000080").tensors
     assert resumed.keys() == direct.keys() and all(torch.equal(resumed[k], direct[k]) for k in resumed)
     msg = cli_error("train", "vqgan", "--data", shapes_shards, "--preset", "tiny", "--outdir", tmp_path)
-    assert "is 16x16 but VQGAN preset 'tiny' takes 64x64" in msg and "t2i data pack --width 64" in msg
+    assert "is 16x16; VQGAN preset 'tiny' builds square powers of two from 32 up" in msg   # tiny's D: 24 px at least
+    assert "t2i data pack --width 32 --height 32" in msg
 
 
 def test_lafite_stream_encodes_each_batch_as_the_feature_cache_does(shapes16, shapes_shards, clip_run):

@@ -513,7 +513,8 @@ def test_shapes_recon_accuracy_is_the_oracle_score_of_round_trips():
 
 def test_cli_rejects_a_dataset_of_the_wrong_size(shapes16, tmp_path, cli_error):
     msg = cli_error("train", "vqgan", "--data", shapes16, "--preset", "tiny", "--outdir", tmp_path)
-    assert "is 16x16 but VQGAN preset 'tiny' takes 64x64" in msg and "t2i data pack --width 64" in msg
+    assert "is 16x16; VQGAN preset 'tiny' builds square powers of two from 32 up" in msg   # tiny's D: 24 px at least
+    assert "t2i data pack --width 32 --height 32" in msg
     msg = cli_error("train", "vqgan", "--data", shapes16, "--preset", "test", "--perceptual", "vgg",
                     "--outdir", tmp_path)
     assert "--perceptual 'vgg'" in msg

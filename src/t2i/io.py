@@ -1,4 +1,5 @@
-"""File-system helpers shared by every part of t2i: atomic writes and content hashes.
+"""File-system helpers shared by every part of t2i: atomic writes, output paths checked before long
+work (with one-line errors), and content hashes.
 
 Everything a user could interrupt (snapshots, datasets, feature caches, FID statistics, reports) is
 written into a hidden temporary sibling and moved into place with `os.replace`, so a process killed
@@ -7,14 +8,18 @@ at any moment leaves the previous file or folder, or the complete new one, never
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+
+from t2i.errors import T2IError
 
 
 def _umask() -> int:
@@ -96,6 +101,62 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int = 2) -> Non
     """Write obj as UTF-8 JSON to path, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=indent, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+# What to do about the errors an output path meets (the OSError's own strerror says what went wrong).
+_FIXES = {
+    errno.EACCES: "choose a folder you may write to, or change its permissions",
+    errno.EPERM: "choose a folder you may write to, or change its permissions",
+    errno.EROFS: "the file system is read-only; choose a folder on a writable disk",
+    errno.ENAMETOOLONG: "shorten the file or folder name",
+    errno.ENOSPC: "free some space, or choose a folder on another disk",
+    errno.EDQUOT: "free some space, or choose a folder on another disk",
+    errno.EISDIR: "give a file name, not a folder",
+    errno.ENOENT: "check that the path exists",
+}
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The nearest existing ancestor of path (or path itself) when it is not a folder, else None."""
+    for p in (path, *path.parents):
+        if p.exists():
+            return None if p.is_dir() else p
+    return None
+
+
+def os_error_message(e: OSError, named: str | os.PathLike | None = None) -> str:
+    """One line for an OSError: what went wrong, the path(s) it names (but `named`, which the caller's
+    message already gives), and what to do about it."""
+    names = [os.fsdecode(f) for f in (e.filename, e.filename2) if f is not None]
+    shown = [] if named is not None and names == [os.fspath(named)] else names
+    where = "".join(f": {n!r}" if i == 0 else f" -> {n!r}" for i, n in enumerate(shown))
+    if e.errno in (errno.EEXIST, errno.ENOTDIR) and names:
+        # mkdir through a file: "File exists: '/dev/null'" from pathlib, "Not a directory" from open()
+        in_the_way = _file_in_the_way(Path(names[0]))
+        if in_the_way is not None:
+            return (f"{str(in_the_way)!r} is a file, not a folder, so nothing can be written inside it; "
+                    "choose another path")
+    fix = _FIXES.get(e.errno, "check the path")
+    return f"{e.strerror or e}{where}; {fix}"
+
+
+def prepare_output(path: str | os.PathLike, what: str, directory: bool = False) -> Path:
+    """Check before any long work that `what` can be written at path: create the folder it goes in (path
+    itself with directory=True) and a temporary file there, then delete it. Any OSError (a parent that is
+    a file, permission denied, a read-only file system, too long a name) becomes a T2IError naming path."""
+    path = Path(path)
+    try:
+        if not directory and path.is_dir():
+            raise T2IError(f"{what} {str(path)!r} is a folder; give a file path, e.g. {str(path / 'out.png')!r}")
+        (path if directory else path.parent).mkdir(parents=True, exist_ok=True)
+        try:
+            remove(temp_sibling(path / ".probe" if directory else path))
+        except OSError as e:  # name the path asked for, not the probe
+            e.filename, e.filename2 = str(path), None
+            raise
+    except OSError as e:
+        raise T2IError(f"cannot write {what} {str(path)!r}: {os_error_message(e, path)}") from None
+    return path
 
 
 def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:

@@ -55,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     except T2IError as e:
         print(f"t2i: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a path no command checked up front (an output inside a file, a full disk, ...)
+        from t2i.io import os_error_message
+
+        print(f"t2i: error: {os_error_message(e)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("t2i: interrupted", file=sys.stderr)
         return 130

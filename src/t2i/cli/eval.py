@@ -13,18 +13,25 @@ from t2i.errors import T2IError
 def add_parser(sub) -> None:
     """Register `t2i eval`."""
     p = sub.add_parser(
-        "eval", help="evaluate a model (FID, CLIP score, R-precision, shapes accuracy)",
+        "eval", help="evaluate a model (FID, precision/recall, seed diversity, CLIP score, R-precision, shapes accuracy)",
         description="Evaluate a text-to-image model. Results are printed as a table and appended to "
                     "metric-<name>.jsonl in the model's run directory (or --out).",
         formatter_class=HelpFormatter)
     p.add_argument("model", nargs="?", help="run directory or snapshot (default: the embedded model)")
-    p.add_argument("--data", help="dataset (t2i format): reals for fid, captions for fid/clip_score/r_precision")
+    p.add_argument("--data", help="dataset (t2i format): its images and captions for fid, precision_recall, "
+                   "clip_score, r_precision and seed_diversity (on shapes, seed_diversity and shapes_accuracy need none)")
     p.add_argument("--metrics", default="shapes_accuracy",
-                   help="comma-separated: fid, clip_score, r_precision, shapes_accuracy")
+                   help="comma-separated: fid, precision_recall (improved precision/recall, k=3, on FID's features), "
+                        "seed_diversity (how one prompt's images differ across seeds, beside real images of one "
+                        "prompt), clip_score, r_precision, shapes_accuracy (oracle accuracy on shapes prompts)")
     p.add_argument("--n", type=int, default=1000, help="generated images per metric (per split for shapes_accuracy)")
     p.add_argument("--clip", help="CLIP for clip_score/r_precision: t2i CLIP run, or ARCH:/path (default: the model's)")
     p.add_argument("--inception", help="Inception FID weights (pt_inception-2015-12-05-6726825d.pth) for real data")
     p.add_argument("--oracle", help="shapes oracle run/snapshot (default: the shipped one)")
+    p.add_argument("--lpips", metavar="VGG16_WEIGHTS", help="seed_diversity also in LPIPS: a torchvision vgg16 "
+                   "state_dict (the lpips package ships the rest; nothing is downloaded)")
+    p.add_argument("--seeds_per_prompt", type=int, default=4, help="seed_diversity: seeds of each prompt (its "
+                   "prompts: --n / this)")
     p.add_argument("--seed", type=int, default=0, help="seed of prompts and latents")
     p.add_argument("--batch", type=int, default=64, help="generation / feature batch size")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -34,7 +41,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from t2i.metrics.evaluate import METRICS, EvalOptions, evaluate_metric
+    from t2i.evaluate import METRICS, EvalOptions, evaluate_metric
 
     names = [m.strip() for m in args.metrics.split(",") if m.strip()]
     unknown = [m for m in names if m not in METRICS]
@@ -44,15 +51,18 @@ def run(args: argparse.Namespace) -> int:
         raise T2IError(f"--n {args.n} must be between 1 and 100000")
     import torch
 
+    from t2i.io import prepare_output
     from t2i.models import DEFAULT_MODEL, load_pipeline
     from t2i.training.run import RunLog
     from t2i.training.snapshot import resolve_snapshot
 
     snapshot = resolve_snapshot(args.model) if args.model else DEFAULT_MODEL
+    out = Path(args.out) if args.out else (snapshot.parent if args.model else Path("."))
+    prepare_output(out, "the results folder (--out)", directory=True)  # before any image is generated
     pipe = load_pipeline(snapshot, args.device)
     opts = EvalOptions(data=args.data, n=args.n, clip=args.clip, inception=args.inception, oracle=args.oracle,
-                       seed=args.seed, batch=args.batch, sampling=sampling_options(args, pipe, args.device))
-    out = Path(args.out) if args.out else (snapshot.parent if args.model else Path("."))
+                       lpips=args.lpips, seeds_per_prompt=args.seeds_per_prompt, seed=args.seed, batch=args.batch,
+                       sampling=sampling_options(args, pipe, args.device))
     log = RunLog(out, tensorboard=False, log_file=False)
     kimg = float(pipe.meta.get("kimg", 0.0))
     rows = []

@@ -39,6 +39,7 @@ BACKGROUNDS = {
     "olive": (125, 125, 100),
     "tan": (150, 135, 115),
 }
+BACKGROUND_NAMES = tuple(BACKGROUNDS)
 SIZES = ("small", "large")
 SLOTS = ("center", "left", "right", "top", "bottom")
 RELATIONS = ("left of", "above")
@@ -107,15 +108,25 @@ class Scene:
         return cls([ShapeObject(**o) for o in d["objects"]], d.get("background"), d.get("relation"))
 
 
+def _jitter(rng: random.Random) -> dict[str, float]:
+    """A random render-only offset (dx, dy) and scale, the attributes no caption names."""
+    # Rounded so the JSON attributes round-trip exactly and re-render the identical image.
+    return {"dx": round(rng.uniform(-POSITION_JITTER, POSITION_JITTER), 4),
+            "dy": round(rng.uniform(-POSITION_JITTER, POSITION_JITTER), 4),
+            "scale": round(rng.uniform(1 - SCALE_JITTER, 1 + SCALE_JITTER), 4)}
+
+
 def _sample_object(rng: random.Random, combo: tuple[str, str], slot: str) -> ShapeObject:
     """An object of the given (shape, colour) in a slot, with random size and jitter."""
-    # Rounded so the JSON attributes round-trip exactly and re-render the identical image.
-    return ShapeObject(
-        shape=combo[0], colour=combo[1], size=rng.choice(SIZES), slot=slot,
-        dx=round(rng.uniform(-POSITION_JITTER, POSITION_JITTER), 4),
-        dy=round(rng.uniform(-POSITION_JITTER, POSITION_JITTER), 4),
-        scale=round(rng.uniform(1 - SCALE_JITTER, 1 + SCALE_JITTER), 4),
-    )
+    size = rng.choice(SIZES)
+    return ShapeObject(shape=combo[0], colour=combo[1], size=size, slot=slot, **_jitter(rng))
+
+
+def resample_unnamed(scene: Scene, rng: random.Random) -> Scene:
+    """The same named attributes (shapes, colours, sizes, slots, relation) with a fresh background and
+    jitter: another image a caption of `scene` describes, drawn as the data draws them."""
+    objects = [ShapeObject(o.shape, o.colour, o.size, o.slot, **_jitter(rng)) for o in scene.objects]
+    return Scene(objects, rng.choice(tuple(BACKGROUNDS)), scene.relation)
 
 
 def sample_scene(rng: random.Random, split: str = "train") -> Scene:
@@ -302,6 +313,16 @@ def scene_targets(scene: Scene) -> dict[str, torch.Tensor]:
         colour[k] = COLOUR_NAMES.index(obj.colour)
         size[k] = SIZES.index(obj.size)
     return {"shape": shape, "colour": colour, "size": size}
+
+
+def unnamed_targets(scene: Scene) -> dict[str, torch.Tensor]:
+    """Targets of what no caption names: the background class (a 0-d long, grey when unset) and per slot the
+    jitter (dx, dy, scale), each scaled to [-1, 1] by its range (zeros in empty slots), (5, 3) float."""
+    jitter = torch.zeros(len(SLOTS), 3)
+    for obj in scene.objects:
+        jitter[SLOTS.index(obj.slot)] = torch.tensor([obj.dx / POSITION_JITTER, obj.dy / POSITION_JITTER,
+                                                      (obj.scale - 1) / SCALE_JITTER])
+    return {"background": torch.tensor(BACKGROUND_NAMES.index(scene.background or "grey")), "jitter": jitter}
 
 
 def dataset_name(size: int, split: str) -> str:

@@ -24,6 +24,9 @@ from t2i.data.transforms import to_model
 N_SLOTS = len(shapes.SLOTS)
 N_SHAPE_CLASSES = len(shapes.SHAPES) + 1  # class 0 = empty slot
 HEADS = {"shape": N_SHAPE_CLASSES, "colour": len(shapes.COLOUR_NAMES), "size": len(shapes.SIZES)}
+# What no caption names (with OracleConfig.unnamed): the background class, and per slot (dx, dy, scale)
+# regressed in units of their jitter ranges. They let metrics see how samples spread where prompts are silent.
+UNNAMED = {"background": len(shapes.BACKGROUND_NAMES), "jitter": 3}
 
 
 @dataclass
@@ -33,6 +36,7 @@ class OracleConfig:
     resolution: int = 64  # inputs of any size are resized to this
     channels: tuple[int, ...] = (16, 32, 64)  # one stage each: stride-2 conv + conv
     hidden: int = 256
+    unnamed: bool = False  # background and jitter heads (off in configs written before they existed)
 
     def to_dict(self) -> dict:
         """A JSON-ready dict."""
@@ -67,24 +71,64 @@ class ShapesOracle(nn.Module):
         # Flatten, not pool: which slot an object occupies is where it is in the feature map.
         self.fc = nn.Sequential(nn.Flatten(), nn.Linear(c_in * side * side, config.hidden), nn.ReLU())
         self.heads = nn.ModuleDict({k: nn.Linear(config.hidden, N_SLOTS * n) for k, n in HEADS.items()})
+        if config.unnamed:
+            self.background = nn.Linear(config.hidden, UNNAMED["background"])
+            self.jitter = nn.Linear(config.hidden, N_SLOTS * UNNAMED["jitter"])
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, hidden) penultimate features of images in [-1, 1] of any size (the heads read these)."""
         r = self.config.resolution
         if x.shape[-2:] != (r, r):
             x = F.interpolate(x, size=(r, r), mode="bilinear", antialias=True, align_corners=False)
-        h = self.fc(self.features(x))
-        return {k: head(h).view(-1, N_SLOTS, HEADS[k]) for k, head in self.heads.items()}  # (B, 5, n)
+        return self.fc(self.features(x))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.embed(x)
+        out = {k: head(h).view(-1, N_SLOTS, HEADS[k]) for k, head in self.heads.items()}  # (B, 5, n)
+        if self.config.unnamed:
+            out["background"] = self.background(h)                                # (B, 4) logits
+            out["jitter"] = self.jitter(h).view(-1, N_SLOTS, UNNAMED["jitter"])   # (B, 5, 3) scaled dx, dy, scale
+        return out
+
+
+class OracleExtractor:
+    """The shapes oracle's penultimate features (256-d): the FID feature space of the shapes domain."""
+
+    def __init__(self, oracle: ShapesOracle):
+        from t2i.training.snapshot import weights_identity
+
+        self.oracle = oracle
+        self.identity = weights_identity(oracle, "shapes-oracle")
+
+    @torch.no_grad()
+    def __call__(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        """(B, hidden) float32 features of uint8 images (B, 3, H, W), on the CPU."""
+        x = to_model(images_uint8.to(next(self.oracle.parameters()).device))
+        return self.oracle.embed(x).float().cpu()
 
 
 def oracle_loss(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Sum over the three heads of the per-slot cross-entropy (empty slots ignore colour and size)."""
-    return sum(F.cross_entropy(outputs[k].flatten(0, 1), targets[k].flatten(),
-                               ignore_index=shapes.IGNORE_INDEX) for k in HEADS)
+    """Sum over the heads of the per-slot cross-entropy (empty slots ignore colour and size); with the unnamed
+    heads, plus the background cross-entropy and the jitter's squared error in occupied slots."""
+    loss = sum(F.cross_entropy(outputs[k].flatten(0, 1), targets[k].flatten(), ignore_index=shapes.IGNORE_INDEX)
+               for k in HEADS)
+    if "background" in outputs:
+        occupied = (targets["shape"] > 0).unsqueeze(-1).float()                 # (B, 5, 1)
+        squared = (outputs["jitter"] - targets["jitter"]).square() * occupied
+        loss = loss + F.cross_entropy(outputs["background"], targets["background"])
+        loss = loss + squared.sum() / (occupied.sum() * UNNAMED["jitter"]).clamp(min=1)
+    return loss
 
 
 def predict(outputs: dict[str, torch.Tensor]) -> list[dict]:
-    """Per image, a scene-like dict {"objects": [...]} of the slots predicted non-empty."""
-    best = {k: v.argmax(-1).cpu() for k, v in outputs.items()}  # (B, 5) each
+    """Per image, a scene-like dict {"objects": [...]} of the slots predicted non-empty; with the unnamed
+    heads also its "background" and each object's dx, dy (fractions of the side) and scale."""
+    best = {k: outputs[k].argmax(-1).cpu() for k in HEADS}  # (B, 5) each
+    unnamed = "background" in outputs
+    if unnamed:
+        background = outputs["background"].argmax(-1).cpu()
+        ranges = torch.tensor([shapes.POSITION_JITTER, shapes.POSITION_JITTER, shapes.SCALE_JITTER])
+        jitter = outputs["jitter"].float().cpu() * ranges                      # (B, 5, 3): dx, dy, scale - 1
     predictions = []
     for b in range(best["shape"].shape[0]):
         objects = []
@@ -92,10 +136,14 @@ def predict(outputs: dict[str, torch.Tensor]) -> list[dict]:
             s = int(best["shape"][b, k])
             if s == 0:
                 continue
-            objects.append({"shape": shapes.SHAPES[s - 1],
-                            "colour": shapes.COLOUR_NAMES[int(best["colour"][b, k])],
-                            "size": shapes.SIZES[int(best["size"][b, k])], "slot": slot})
-        predictions.append({"objects": objects})
+            obj = {"shape": shapes.SHAPES[s - 1], "colour": shapes.COLOUR_NAMES[int(best["colour"][b, k])],
+                   "size": shapes.SIZES[int(best["size"][b, k])], "slot": slot}
+            if unnamed:
+                dx, dy, ds = jitter[b, k].tolist()
+                obj |= {"dx": dx, "dy": dy, "scale": 1 + ds}
+            objects.append(obj)
+        predictions.append({"objects": objects} | (
+            {"background": shapes.BACKGROUND_NAMES[int(background[b])]} if unnamed else {}))
     return predictions
 
 
@@ -132,6 +180,49 @@ def score(predictions: list[dict], scenes: list) -> dict[str, float]:
         "all": n_all / n_images, "images": len(scenes), "objects": n_objects}
 
 
+def unnamed_accuracy(predictions: list[dict], scenes: list) -> dict[str, float]:
+    """How well the unnamed heads read renders whose truth is known: background accuracy, and the mean absolute
+    error of offset (fraction of the image side) and scale over objects predicted in their slot."""
+    bg = [p["background"] == s.background for p, s in zip(predictions, scenes)]
+    offset, scale = [], []
+    for p, scene in zip(predictions, scenes):
+        by_slot = {o["slot"]: o for o in p["objects"]}
+        for obj in scene.objects:
+            if obj.slot in by_slot:
+                q = by_slot[obj.slot]
+                offset += [abs(q["dx"] - obj.dx), abs(q["dy"] - obj.dy)]
+                scale.append(abs(q["scale"] - obj.scale))
+    return {"background": float(np.mean(bg)), "offset_mae": float(np.mean(offset)), "scale_mae": float(np.mean(scale))}
+
+
+def background_tv(predictions: list[dict]) -> float:
+    """Total-variation distance between the predicted backgrounds' distribution and the data's, which draws
+    the four backgrounds uniformly (`shapes.sample_scene`)."""
+    counts = np.array([sum(p["background"] == b for p in predictions) for b in shapes.BACKGROUND_NAMES], float)
+    return float(0.5 * np.abs(counts / max(len(predictions), 1) - 1 / len(counts)).sum())
+
+
+def jitter_seeds_differ(a: list[dict], b: list[dict], scenes: list) -> dict[str, float]:
+    """Mean absolute difference of the predicted offset (dx and dy, fractions of the side) and scale between
+    two images of one prompt (a[i], b[i]: two seeds), over the prompt objects found in both: 0 when the seed
+    does not move or resize anything."""
+    offset, scale = [], []
+    for p, q, scene in zip(a, b, scenes):
+        in_p, in_q = ({o["slot"]: o for o in x["objects"]} for x in (p, q))
+        for obj in scene.objects:
+            if obj.slot in in_p and obj.slot in in_q:
+                u, v = in_p[obj.slot], in_q[obj.slot]
+                offset += [abs(u["dx"] - v["dx"]), abs(u["dy"] - v["dy"])]
+                scale.append(abs(u["scale"] - v["scale"]))
+    return {"offset_seeds_diff": float(np.mean(offset)) if offset else 0.0,
+            "scale_seeds_diff": float(np.mean(scale)) if scale else 0.0}
+
+
+def backgrounds_differ(a: list[dict], b: list[dict]) -> float:
+    """Fraction of image pairs (a[i], b[i]: one prompt, two seeds) whose predicted backgrounds differ."""
+    return float(np.mean([p["background"] != q["background"] for p, q in zip(a, b)]))
+
+
 def render_batch(batch_size: int, rng: random.Random, size: int = 64, split: str | None = None):
     """Fresh random scenes rendered as (images float [-1, 1] (B, 3, S, S), targets, scenes).
 
@@ -140,5 +231,5 @@ def render_batch(batch_size: int, rng: random.Random, size: int = 64, split: str
     scenes = [shapes.sample_scene(rng, split or "all") for _ in range(batch_size)]
     pixels = np.stack([np.asarray(shapes.render(s, size)) for s in scenes])  # (B, S, S, 3)
     images = to_model(torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous())
-    targets = [shapes.scene_targets(s) for s in scenes]
-    return images, {k: torch.stack([t[k] for t in targets]) for k in HEADS}, scenes
+    targets = [shapes.scene_targets(s) | shapes.unnamed_targets(s) for s in scenes]
+    return images, {k: torch.stack([t[k] for t in targets]) for k in [*HEADS, *UNNAMED]}, scenes

@@ -2,8 +2,10 @@
 
 Every batch is rendered on the fly from (seed, step), over all (shape, colour) combinations (the
 held-out ones included), so the oracle never overfits a fixed set and judges every composition.
-The shipped oracle (t2i/assets/shapes-oracle) is reproduced with:
-    t2i train oracle --kimg 300 --batch 64        # 508 s on one core; 99.9% on 2000 fresh scenes
+Besides the named attributes it reads what no caption names (background, each object's offset and scale),
+so metrics can see how samples spread where the prompt is silent. The shipped oracle
+(t2i/assets/shapes-oracle) is reproduced with (see README, "Shipped weights"):
+    t2i train oracle --kimg 300 --batch 64
 """
 
 from __future__ import annotations
@@ -16,7 +18,17 @@ from pathlib import Path
 import torch
 
 from t2i.errors import T2IError
-from t2i.metrics.oracle import OracleConfig, ShapesOracle, oracle_loss, predict, render_batch, score
+from t2i.metrics.oracle import (
+    HEADS,
+    UNNAMED,
+    OracleConfig,
+    ShapesOracle,
+    oracle_loss,
+    predict,
+    render_batch,
+    score,
+    unnamed_accuracy,
+)
 from t2i.training.loop import Phase, step_seed
 
 DEFAULT_ORACLE = Path(__file__).resolve().parent.parent / "assets" / "shapes-oracle"
@@ -52,7 +64,7 @@ class OracleFamily:
 
     def __init__(self, cfg: OracleTrainConfig, d, log, init=None):
         self.cfg, self.device = cfg, d.device
-        arch = OracleConfig.from_dict(init.meta["oracle"]) if init else OracleConfig(resolution=cfg.size)
+        arch = OracleConfig.from_dict(init.meta["oracle"]) if init else OracleConfig(resolution=cfg.size, unnamed=True)
         self.oracle = ShapesOracle(arch).to(d.device)
         self.modules, self.ema = {"oracle": self.oracle}, {}
         log(f"shapes oracle: {sum(p.numel() for p in self.oracle.parameters()) / 1e6:.2f}M parameters")
@@ -70,7 +82,7 @@ class OracleFamily:
     def loss(self, phase, batch):
         self.oracle.train()
         out = self.oracle(batch["image"].to(self.device))
-        targets = {k: batch[k].to(self.device) for k in ("shape", "colour", "size")}
+        targets = {k: batch[k].to(self.device) for k in [*HEADS, *UNNAMED]}
         loss = oracle_loss({k: v.float() for k, v in out.items()}, targets)
         acc = (out["shape"].argmax(-1) == targets["shape"]).all(1).float().mean()
         return loss, {"Loss/oracle": loss.detach(), "Oracle/batch_shape_acc": acc}
@@ -118,11 +130,14 @@ def oracle_self_accuracy(oracle: ShapesOracle, n: int = 1000, seed: int = 12345,
         images = images.to(device)
         preds += predict(oracle(images if through is None else through(images).clamp(-1, 1)))
         scenes += sc
-    return score(preds, scenes)
+    result = score(preds, scenes)
+    if oracle.config.unnamed:
+        result |= {f"unnamed_{k}": v for k, v in unnamed_accuracy(preds, scenes).items()}
+    return result
 
 
 def evaluate(name: str, snapshot: Path, cfg: OracleTrainConfig, device) -> dict:
-    """`accuracy`: the oracle's accuracy on 1000 fresh renders."""
+    """`accuracy`: the oracle's accuracy on 1000 fresh renders (named attributes, and the unnamed ones)."""
     if name != "accuracy":
         raise T2IError(f"metric {name!r} is not available while training the oracle; use accuracy")
     return oracle_self_accuracy(load_oracle(snapshot, device), size=cfg.size, device=device)

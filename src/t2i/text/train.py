@@ -34,12 +34,14 @@ def run(args: argparse.Namespace) -> int:
     """Train the BPE and write its run directory."""
     from t2i.data.dataset import ImageTextDataset, captions_by_image
     from t2i.data.loader import require_dataset
+    from t2i.io import prepare_output
     from t2i.training.run import next_run_dir
 
     if args.vocab < 260:
         raise T2IError(f"--vocab {args.vocab} is too small: a byte-level BPE needs its 256 byte symbols "
                        "plus special tokens; use at least 260 (the paper uses 16384)")
     t0 = time.time()
+    prepare_output(args.outdir, "the runs folder (--outdir)", directory=True)  # before training, not after
     require_dataset(args.data, "t2i train bpe")
     dataset = ImageTextDataset(args.data)
     dataset.require_captions("t2i train bpe")

@@ -74,7 +74,15 @@ def average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
 def broadcast_module(module: torch.nn.Module) -> None:
     """Copy rank 0's parameters and buffers to every rank (identical start)."""
     if dist.is_available() and dist.is_initialized():
-        for t in list(module.parameters()) + list(module.buffers()):
+        for t in module.parameters():
+            dist.broadcast(t.data, src=0)
+        broadcast_buffers(module)
+
+
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Copy rank 0's buffers to every rank (statistics each rank tracks on its own batches, e.g. w_avg)."""
+    if dist.is_available() and dist.is_initialized():
+        for t in module.buffers():
             dist.broadcast(t.data, src=0)
 
 

@@ -5,7 +5,9 @@ The resolved configuration is layered: the family's defaults (and its preset's),
 the run being resumed, then the options given on the command line. `--resume` continues a run
 exactly (same directory, optimizers, counters) when the options are unchanged apart from how long to
 train; with changed options (e.g. `--subset 885 --g_lr 0.001`) it is a fine-tune: a new run whose
-weights start from the snapshot, with fresh optimizers and counters.
+weights start from the snapshot, with fresh optimizers and counters. `--resume latest` takes the newest
+run of the family that has a snapshot (one killed before its first snapshot is passed over), and starts
+a new run when none has one, so an auto-resume script can pass it on every start.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import argparse
 import dataclasses
 import importlib
 import json
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +79,9 @@ def add_loop_args(p: argparse.ArgumentParser, mod=None) -> None:
     r = p.add_argument_group("run")
     r.add_argument("--outdir", default="runs", help="parent directory of run directories (default runs)")
     r.add_argument("--resume", default=None, metavar="PATH|latest",
-                   help="continue from a snapshot or run directory ('latest' = newest run in --outdir); "
-                        "with changed options it becomes a fine-tune in a new run")
+                   help="continue from a snapshot or run directory ('latest' = the newest run of this family in "
+                        "--outdir that has a snapshot, else a new run); with changed options it becomes a "
+                        "fine-tune in a new run")
     r.add_argument("--dry-run", dest="dry_run", action="store_true", help="print the resolved config and exit")
 
 
@@ -92,16 +97,35 @@ def _split_explicit(args: argparse.Namespace, config_cls) -> tuple[dict, dict]:
     return loop, fam
 
 
-def _resume_source(spec: str, outdir: Path, family: str) -> Path:
+def _resume_source(spec: str, outdir: Path, family: str) -> Path | None:
+    """The snapshot `--resume SPEC` starts from; None for 'latest' when no run of the family has one yet
+    (what an auto-resume script sees on its first start, or after a kill before the first snapshot)."""
     from t2i.training.run import latest_run_dir
-    from t2i.training.snapshot import resolve_snapshot
+    from t2i.training.snapshot import MODEL_FILE, list_snapshots, resolve_snapshot
 
     if spec == "latest":
-        run = latest_run_dir(outdir, family=family)  # the newest run of this family
-        if run is None:
-            raise T2IError(f"--resume latest: no {family} run in {str(outdir)!r}; train once first or give a path")
-        return resolve_snapshot(run)
-    return resolve_snapshot(spec)
+        run = latest_run_dir(outdir, family=family, with_snapshot=True)  # the newest run of this family with one
+        return resolve_snapshot(run) if run is not None else None
+    p = Path(spec)
+    if p.is_dir() and not (p / MODEL_FILE).is_file() and not list_snapshots(p):
+        raise T2IError(f"--resume {spec}: {str(p)!r} holds no snapshot yet (a run stopped before its first one?); "
+                       "give a run or snapshot directory that has one, or --resume latest to take the newest run "
+                       "that has one (or start a new run)")
+    return resolve_snapshot(p)
+
+
+def resume_note(spec: str | None, snapshot: Path | None, continuing: bool, family: str, outdir: Path) -> str | None:
+    """The line that says what `--resume` did: which snapshot it resumes or fine-tunes from and, for
+    'latest', which run it picked or that none has a snapshot, so a new run starts."""
+    if not spec:
+        return None
+    if spec != "latest":
+        return ("resuming" if continuing else "fine-tuning from") + f" {snapshot}"
+    if snapshot is None:
+        return f"--resume latest: no {family} run in {str(outdir)!r} has a snapshot yet; starting a new run"
+    if continuing:
+        return f"--resume latest: resuming {snapshot.parent} from {snapshot.name}"
+    return f"--resume latest: fine-tuning from {snapshot} in a new run (the options differ from that run's)"
 
 
 def resolve(family: str, args: argparse.Namespace) -> tuple[dict[str, Any], Path | None]:
@@ -111,9 +135,8 @@ def resolve(family: str, args: argparse.Namespace) -> tuple[dict[str, Any], Path
     base_fam = dataclasses.asdict(mod.CONFIG())
     base_loop = dataclasses.asdict(LoopConfig())
     base_loop.update(getattr(mod, "LOOP_DEFAULTS", {}))
-    snapshot = None
-    if args.resume:
-        snapshot = _resume_source(args.resume, Path(args.outdir), family)
+    snapshot = _resume_source(args.resume, Path(args.outdir), family) if args.resume else None
+    if snapshot is not None:
         meta = json.loads((snapshot / "config.json").read_text())
         if meta.get("family") != family:
             raise T2IError(f"--resume {args.resume}: {snapshot} is a {meta.get('family')!r} snapshot, "
@@ -144,10 +167,11 @@ def _same_value(old: Any, new: Any) -> bool:
     return False
 
 
-def is_continuation(resolved: dict, snapshot: Path) -> bool:
-    """True when only continuation options differ from the snapshot's run (exact resume)."""
+def is_continuation(resolved: dict, snapshot: Path, defaults: dict | None = None) -> bool:
+    """True when only continuation options differ from the snapshot's run (exact resume). An option newer
+    than that run (missing from its config) counts as unchanged when it has its default, from `defaults`."""
     meta = json.loads((snapshot / "config.json").read_text())
-    old_cfg, new_cfg = meta.get("config", {}), resolved["config"]
+    old_cfg, new_cfg = {**(defaults or {}), **meta.get("config", {})}, resolved["config"]
     keys = (old_cfg.keys() | new_cfg.keys()) - CONTINUATION_KEYS
     if not all(k in old_cfg and k in new_cfg and _same_value(old_cfg[k], new_cfg[k]) for k in keys):
         return False
@@ -155,12 +179,30 @@ def is_continuation(resolved: dict, snapshot: Path) -> bool:
     return all(old.get(k) == v for k, v in new.items() if k not in CONTINUATION_KEYS)
 
 
+def snapshot_evaluator(family: str, mod, fam_cfg, device):
+    """`evaluate(metric, snapshot) -> dict` for the loop's --metrics: the family's own metrics (VQGAN PSNR,
+    CLIP retrieval, oracle accuracy) where its trainer defines them, else, for a text-to-image family, the
+    pipeline metrics of `t2i eval` on the training data."""
+    from t2i.models import PIPELINES
+
+    if hasattr(mod, "evaluate"):
+        return lambda name, path: mod.evaluate(name, path, fam_cfg, device)
+    if family in PIPELINES:
+        from t2i.evaluate import evaluate_metric
+
+        return lambda name, path: evaluate_metric(name, path, data=fam_cfg.data, device=device)
+    return None
+
+
 def run_training(family: str, args: argparse.Namespace) -> int:
     """Entry of `t2i train <family>`: resolve, then train (or print with --dry-run)."""
     resolved, snapshot = resolve(family, args)
     mod = family_module(family)
-    continuing = snapshot is not None and is_continuation(resolved, snapshot)
+    continuing = snapshot is not None and is_continuation(resolved, snapshot, dataclasses.asdict(mod.CONFIG()))
+    note = resume_note(args.resume, snapshot, continuing, family, Path(args.outdir))
     if args.dry_run:
+        if note:
+            print(note, file=sys.stderr)  # stdout stays one JSON document
         mode = "new run" if snapshot is None else ("exact resume" if continuing else "fine-tune")
         print(json.dumps({**resolved, "start": mode, "from": str(snapshot) if snapshot else None}, indent=2))
         return 0
@@ -169,7 +211,7 @@ def run_training(family: str, args: argparse.Namespace) -> int:
     from t2i.training import distributed
     from t2i.training.loop import train
     from t2i.training.run import RunLog, next_run_dir
-    from t2i.training.snapshot import load_snapshot, load_training_state
+    from t2i.training.snapshot import list_snapshots, load_snapshot, load_training_state
 
     d = distributed.setup(resolved["loop"]["device"])
     try:
@@ -183,20 +225,28 @@ def run_training(family: str, args: argparse.Namespace) -> int:
             tdist.broadcast_object_list(box, src=0)
             run_dir = Path(box[0])
         log = RunLog(run_dir, enabled=d.main, tensorboard=False)
-        snap = load_snapshot(snapshot, family=family) if snapshot is not None else None
-        torch.manual_seed(loop_cfg.seed)  # initial weights follow --seed, not the process's RNG history
-        family_obj = mod.build(fam_cfg, loop_cfg, d, log.print, init=snap)
-        state = None
-        if snap is not None:
-            for name, module in family_obj.modules.items():
-                module.load_state_dict(snap.state_dict(name))
-            if continuing:
-                state = load_training_state(snapshot)
-            log.print(("resuming" if continuing else "fine-tuning from") + f" {snapshot}")
-        log.write_config({**resolved, "run_dir": str(run_dir), "world": d.world,
-                          "from": str(snapshot) if snapshot else None})
+        if note:
+            log.print(note)
+        try:
+            snap = load_snapshot(snapshot, family=family) if snapshot is not None else None
+            torch.manual_seed(loop_cfg.seed)  # initial weights follow --seed, not the process's RNG history
+            family_obj = mod.build(fam_cfg, loop_cfg, d, log.print, init=snap)
+            state = None
+            if snap is not None:
+                for name, module in family_obj.modules.items():
+                    module.load_state_dict(snap.state_dict(name))
+                if continuing:
+                    state = load_training_state(snapshot)
+        except T2IError:  # bad data or options: leave no empty run directory behind
+            log.close()
+            if d.main and not continuing and not list_snapshots(run_dir):
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        # As the family resolved it: options that follow the data (a resolution of 0) hold the actual value.
+        log.write_config({**resolved, "config": dataclasses.asdict(fam_cfg), "run_dir": str(run_dir),
+                          "world": d.world, "from": str(snapshot) if snapshot else None})
         log.close()
-        evaluate = (lambda name, path: mod.evaluate(name, path, fam_cfg, d.device)) if hasattr(mod, "evaluate") else None
+        evaluate = snapshot_evaluator(family, mod, fam_cfg, d.device)
         train(family_obj, loop_cfg, run_dir, d, resume_state=state, evaluate=evaluate)
         if d.main:
             print(f"run directory: {run_dir}")

@@ -262,6 +262,11 @@ def train(family: Family, cfg: LoopConfig, run_dir: Path, d: Dist, resume_state:
             stats.clear()
             tick_start_nimg, tick_start_time = prog.nimg, time.time()
             if done or (cfg.snap > 0 and prog.tick % cfg.snap == 0):
+                # Buffers a rank updates from its own samples (LAFITE's w_avg) drift apart over ranks. A resume
+                # gives every rank the snapshot's (rank 0's), so the run takes them here too: the ranks agree,
+                # and a resumed run continues exactly on every rank, not only on the one that writes.
+                for m in family.modules.values():
+                    distributed.broadcast_buffers(m)
                 if d.main:
                     write_snapshot(family, phases, prog, cfg, run_dir, log, evaluate)
                 tick_start_time = time.time()

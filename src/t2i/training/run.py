@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from t2i.io import write_json_atomic
+from t2i.training.snapshot import list_snapshots
 
 RUN_RE = re.compile(r"^(\d{5})-(.+)$")
 
@@ -28,19 +29,21 @@ def next_run_dir(outdir: Path, desc: str) -> Path:
     return outdir / f"{max(ids, default=-1) + 1:05d}-{desc}"
 
 
-def latest_run_dir(outdir: Path, desc: str | None = None, family: str | None = None) -> Path | None:
-    """The highest-numbered run in `outdir` (optionally with this description, or of this family
-    according to its config.json), or None."""
+def latest_run_dir(outdir: Path, desc: str | None = None, family: str | None = None,
+                   with_snapshot: bool = False) -> Path | None:
+    """The highest-numbered run in `outdir` (optionally with this description, of this family according
+    to its config.json, or holding a complete snapshot), or None."""
     outdir = Path(outdir)
     if not outdir.is_dir():
         return None
-    runs = [
-        (int(m.group(1)), p)
-        for p in outdir.iterdir()
-        if (m := RUN_RE.match(p.name)) and p.is_dir() and (desc is None or m.group(2) == desc)
-        and (family is None or _run_family(p) == family)
-    ]
-    return max(runs)[1] if runs else None
+    runs = sorted(
+        ((int(m.group(1)), p) for p in outdir.iterdir()
+         if (m := RUN_RE.match(p.name)) and p.is_dir() and (desc is None or m.group(2) == desc)
+         and (family is None or _run_family(p) == family)),
+        reverse=True,
+    )
+    # A run killed before its first snapshot (config.json and log.txt only) is skipped when one is needed.
+    return next((p for _, p in runs if not with_snapshot or list_snapshots(p)), None)
 
 
 def _run_family(run: Path) -> str | None:

@@ -3,7 +3,8 @@
 The transformer trains on token ids, so images are encoded once per (dataset content, VQGAN weights,
 crop settings), not at every step. Each image is tokenised under `augs` DALL-E crops (paper Listing 1,
 seeded by image and crop index) so the augmentation survives the caching; a square dataset already at
-the VQGAN's resolution has exactly one crop (the DALL-E crop is then the identity) and gets one.
+the VQGAN's resolution has exactly one crop (the DALL-E crop is then the identity) and gets one. Larger
+or non-square images are cropped down to the VQGAN's resolution; smaller ones are refused, never enlarged.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from t2i.training.snapshot import weights_identity
 def crops_needed(dataset, resolution: int, augs: int) -> int:
     """How many distinct DALL-E crops an image of this dataset has (1 when the crop is the identity)."""
     w, h = dataset.resolution
+    if min(w, h) < resolution:  # `t2i train dalle` says so first, with the fix (trainer.check_image_size)
+        raise ValueError(f"{w}x{h} images are smaller than the VQGAN's {resolution}x{resolution}")
     return 1 if w == h == resolution else max(1, augs)
 
 

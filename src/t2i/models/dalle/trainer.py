@@ -20,6 +20,7 @@ from t2i.data.loader import require_dataset, step_batches
 from t2i.errors import T2IError
 from t2i.models.dalle.objective import dalle_loss, drop_text
 from t2i.models.dalle.transformer import PRESETS, DalleConfig, DalleTransformer
+from t2i.text.vocab import caption_vocabulary
 from t2i.training.loop import Phase, warmup_cosine
 
 
@@ -90,6 +91,17 @@ def describe(cfg: DalleTrainConfig) -> str:
     return f"{Path(cfg.data.rstrip('/')).stem}-dalle-{cfg.preset}"
 
 
+def check_image_size(size: tuple[int, int], R: int, cfg: DalleTrainConfig, from_snapshot: bool) -> None:
+    """The dataset's images must be at least the VQGAN's R x R: larger or non-square ones are DALL-E-cropped
+    to it (`tokens.py`), smaller ones are never enlarged."""
+    w, h = size
+    if min(w, h) < R:
+        whose = "the resumed snapshot's VQGAN" if from_snapshot else f"the VQGAN {cfg.vqgan!r}"
+        raise T2IError(f"dataset {cfg.data!r} is {w}x{h}, smaller than the {R}x{R} images of {whose}; images are "
+                       f"never enlarged: train a VQGAN on this data (`t2i train vqgan --data {cfg.data}`, its "
+                       f"resolution follows the data) and a new DALL-E run on it, or give data of at least {R}x{R}")
+
+
 def build_tokenizer(cfg: DalleTrainConfig, captions: list[list[str]], init=None):
     """The snapshot's tokenizer when resuming, else the --bpe run's, else one trained on the captions."""
     from t2i.text.bpe import BpeTokenizer, train_bpe
@@ -123,10 +135,12 @@ class DalleFamily:
             self.vqgan.eval().requires_grad_(False)
         else:
             self.vqgan = load_vqgan_snapshot(cfg.vqgan, d.device)
+        check_image_size(dataset.resolution, self.vqgan.cfg.resolution, cfg, init is not None)
         self.captions = captions_by_image(dataset, cfg.langs)
         if not all(self.captions):
             i = next(i for i, c in enumerate(self.captions) if not c)
             raise T2IError(f"image {dataset.records[i]['file']} has no captions in languages {cfg.langs!r}")
+        self.vocab = caption_vocabulary(c for caps in self.captions for c in caps)  # every --langs caption
         self.tokenizer = build_tokenizer(cfg, self.captions, init)
         self.tokens = load_or_encode_tokens(dataset, self.vqgan, cfg.crop_augs, d.device, log)  # (N, A, n)
         if init is not None:
@@ -190,16 +204,10 @@ class DalleFamily:
     def meta(self) -> dict:
         return {"family": "dalle", "config": asdict(self.cfg), "net": self.net.to_dict(),
                 "vqgan": self.vqgan.cfg.to_dict(),
-                "tokenizer": {"spec": self.tokenizer.spec, "dropout": self.tokenizer.dropout}}
+                "tokenizer": {"spec": self.tokenizer.spec, "dropout": self.tokenizer.dropout},
+                "vocab": self.vocab}  # the words of its training captions (`t2i generate` warns about others)
 
 
 def build(cfg: DalleTrainConfig, loop, d, log, init=None) -> DalleFamily:
     """The DALL-E family object for the shared loop."""
     return DalleFamily(cfg, loop, d, log, init)
-
-
-def evaluate(name: str, snapshot: Path, cfg: DalleTrainConfig, device) -> dict:
-    """A metric of a snapshot during training (same code as `t2i eval`)."""
-    from t2i.metrics.evaluate import evaluate_metric
-
-    return evaluate_metric(name, snapshot, data=cfg.data, device=device)

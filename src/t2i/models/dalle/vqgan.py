@@ -23,6 +23,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+# Fewest tokens per image side `t2i train vqgan` builds for: a 4x4 grid is still a layout to model.
+MIN_TOKEN_SIDE = 4
+
 
 @dataclass
 class VQGANConfig:
@@ -32,13 +35,15 @@ class VQGANConfig:
     at 32 in taming and only smaller for t2i's narrow presets.
     """
 
-    resolution: int = 256
+    resolution: int = 256       # image side (`t2i train vqgan`: the data's, any of `resolutions()`)
     in_channels: int = 3
     out_ch: int = 3
     ch: int = 128
     ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)   # one level each; f = 2 ** (len - 1)
     num_res_blocks: int = 2
-    attn_resolutions: tuple[int, ...] = (16,)    # feature-map sides that get self-attention
+    # Feature-map sides whose levels get self-attention. Absolute sides, as in taming: at another resolution a
+    # side that no level has adds no attention blocks (the middle blocks keep theirs, at the token grid).
+    attn_resolutions: tuple[int, ...] = (16,)
     z_channels: int = 256
     embed_dim: int = 256
     n_embed: int = 8192
@@ -63,6 +68,18 @@ class VQGANConfig:
     def token_side(self) -> int:
         """Tokens per side for an image of `resolution` pixels."""
         return self.resolution // self.factor
+
+    @property
+    def min_side(self) -> int:
+        """Smallest image (or crop) side the patch discriminator scores: its disc_layers stride-2 and two
+        stride-1 4x4 convolutions (padding 1) leave no patch below 3 * 2 ** disc_layers pixels."""
+        return 3 * 2 ** self.disc_layers
+
+    def resolutions(self, up_to: int = 4096) -> list[int]:
+        """The image sides t2i trains at: powers of two with at least MIN_TOKEN_SIDE tokens a side that the
+        patch discriminator can score, up to `up_to` (the networks are convolutional: no upper bound)."""
+        low = max(self.factor * MIN_TOKEN_SIDE, self.min_side)
+        return [2 ** i for i in range(int(up_to).bit_length()) if low <= 2 ** i <= up_to]
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -13,15 +13,14 @@ the VQ-VAE paper (taming's legacy quantizer put it on the codebook part).
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from t2i.errors import T2IError
+from t2i.metrics.lpips import load_lpips
 
 
 @dataclass
@@ -63,59 +62,14 @@ def disc_factor(nimg: int, disc_start_kimg: float) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
-# Perceptual loss: LPIPS (VGG16 trunk) from local weights only.
-
-VGG16_SLICES = [(0, 4), (4, 9), (9, 16), (16, 23), (23, 30)]   # lpips' slice1..slice5 of vgg16.features
-
-
-def lpips_trunk_state(vgg_state: dict[str, torch.Tensor], path: str) -> dict[str, torch.Tensor]:
-    """Rename a torchvision vgg16 state_dict (`features.N.weight`) to lpips' `sliceK.N.weight`."""
-    out = {}
-    for key, value in vgg_state.items():
-        parts = key.split(".")
-        if parts[0] != "features" or len(parts) != 3 or not parts[1].isdigit():
-            continue                                        # classifier.* is not part of the trunk
-        n = int(parts[1])
-        for k, (lo, hi) in enumerate(VGG16_SLICES, start=1):
-            if lo <= n < hi:
-                out[f"slice{k}.{n}.{parts[2]}"] = value
-    if not out:
-        raise T2IError(f"{path} has no torchvision vgg16 `features.N.*` weights (keys like "
-                       f"{sorted(vgg_state)[:3]}); save torchvision.models.vgg16(...).state_dict()")
-    return out
-
-
-def load_lpips(vgg_path: str, device) -> nn.Module:
-    """A frozen LPIPS(vgg) whose trunk is the user's torchvision vgg16 weights; nothing is downloaded."""
-    try:
-        import lpips
-    except ImportError:
-        raise T2IError("--perceptual lpips:... needs the lpips package (its linear layers ship inside it): "
-                       "pip install lpips; or train with --perceptual none") from None
-    if not Path(vgg_path).is_file():
-        raise T2IError(f"--perceptual lpips:{vgg_path}: no such file; give a torchvision vgg16 state_dict "
-                       "saved with torch.save(torchvision.models.vgg16(weights=...).state_dict(), path)")
-    try:
-        state = torch.load(vgg_path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-        raise T2IError(f"{vgg_path} cannot be read as a tensor state_dict ({type(e).__name__}); "
-                       "save a plain torchvision vgg16 state_dict") from None
-    if not isinstance(state, dict):
-        raise T2IError(f"{vgg_path} holds a {type(state).__name__}, not a vgg16 state_dict")
-    # pnet_rand: build the trunk without pretrained weights (no download), then load the user's.
-    with warnings.catch_warnings():   # lpips still passes torchvision's deprecated `pretrained=False`
-        warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
-        model = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
-    model.net.load_state_dict(lpips_trunk_state(state, vgg_path), strict=True)
-    return model.to(device).eval().requires_grad_(False)
-
+# Perceptual loss: LPIPS (VGG16 trunk) from local weights only (t2i.metrics.lpips).
 
 def load_perceptual(spec: str, device) -> nn.Module | None:
     """`none` -> None; `lpips:/path/to/vgg16.pth` -> a frozen LPIPS module (x, y in [-1, 1]) -> (B, 1, 1, 1)."""
     if spec == "none":
         return None
     if spec.startswith("lpips:") and len(spec) > len("lpips:"):
-        return load_lpips(spec[len("lpips:"):], device)
+        return load_lpips(spec[len("lpips:"):], device, option="--perceptual lpips:")
     raise T2IError(f"--perceptual {spec!r}: use 'none' or 'lpips:/path/to/vgg16.pth' "
                    "(a torchvision vgg16 state_dict)")
 

@@ -23,6 +23,8 @@ from t2i.data.transforms import mirror_batch, to_model, to_uint8
 from t2i.errors import T2IError
 from t2i.models.dalle.vqgan import PRESETS, VQGAN, PatchDiscriminator, VQGANConfig, code_usage
 from t2i.models.dalle.vqgan_objective import VQGANLoss, VQGANLossWeights, load_perceptual
+from t2i.models.resolution import check_requested
+from t2i.models.resolution import fit_resolution as fit_side
 from t2i.training.loop import Phase, warmup_cosine
 
 
@@ -32,6 +34,7 @@ class VQGANTrainConfig(VQGANLossWeights):
 
     data: str = ""
     preset: str = "tiny"
+    resolution: int = 0          # image side; 0 = the data's (recorded resolved in the run's config)
     perceptual: str = "none"     # none | lpips:/path/to/torchvision-vgg16.pth
     lr: float = 1e-4             # Adam, both phases (taming: 4.5e-6 x batch)
     lr_decay: bool = False       # cosine decay to 10% of --lr at --kimg (taming: constant)
@@ -58,6 +61,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
         "data": "dataset folder or zip (t2i format, decoded into memory), or shards to stream: a shards.json, a "
                 "folder holding one, or several of these comma-separated (a large split is a list of shard lists)",
         "preset": f"network preset: {', '.join(PRESETS)}",
+        "resolution": "image side the VQGAN is built for: a power of two giving at least 4 tokens a side that "
+                      "the patch discriminator can score (" + ", ".join(f"{k}: {v.resolutions()[0]} up" for k, v
+                                                                        in PRESETS.items()) + "); 0 = the "
+                      "data's (the data must have it: images are never resized)",
         "perceptual": "perceptual loss: none, or lpips:/path/to/vgg16.pth (a torchvision vgg16 state_dict; "
                       "needs `pip install lpips`)",
         "lr": "Adam learning rate of the autoencoder and the discriminator",
@@ -103,6 +110,8 @@ def validate(cfg: VQGANTrainConfig) -> None:
         raise T2IError(f"--lr {cfg.lr} must be > 0")
     if cfg.codebook_init not in ("uniform", "data"):
         raise T2IError(f"--codebook_init {cfg.codebook_init!r}: choose uniform or data")
+    sizes = PRESETS[cfg.preset].resolutions(up_to=max(cfg.resolution, 4096))
+    check_requested(cfg.resolution, sizes, f"VQGAN preset {cfg.preset!r}", open_ended=True)
 
 
 def describe(cfg: VQGANTrainConfig) -> str:
@@ -110,17 +119,26 @@ def describe(cfg: VQGANTrainConfig) -> str:
     return f"{data_name(cfg.data)}-vqgan-{cfg.preset}"
 
 
-def check_resolution(dataset, net: VQGANConfig, data: str, preset: str, crop: int = 0) -> None:
-    """The images of a dataset (or a ShardSet: anything with a resolution) must have the preset's square
-    resolution; a --crop must fit in them and be a multiple of the downsampling factor."""
-    if crop and (crop > net.resolution or crop % net.factor):
-        raise T2IError(f"--crop {crop} must be at most {net.resolution} and a multiple of {net.factor} "
-                       f"(the VQGAN's downsampling factor), e.g. --crop {max(net.factor, net.resolution // 2)}")
-    w, h = dataset.resolution
-    if w != net.resolution or h != net.resolution:
-        raise T2IError(f"dataset {data!r} is {w}x{h} but VQGAN preset {preset!r} takes {net.resolution}x"
-                       f"{net.resolution}; repack the data with `t2i data pack --width {net.resolution} "
-                       f"--height {net.resolution}` or pick another preset")
+def fit_resolution(size: tuple[int, int], net: VQGANConfig, cfg: VQGANTrainConfig, from_snapshot: bool) -> int:
+    """The image side the VQGAN is built for (t2i.models.resolution: the snapshot's, --resolution, or the
+    data's, a dataset's or a ShardSet's)."""
+    sizes = net.resolutions(up_to=max(4096, 2 * size[0], 2 * size[1]))
+    return fit_side(size, cfg.data, cfg.resolution, sizes, f"VQGAN preset {cfg.preset!r}",
+                    net.resolution if from_snapshot else None, open_ended=True)
+
+
+def check_crop(net: VQGANConfig, cfg: VQGANTrainConfig, kimg: float) -> None:
+    """A --crop must fit in the images, be a multiple of the downsampling factor and, when the
+    discriminator starts within the run's `kimg`, be a patch it can score."""
+    crop, f = cfg.crop, net.factor
+    if crop and (crop > net.resolution or crop % f):
+        raise T2IError(f"--crop {crop} must be at most {net.resolution} and a multiple of {f} "
+                       f"(the VQGAN's downsampling factor), e.g. --crop {max(f, net.resolution // 2)}")
+    if crop and crop < net.min_side and cfg.disc_start_kimg < kimg:
+        least = -(-net.min_side // f) * f
+        raise T2IError(f"--crop {crop} is smaller than the {net.min_side} px the patch discriminator scores, and it "
+                       f"starts at --disc_start_kimg {cfg.disc_start_kimg}, within --kimg {kimg}: crop at least "
+                       f"{least}, or start the discriminator later")
 
 
 def random_crops(images: torch.Tensor, side: int, g: torch.Generator) -> torch.Tensor:
@@ -149,7 +167,8 @@ class VQGANFamily:
         self.net = VQGANConfig.from_dict(init.meta["net"]) if init else copy.deepcopy(PRESETS[cfg.preset])
         self.shards = open_shard_set(cfg.data) if is_shard_spec(cfg.data) else None
         source = self.shards or ImageTextDataset(cfg.data)  # captions unused: image-only data works too
-        check_resolution(source, self.net, cfg.data, cfg.preset, cfg.crop)
+        self.net.resolution = cfg.resolution = fit_resolution(source.resolution, self.net, cfg, init is not None)
+        check_crop(self.net, cfg, loop.kimg)
         if self.shards is not None:  # streamed; the first 64 images give the reals and reconstruction grids
             self.images = first_samples(cfg.data, 64)[0]
             count = f"{self.shards.samples} images streamed from {len(self.shards.shards)} shards"

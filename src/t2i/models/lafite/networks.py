@@ -26,7 +26,7 @@ SQRT2 = math.sqrt(2.0)
 class LafiteNetConfig:
     """Architecture of G and D; round-trips to JSON."""
 
-    resolution: int = 64
+    resolution: int = 64        # image side: a power of two in `resolutions()` (t2i train: the data's)
     c_dim: int = 256            # CLIP embedding size (set from the CLIP in use)
     z_dim: int = 128
     w_dim: int = 256
@@ -39,11 +39,24 @@ class LafiteNetConfig:
     def channels(self, res: int) -> int:
         return min(self.channel_base // res, self.channel_max)
 
+    def resolutions(self) -> list[int]:
+        """The image sides G and D build at: powers of two from 16 (at least two blocks above the 4x4
+        base, StyleGAN's range) while the channel rule leaves a channel (res <= channel_base)."""
+        return [2 ** i for i in range(4, int(math.log2(max(self.channel_base, 1))) + 1)]
+
+    def check_resolution(self) -> None:
+        """ValueError unless `resolution` is one of `resolutions()` (log2 would silently round it)."""
+        if self.resolution not in self.resolutions():
+            raise ValueError(f"resolution {self.resolution} is not one of {self.resolutions()} (powers of two "
+                             f"from 16 to channel_base {self.channel_base})")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 PRESETS: dict[str, LafiteNetConfig] = {
+    # Each preset's resolution is its default; `t2i train` builds the nets at the data's instead (any of
+    # `resolutions()`), with the preset's channel rule.
     # CPU: shapes at 64px in minutes (channels 128 at 4..8px, 64 at 16px, 32 at 32px, 16 at 64px).
     "tiny": LafiteNetConfig(resolution=64, z_dim=64, w_dim=256, mapping_layers=2, channel_base=1024,
                             channel_max=128),
@@ -213,6 +226,7 @@ class Generator(nn.Module):
 
     def __init__(self, cfg: LafiteNetConfig):
         super().__init__()
+        cfg.check_resolution()
         self.cfg = cfg
         self.mapping = MappingNetwork(cfg)
         res = [2 ** i for i in range(2, int(math.log2(cfg.resolution)) + 1)]
@@ -249,6 +263,7 @@ class Discriminator(nn.Module):
 
     def __init__(self, cfg: LafiteNetConfig):
         super().__init__()
+        cfg.check_resolution()
         self.cfg = cfg
         top = cfg.resolution
         self.fromrgb = Conv(3, cfg.channels(top), 1)

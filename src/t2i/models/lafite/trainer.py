@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import copy
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +21,9 @@ from t2i.data.transforms import mirror_batch, to_model
 from t2i.errors import T2IError
 from t2i.models.lafite.networks import PRESETS, Discriminator, Generator, LafiteNetConfig
 from t2i.models.lafite.objective import LafiteLoss, LossWeights, mix_conditions
+from t2i.models.resolution import check_requested
+from t2i.models.resolution import fit_resolution as fit_side
+from t2i.text.vocab import dataset_vocabulary
 from t2i.training.loop import Phase
 
 
@@ -32,6 +34,7 @@ class LafiteConfig(LossWeights):
     data: str = ""
     clip: str = ""               # t2i CLIP run/snapshot, or ARCH:/path/to/weights for open_clip
     preset: str = "tiny"
+    resolution: int = 0          # image side of G and D; 0 = the data's (recorded resolved in the run's config)
     lang: str = "en"             # caption language of the real-text condition
     mixing_prob: float = 1.0     # 1.0 = language-free (pseudo text features), 0.0 = fully supervised
     pseudo_noise: float = 0.75   # noise level of pseudo text features (paper: xi = 3)
@@ -62,6 +65,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
                 "folder holding one, or several of these comma-separated (a large split is a list of shard lists)",
         "clip": "CLIP for features: a `t2i train clip` run/snapshot, or ARCH:/path (open_clip weights)",
         "preset": f"network preset: {', '.join(PRESETS)}",
+        "resolution": "image side G and D are built for, with the preset's channel rule: a power of two from 16 "
+                      "up; 0 = the data's (the data must have it: images are never resized)",
         "lang": "caption language for real-text conditions (en, ko, ...)",
         "mixing_prob": "probability of a pseudo (language-free) condition per sample: 1 = language-free, 0 = supervised",
         "pseudo_noise": "noise level of pseudo text features (0.75 = paper's xi=3)",
@@ -93,6 +98,7 @@ def validate(cfg: LafiteConfig) -> None:
         raise T2IError(f"--mixing_prob {cfg.mixing_prob} must be in [0, 1]")
     if cfg.workers < 0:
         raise T2IError(f"--workers {cfg.workers} must be >= 0 (0 decodes in the training process)")
+    check_requested(cfg.resolution, PRESETS[cfg.preset].resolutions(), f"LAFITE preset {cfg.preset!r}")
 
 
 def describe(cfg: LafiteConfig) -> str:
@@ -100,17 +106,17 @@ def describe(cfg: LafiteConfig) -> str:
     return f"{data_name(cfg.data)}-lafite-{cfg.preset}"
 
 
-def check_data(source, image_only: list, net: LafiteNetConfig, cfg: LafiteConfig, streamed: bool,
-               metrics: list[str]) -> None:
-    """Reject data that does not fit the run: another resolution than the preset's, captions asked of
-    image-only data, a data-reading metric on data it cannot read."""
-    from t2i.metrics.evaluate import DATASET_METRICS
+def fit_resolution(size: tuple[int, int], net: LafiteNetConfig, cfg: LafiteConfig, from_snapshot: bool) -> int:
+    """The image side G and D are built for (t2i.models.resolution: the snapshot's, --resolution, or the data's)."""
+    return fit_side(size, cfg.data, cfg.resolution, net.resolutions(), f"LAFITE preset {cfg.preset!r}",
+                    net.resolution if from_snapshot else None)
 
-    w, h = source.resolution
-    if w != net.resolution or h != net.resolution:
-        raise T2IError(f"dataset {cfg.data!r} is {w}x{h} but preset {cfg.preset!r} generates {net.resolution}x"
-                       f"{net.resolution}; repack the data with `t2i data pack --width {net.resolution} --height "
-                       f"{net.resolution}` or pick another preset")
+
+def check_data(image_only: list, cfg: LafiteConfig, streamed: bool, metrics: list[str]) -> None:
+    """Reject data that does not fit the run (its resolution: `fit_resolution`): captions asked of
+    image-only data, a data-reading metric on data it cannot read."""
+    from t2i.metrics import DATASET_METRICS
+
     if image_only and cfg.mixing_prob < 1:
         raise T2IError(f"{', '.join(map(str, image_only))}: image-only data (no captions), but --mixing_prob "
                        f"{cfg.mixing_prob} trains on real captions for {1 - cfg.mixing_prob:.0%} of the images; "
@@ -143,10 +149,11 @@ class LafiteFamily:
         from t2i.models.lafite.pipeline import load_condition_clip
 
         self.cfg, self.device = cfg, d.device
+        self.vocab: list[str] = []  # the training captions' words, when every caption is known (_load_dataset)
         self.clip, self.clip_meta = load_condition_clip(cfg.clip, init, d.device)
         net = LafiteNetConfig(**init.meta["net"]) if init else copy.deepcopy(PRESETS[cfg.preset])
         net.c_dim = self.clip.embed_dim
-        self.shards = None
+        self.from_snapshot, self.shards = init is not None, None
         if is_shard_spec(cfg.data):
             n = self._open_shards(net, list(metrics))
         else:
@@ -164,8 +171,8 @@ class LafiteFamily:
         count = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
         source = (f"{n} images streamed from {len(self.shards.shards)} shards, CLIP features per batch"
                   if self.shards else f"{n} images")
-        log(f"LAFITE {cfg.preset}: G {count(self.G):.2f}M, D {count(self.D):.2f}M parameters; "
-            f"{source}; CLIP {self.clip.identity}; mixing_prob {cfg.mixing_prob}")
+        log(f"LAFITE {cfg.preset} at {net.resolution}x{net.resolution}: G {count(self.G):.2f}M, "
+            f"D {count(self.D):.2f}M parameters; {source}; CLIP {self.clip.identity}; mixing_prob {cfg.mixing_prob}")
         log("sample grid prompts (columns): " + (" | ".join(self.grid_prompts) if self.grid_prompts else
             "none, the data has no captions: CLIP image features of 8 training images instead"))
 
@@ -176,7 +183,8 @@ class LafiteFamily:
 
         cfg = self.cfg
         dataset = ImageTextDataset(cfg.data, caption_lang=cfg.lang)
-        check_data(dataset, [dataset.path] if dataset.image_only else [], net, cfg, False, metrics)
+        net.resolution = cfg.resolution = fit_resolution(dataset.resolution, net, cfg, self.from_snapshot)
+        check_data([dataset.path] if dataset.image_only else [], cfg, False, metrics)
         feats = load_or_compute_features(dataset, self.clip, cfg.lang, device=self.device, log=log)
         keep = subset_indices(len(dataset), cfg.subset)
         self.images = load_images(dataset)[keep]
@@ -187,6 +195,7 @@ class LafiteFamily:
         self.grid_reals = self.images[grid][:8]
         self.grid_prompts = [] if dataset.image_only else [dataset.records[int(i)]["captions"][0]
                                                            for i in keep[grid][:8]]
+        self.vocab = [] if dataset.image_only else dataset_vocabulary(dataset, cfg.lang, keep.tolist())
         return len(keep)
 
     def _open_shards(self, net: LafiteNetConfig, metrics: list[str]) -> int:
@@ -194,7 +203,9 @@ class LafiteFamily:
         from t2i.data.shards import first_samples, open_shard_set
 
         self.shards = open_shard_set(self.cfg.data)
-        check_data(self.shards, self.shards.image_only, net, self.cfg, True, metrics)
+        net.resolution = self.cfg.resolution = fit_resolution(self.shards.resolution, net, self.cfg,
+                                                              self.from_snapshot)
+        check_data(self.shards.image_only, self.cfg, True, metrics)
         self.images, captions = first_samples(self.cfg.data, 64)
         grid = slice(None, None, max(1, len(self.images) // 8))
         self.grid_reals = self.images[grid][:8]
@@ -285,16 +296,15 @@ class LafiteFamily:
         return self.images[:64]
 
     def meta(self) -> dict:
-        return {"family": "lafite", "config": asdict(self.cfg), "net": self.net.to_dict(), "clip": self.clip_meta}
+        meta = {"family": "lafite", "config": asdict(self.cfg), "net": self.net.to_dict(), "clip": self.clip_meta}
+        # The words of the captions G was conditioned on, for `t2i generate`'s unknown-word warning. Only
+        # _load_dataset sets it: a stream's first samples are not all its captions, and no vocabulary beats a
+        # wrong one. A language-free G (mixing_prob 1) read no caption, whatever its CLIP read.
+        if self.vocab and self.cfg.mixing_prob < 1:
+            meta["vocab"] = self.vocab
+        return meta
 
 
 def build(cfg: LafiteConfig, loop, d, log, init=None) -> LafiteFamily:
     """The LAFITE family object for the shared loop."""
     return LafiteFamily(cfg, d, log, init, loop.metrics)
-
-
-def evaluate(name: str, snapshot: Path, cfg: LafiteConfig, device) -> dict:
-    """A metric of a snapshot during training (same code as `t2i eval`)."""
-    from t2i.metrics.evaluate import evaluate_metric
-
-    return evaluate_metric(name, snapshot, data=cfg.data, device=device)
