@@ -2,7 +2,9 @@
 
 Trains a BPE, a VQGAN and the transformer within fixed budgets, then prints one table: VQGAN
 reconstruction PSNR and codebook usage; shapes_accuracy (seen and held-out compositions) with and
-without classifier-free guidance and CLIP reranking; oracle FID; the wall time of every stage.
+without classifier-free guidance and CLIP reranking, next to diversity (how often two seeds of a prompt get
+different backgrounds, the background distribution's TV distance to the data's; for guidance + rerank also
+the seed-diversity ratio, precision and recall); oracle FID; the wall time of every stage.
 
     python benchmarks/dalle_shapes.py --workdir /tmp/t2i-dalle --clip src/t2i/assets/default-lafite
 
@@ -96,11 +98,14 @@ def main() -> None:
     rows = []
     for label, opts in settings.items():
         out = work / f"eval-{label.replace(' + ', '-')}"
-        metrics = "shapes_accuracy,fid" if label == "guidance + rerank" else "shapes_accuracy"
+        full = label == "guidance + rerank"   # FID and the sample-set diversity metrics: the final setting only
+        metrics = "shapes_accuracy,fid,precision_recall,seed_diversity" if full else "shapes_accuracy"
         wall = sh(T2I + ["eval", dalle, "--data", data, "--metrics", metrics, "--n", args.eval_n, "--out", out,
                          *opts], work / f"{out.name}.log")
         acc = metric(out, "shapes_accuracy")
-        rows.append((label, acc, metric(out, "fid")["fid"] if "fid" in metrics else None, wall))
+        extra = ({"fid": metric(out, "fid")["fid"], **metric(out, "precision_recall"),
+                  "div_ratio": metric(out, "seed_diversity")["feature_dist_ratio"]} if full else None)
+        rows.append((label, acc, extra, wall))
     print()
     print(f"VQGAN: PSNR {rec['psnr_db']:.2f} dB, {rec['used_codes']} codes used ({rec['usage']:.0%}), "
           f"perplexity {rec['perplexity']:.1f}; trained {walls['vqgan']:.0f}s")
@@ -110,11 +115,16 @@ def main() -> None:
     print(f"transformer: trained {walls['dalle']:.0f}s; all stages {walls['vqgan'] + walls['dalle']:.0f}s "
           f"(budget 1800s)")
     print(f"{'sampling':<20} {'seen all':>9} {'held-out all':>12} {'seen colour':>11} {'seen shape':>10} "
-          f"{'oracle FID':>10} {'eval s':>7}")
-    for label, acc, fid, wall in rows:
-        fid_text = f"{fid:>10.2f}" if fid is not None else f"{'-':>10}"
+          f"{'bg differs':>10} {'bg TV':>6} {'div ratio':>9} {'precision':>9} {'recall':>6} {'oracle FID':>10} "
+          f"{'eval s':>7}")
+    for label, acc, extra, wall in rows:
+        more = (f"{extra['div_ratio']:>9.3f} {extra['precision']:>9.3f} {extra['recall']:>6.3f} {extra['fid']:>10.2f}"
+                if extra else f"{'-':>9} {'-':>9} {'-':>6} {'-':>10}")
         print(f"{label:<20} {acc['seen_all']:>9.3f} {acc['heldout_all']:>12.3f} {acc['seen_colour']:>11.3f} "
-              f"{acc['seen_shape']:>10.3f} {fid_text} {wall:>7.0f}")
+              f"{acc['seen_shape']:>10.3f} {acc['background_seeds_differ']:>10.3f} {acc['seen_background_tv']:>6.3f} "
+              f"{more} {wall:>7.0f}")
+    print(f"data: backgrounds of two seeds differ {rows[0][1]['background_seeds_differ_data']:.3f}; bg TV 0 and div "
+          "ratio 1 by definition")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from t2i.models.lafite.objective import (
     LafiteLoss,
     LossWeights,
     mix_conditions,
+    mode_seeking,
     perturbed_text_features,
     pseudo_text_features,
 )
@@ -173,6 +174,31 @@ def test_path_length_regulariser_is_finite_and_tracks_its_mean():
     assert float(objective.pl_mean) > 0
     loss.backward()
     assert G.mapping.layers[0].weight.grad is not None
+
+
+class ShiftG(nn.Module):
+    """G(z, c) = a * mean(z) + c[:, :1], broadcast to (B, 3, 4, 4): `a` says how much it uses z."""
+
+    def __init__(self, a: float):
+        super().__init__()
+        self.a = nn.Parameter(torch.tensor(a))
+
+    def forward(self, z, c, track_w_avg=False):
+        return (self.a * z.mean(1, keepdim=True) + c[:, :1])[:, :, None, None].expand(-1, 3, 4, 4)
+
+
+def test_mode_seeking_term_is_the_inverse_image_to_latent_distance_ratio():
+    torch.manual_seed(0)
+    z, c = torch.randn(8, 16), torch.randn(8, 4)
+    assert mode_seeking(ShiftG(0.0), ShiftG(0.0)(z, c), z, c).item() == pytest.approx(1e5)   # ignores z: 1 / eps
+    G = ShiftG(2.0)
+    ms = mode_seeking(G, G(z, c), z, c)
+    assert 0 < ms.item() < 1e3
+    ms.backward()
+    assert G.a.grad < 0   # lowering the term means using z more
+    loss, stats = LafiteLoss(G, lambda img, c: (img.mean([1, 2, 3]), c), None,
+                             LossWeights(itd=0, itc=0, ms_weight=0.5)).g_main(z, c)
+    assert "Loss/G/ms" in stats and math.isfinite(loss.item())
 
 
 def test_info_nce_matches_hand_computed_cross_entropy():

@@ -63,6 +63,17 @@ class LossWeights:
     temp: float = 0.5            # contrastive temperature
     pl_weight: float = 0.0       # StyleGAN2 path-length regulariser (0 = off)
     itc_crop_min: float = 0.5    # itc crops a random 0.5..1 square of the fake before CLIP
+    ms_weight: float = 0.0       # mode-seeking term (MSGAN): pushes two latents of one condition apart (0 = off)
+
+
+def mode_seeking(G, img: torch.Tensor, z: torch.Tensor, c: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """MSGAN's mode-seeking term (Mao et al. 2019, Eq. 3): for the first half of the batch, a second latent z2
+    of the same condition; maximise mean|G(z1, c) - G(z2, c)| / mean|z1 - z2| by minimising its inverse."""
+    n = max(1, len(z) // 2)
+    z2 = torch.randn_like(z[:n])
+    img2 = G(z2, c[:n])
+    ratio = (img[:n] - img2).abs().float().mean() / (z[:n] - z2).abs().float().mean()
+    return 1.0 / (ratio + eps)
 
 
 class LafiteLoss:
@@ -88,6 +99,10 @@ class LafiteLoss:
             itc = info_nce(clip_fts, c, self.w.temp)
             loss = loss + self.w.itc * itc
             stats["Loss/G/itc"] = itc.detach()
+        if self.w.ms_weight > 0:
+            ms = mode_seeking(self.G, img, z, c)
+            loss = loss + self.w.ms_weight * ms
+            stats["Loss/G/ms"] = ms.detach()
         return loss, stats
 
     def g_reg(self, z: torch.Tensor, c: torch.Tensor, interval: int) -> tuple[torch.Tensor, dict]:

@@ -81,6 +81,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
         "itc": "weight of the CLIP(fake)/condition contrastive loss", "temp": "contrastive temperature",
         "pl_weight": "path-length regulariser weight (0 = off)",
         "itc_crop_min": "smallest crop (fraction of the side) of fakes fed to CLIP for itc",
+        "ms_weight": "weight of MSGAN's mode-seeking term: two latents of one condition must give different "
+                     "images (0 = off)",
     }
     for f in fields(LafiteConfig):
         kind = (lambda s: bool(int(s))) if f.type in (bool, "bool") else type(getattr(defaults, f.name))

@@ -1,0 +1,172 @@
+"""Experiment: which LAFITE ingredient makes samples ignore their noise, and which change cures it.
+
+Trains the default model's recipe (docs/DEFAULT_MODEL.md) and variants of it at the same budget on the
+shapes domain, two at a time (one core each), and prints accuracy next to diversity for every run:
+oracle accuracy (seen / held-out, all attributes), how often two seeds of a prompt get different
+backgrounds (data: 0.75), the background distribution's TV distance to the data's, how far two seeds move
+the objects, the seed-diversity ratio (generated / real, oracle features), precision and recall.
+
+    python benchmarks/lafite_diversity.py --workdir /work/exp/div --kimg 30 --variants baseline,no_contrastive
+    python benchmarks/lafite_diversity.py --workdir /work/exp/div --kimg 30 --variants baseline --seeds 0,1
+
+A run that already finished in the work directory is evaluated, not retrained. Nothing here is a test: the
+numbers are reported, not asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+from common import T2I, sh
+
+DEFAULT_CLIP = Path(__file__).resolve().parent.parent / "src" / "t2i" / "assets" / "default-lafite"
+RECIPE = ("--preset tiny --batch 16 --precision bf16 --itc_crop_min 0.9 --gamma 0.05 --tick_kimg 2 --snap 5 "
+          "--mixing_prob 0.0")
+VARIANTS = {
+    "baseline": "",
+    "no_contrastive": "--itd 0 --itc 0",           # the contrastive terms pull samples to one image per condition?
+    "no_itd": "--itd 0",
+    "no_itc": "--itc 0",
+    "ms1": "--ms_weight 1",                        # MSGAN's mode-seeking term
+    "ms5": "--ms_weight 5",
+    "temp2": "--temp 2",                           # softer contrastive terms
+}
+
+
+def run_dir(work: Path, variant: str, seed: int) -> Path:
+    return work / f"runs-{variant}-s{seed}"
+
+
+def finished(outdir: Path, kimg: float) -> Path | None:
+    """The run in outdir whose log says it finished `kimg`, or None."""
+    for run in sorted(outdir.glob("*-lafite-tiny")) if outdir.is_dir() else []:
+        log = (run / "log.txt").read_text() if (run / "log.txt").exists() else ""
+        if any(line.startswith("done: ") and float(line.split()[1]) >= kimg for line in log.splitlines()):
+            return run
+    return None
+
+
+def train_all(args, work: Path, data: Path, jobs: list[tuple[str, int]]) -> None:
+    """Train every (variant, seed) not finished yet, `args.jobs` at a time with one core each."""
+    pending = []
+    for variant, seed in jobs:
+        outdir = run_dir(work, variant, seed)
+        if finished(outdir, args.kimg):
+            continue
+        resume = ["--resume", "latest"] if outdir.is_dir() else []
+        cmd = T2I + ["train", "lafite", "--data", data, "--clip", args.clip, *shlex.split(RECIPE),
+                     *shlex.split(VARIANTS[variant]), "--seed", seed, "--kimg", args.kimg, "--outdir", outdir, *resume]
+        cmd = [str(c) for c in cmd]
+        print(f"{variant} seed {seed}: {shlex.join(cmd[2:])}", flush=True)
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        pending.append(subprocess.Popen(cmd, stdout=open(work / f"train-{variant}-s{seed}.log", "w"),
+                                        stderr=subprocess.STDOUT, env=env))
+        if len(pending) >= args.jobs:
+            if pending.pop(0).wait():
+                raise SystemExit("a training failed; see train-*.log in the work directory")
+    for proc in pending:
+        if proc.wait():
+            raise SystemExit("a training failed; see train-*.log in the work directory")
+
+
+def evaluate(args, work: Path, data: Path, variant: str, seed: int) -> dict:
+    """Accuracy and diversity of a finished run (cached in its eval-*.json)."""
+    run = finished(run_dir(work, variant, seed), args.kimg)
+    cache = work / f"eval-{variant}-s{seed}-n{args.eval_n}.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    out = work / f"eval-{variant}-s{seed}"
+    sh(T2I + ["eval", run, "--data", data, "--metrics", "shapes_accuracy,seed_diversity,precision_recall,fid",
+              "--n", args.eval_n, "--out", out], work / f"eval-{variant}-s{seed}.log")
+    result = {}
+    for name in ("shapes_accuracy", "seed_diversity", "precision_recall", "fid"):
+        line = (out / f"metric-{name}.jsonl").read_text().splitlines()[-1]
+        result |= {f"{name}/{k}": v for k, v in json.loads(line)["results"].items()}
+    cache.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def real_vs_real(work: Path, data: Path, n: int) -> dict:
+    """The ceiling of precision/recall and the floor of FID at this sample size: n fresh real images (the
+    test-seen split) against the training set, in the same oracle features as the runs."""
+    import random
+
+    import torch
+
+    from t2i.data.dataset import ImageTextDataset
+    from t2i.evaluate import EvalOptions, feature_extractor, features
+    from t2i.metrics.diversity import precision_recall
+    from t2i.metrics.fid import compute_stats, fid_from_stats
+
+    test = work / f"shapes64-test-seen-{n}"
+    if not (test / "dataset.json").exists():
+        sh(T2I + ["data", "shapes", "--out", test, "--n", n, "--size", 64, "--seed", 2, "--split", "test-seen"])
+    train, held = ImageTextDataset(data), ImageTextDataset(test)
+    extractor = feature_extractor(EvalOptions(), train, "cpu", "real_vs_real")
+    pick = sorted(random.Random("0-reals").sample(range(len(train)), n))   # as precision_recall picks them
+    held_images = torch.stack([held[i]["image"] for i in range(len(held))])
+    real = features(extractor, torch.stack([train[i]["image"] for i in pick]), 64)
+    precision, recall = precision_recall(real, features(extractor, held_images, 64), k=3)
+    train_batches = (torch.stack([train[i]["image"] for i in range(s, min(s + 256, len(train)))])
+                     for s in range(0, len(train), 256))
+    fid = fid_from_stats(compute_stats(extractor, train_batches, extractor.identity),
+                         compute_stats(extractor, held_images.split(256), extractor.identity))
+    return {"precision": precision, "recall": recall, "fid": fid}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", default="/tmp/t2i-lafite-diversity", help="where data, runs and results go")
+    p.add_argument("--data", help="a shapes64 dataset (default: rendered in the work directory, as the default "
+                                  "model's: 10000 images, seed 1)")
+    p.add_argument("--clip", default=str(DEFAULT_CLIP), help="the CLIP to condition on (default: the default "
+                                                             "model's own)")
+    p.add_argument("--kimg", type=float, default=30, help="training budget of every run")
+    p.add_argument("--variants", default="baseline,no_contrastive", help=f"comma-separated, of {', '.join(VARIANTS)}")
+    p.add_argument("--seeds", default="0", help="comma-separated training seeds")
+    p.add_argument("--jobs", type=int, default=2, help="runs trained at once (one core each)")
+    p.add_argument("--eval_n", type=int, default=500, help="prompts per split (shapes_accuracy), images per metric")
+    args = p.parse_args()
+
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    data = Path(args.data) if args.data else work / "shapes64"
+    if not (data / "dataset.json").exists():
+        sh(T2I + ["data", "shapes", "--out", data, "--n", 10000, "--size", 64, "--seed", 1])
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    jobs = [(v, int(s)) for v in variants for s in args.seeds.split(",")]
+    train_all(args, work, data, jobs)
+    columns = [("seen all", "shapes_accuracy/seen_all"), ("held-out all", "shapes_accuracy/heldout_all"),
+               ("bg differs", "shapes_accuracy/background_seeds_differ"),
+               ("bg TV", "shapes_accuracy/seen_background_tv"),
+               ("offset diff", "shapes_accuracy/offset_seeds_diff"),
+               ("div ratio", "seed_diversity/feature_dist_ratio"),
+               ("precision", "precision_recall/precision"), ("recall", "precision_recall/recall"),
+               ("oracle FID", "fid/fid")]
+    print(f"\n{args.kimg:g} kimg, {args.eval_n} prompts per split / images per metric")
+    print(f"{'variant':<16}{'seed':>5}" + "".join(f"{name:>13}" for name, _ in columns))
+    data_row = None
+    for variant, seed in jobs:
+        r = evaluate(args, work, data, variant, seed)
+        print(f"{variant:<16}{seed:>5}" + "".join(f"{r[key]:>13.3f}" for _, key in columns), flush=True)
+        data_row = r
+    ceiling = real_vs_real(work, data, args.eval_n)
+    print(f"{'data':<16}{'':>5}{'':>13}{'':>13}"
+          f"{data_row['shapes_accuracy/background_seeds_differ_data']:>13.3f}"
+          f"{data_row['shapes_accuracy/seen_background_tv_data']:>13.3f}"
+          f"{data_row['shapes_accuracy/offset_seeds_diff_data']:>13.3f}{1.0:>13.3f}"
+          f"{ceiling['precision']:>13.3f}{ceiling['recall']:>13.3f}{ceiling['fid']:>13.3f}")
+    print("(data row: renders of the same prompts drawn as the data draws them; precision, recall and FID of "
+          f"{args.eval_n} fresh test-seen images against the training set)")
+
+
+if __name__ == "__main__":
+    main()
