@@ -11,6 +11,16 @@ the objects, the seed-diversity ratio (generated / real, oracle features), preci
 
 A run that already finished in the work directory is evaluated, not retrained. Nothing here is a test: the
 numbers are reported, not asserted.
+
+Measured on the 2-core CPU at 30 kimg (500 prompts per split; two seeds of a prompt differ in background for
+0.748 of the data's renders):
+- baseline, seed 0: 43.4% / 38.0% seen / held-out, backgrounds differ 0.000 (one background for every image,
+  TV 0.75), seed-diversity ratio 0.30, precision 0.91, recall 0.14. Already one background at 10 kimg; the raw G
+  is the same as G_ema (0.000), so the EMA does not cause it.
+- no_contrastive (itd = itc = 0), seed 0: backgrounds differ 0.000, ratio 0.44, accuracy 5%: the contrastive
+  terms make the prompts followed, they do not make the seed ignored.
+- ms1 (MSGAN's term, weight 1), seeds 0 / 1: backgrounds differ 0.626 / 0.612, TV 0.35 / 0.25, ratio 0.86 /
+  0.82, recall 0.39 / 0.31, but accuracy 30.0% / 32.2% seen.
 """
 
 from __future__ import annotations
