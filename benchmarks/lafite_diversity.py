@@ -42,7 +42,9 @@ VARIANTS = {
     "no_contrastive": "--itd 0 --itc 0",           # the contrastive terms pull samples to one image per condition?
     "no_itd": "--itd 0",
     "no_itc": "--itc 0",
-    "ms1": "--ms_weight 1",                        # MSGAN's mode-seeking term
+    "ms0.25": "--ms_weight 0.25",                  # MSGAN's mode-seeking term, at several weights
+    "ms0.5": "--ms_weight 0.5",
+    "ms1": "--ms_weight 1",
     "ms5": "--ms_weight 5",
     "temp2": "--temp 2",                           # softer contrastive terms
 }
