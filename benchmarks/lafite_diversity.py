@@ -27,12 +27,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
-import subprocess
 from pathlib import Path
 
-from common import T2I, sh
+from common import T2I, run_parallel, sh
 
 DEFAULT_CLIP = Path(__file__).resolve().parent.parent / "src" / "t2i" / "assets" / "default-lafite"
 RECIPE = ("--preset tiny --batch 16 --precision bf16 --itc_crop_min 0.9 --gamma 0.05 --tick_kimg 2 --snap 5 "
@@ -65,7 +63,7 @@ def finished(outdir: Path, kimg: float) -> Path | None:
 
 def train_all(args, work: Path, data: Path, jobs: list[tuple[str, int]]) -> None:
     """Train every (variant, seed) not finished yet, `args.jobs` at a time with one core each."""
-    pending = []
+    commands = {}
     for variant, seed in jobs:
         outdir = run_dir(work, variant, seed)
         if finished(outdir, args.kimg):
@@ -73,17 +71,9 @@ def train_all(args, work: Path, data: Path, jobs: list[tuple[str, int]]) -> None
         resume = ["--resume", "latest"] if outdir.is_dir() else []
         cmd = T2I + ["train", "lafite", "--data", data, "--clip", args.clip, *shlex.split(RECIPE),
                      *shlex.split(VARIANTS[variant]), "--seed", seed, "--kimg", args.kimg, "--outdir", outdir, *resume]
-        cmd = [str(c) for c in cmd]
-        print(f"{variant} seed {seed}: {shlex.join(cmd[2:])}", flush=True)
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        pending.append(subprocess.Popen(cmd, stdout=open(work / f"train-{variant}-s{seed}.log", "w"),
-                                        stderr=subprocess.STDOUT, env=env))
-        if len(pending) >= args.jobs:
-            if pending.pop(0).wait():
-                raise SystemExit("a training failed; see train-*.log in the work directory")
-    for proc in pending:
-        if proc.wait():
-            raise SystemExit("a training failed; see train-*.log in the work directory")
+        print(f"{variant} seed {seed}: {shlex.join(map(str, cmd[2:]))}", flush=True)
+        commands[f"training {variant} seed {seed}"] = (cmd, work / f"train-{variant}-s{seed}.log")
+    run_parallel(commands, args.jobs)
 
 
 def evaluate(args, work: Path, data: Path, variant: str, seed: int) -> dict:

@@ -25,11 +25,10 @@ import os
 import re
 import shlex
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
-from common import T2I, sh
+from common import T2I, run_parallel, sh
 
 def newest_run(outdir: Path, suffix: str) -> Path:
     """The highest-numbered run directory ending in `suffix`."""
@@ -104,7 +103,7 @@ def main() -> None:
     models = {"language-free": ["--mixing_prob", "1.0", "--pseudo_noise", str(args.pseudo_noise)],
               "supervised": ["--mixing_prob", "0.0"]}
     threads = max(1, (os.cpu_count() or 1) // max(1, args.jobs))
-    pending = {}
+    commands = {}
     for label, opts in models.items():
         outdir = work / f"runs-{label}"
         if not args.retrain and finished_run(outdir, args.kimg):
@@ -115,12 +114,8 @@ def main() -> None:
         cmd = T2I + ["train", "lafite", "--data", str(data), "--clip", clip, *shlex.split(args.recipe), *opts,
                      "--kimg", str(args.kimg), "--outdir", str(outdir), *resume]
         print(f"{label}: {shlex.join(cmd[2:])}")
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        pending[label] = subprocess.Popen(cmd, stdout=open(work / f"lafite-{label}.log", "w"),
-                                          stderr=subprocess.STDOUT, env=env)
-        if len(pending) >= args.jobs:
-            _wait(pending)
-    _wait(pending)
+        commands[f"training {label}"] = (cmd, work / f"lafite-{label}.log")
+    run_parallel(commands, args.jobs, threads)
     rows = []
     for label in models:
         run = finished_run(work / f"runs-{label}", args.kimg)
@@ -159,14 +154,6 @@ def main() -> None:
           f"(min {min(latencies):.2f}s, {len(latencies)} runs)")
     print(f"eval throughput (generate + score, {'+'.join(METRICS)}): "
           f"{statistics.mean(r['eval_img_per_s'] for r in rows):.0f} img/s")
-
-
-def _wait(pending: dict) -> None:
-    """Wait for every started training; fail loudly naming the one that failed."""
-    for label, proc in list(pending.items()):
-        if proc.wait():
-            raise SystemExit(f"training {label} failed ({proc.returncode}); see its log in the work directory")
-        del pending[label]
 
 
 if __name__ == "__main__":
