@@ -201,6 +201,26 @@ def test_mode_seeking_term_is_the_inverse_image_to_latent_distance_ratio():
     assert "Loss/G/ms" in stats and math.isfinite(loss.item())
 
 
+def test_mode_seeking_cap_and_pooling():
+    torch.manual_seed(0)
+    z, c = torch.randn(8, 16), torch.randn(8, 4)
+    G = ShiftG(50.0)                                   # images far apart: the cap holds the term at 1 / tau
+    ms = mode_seeking(G, G(z, c), z, c, tau=0.1)
+    assert ms.item() == pytest.approx(10.0, rel=1e-3)
+    ms.backward()
+    assert G.a.grad == 0                               # and pushes them no further
+    G.a.grad = None
+    mode_seeking(G, G(z, c), z, c).backward()
+    assert G.a.grad < 0                                # without the cap it still pushes
+
+    checker = (torch.arange(4)[:, None] + torch.arange(4)[None]) % 2 * 2.0 - 1  # 4x4 of +-1, mean 0 per 2x2
+
+    def fine_g(z, c, track_w_avg=False):               # z moves only pixel-level detail
+        return (z.mean(1)[:, None, None, None] * checker).expand(-1, 3, 4, 4)
+    assert mode_seeking(fine_g, fine_g(z, c), z, c).item() < 100
+    assert mode_seeking(fine_g, fine_g(z, c), z, c, pool=2).item() == pytest.approx(1e5)  # layout unchanged
+
+
 def test_info_nce_matches_hand_computed_cross_entropy():
     a = F.normalize(torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]]), dim=-1)
     b = F.normalize(torch.tensor([[0.8, 0.6], [0.0, 1.0], [-1.0, 0.2]]), dim=-1)

@@ -64,15 +64,26 @@ class LossWeights:
     pl_weight: float = 0.0       # StyleGAN2 path-length regulariser (0 = off)
     itc_crop_min: float = 0.5    # itc crops a random 0.5..1 square of the fake before CLIP
     ms_weight: float = 0.0       # mode-seeking term (MSGAN): pushes two latents of one condition apart (0 = off)
+    ms_tau: float = 0.0          # stop pushing once the image/latent distance ratio reaches tau (0 = never stop)
+    ms_pool: int = 0             # measure the image distance on images average-pooled to this side (0 = full)
 
 
-def mode_seeking(G, img: torch.Tensor, z: torch.Tensor, c: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+def mode_seeking(G, img: torch.Tensor, z: torch.Tensor, c: torch.Tensor, tau: float = 0.0, pool: int = 0,
+                 eps: float = 1e-5) -> torch.Tensor:
     """MSGAN's mode-seeking term (Mao et al. 2019, Eq. 3): for the first half of the batch, a second latent z2
-    of the same condition; maximise mean|G(z1, c) - G(z2, c)| / mean|z1 - z2| by minimising its inverse."""
+    of the same condition; maximise mean|G(z1, c) - G(z2, c)| / mean|z1 - z2| by minimising its inverse.
+
+    tau > 0 caps the ratio (as DSGAN, Yang et al. 2019, caps theirs): images that already differ that much
+    get no further push. pool > 0 measures the distance on images average-pooled to pool x pool, so that
+    only their coarse layout (background, placement) is pushed apart, not the details a prompt names."""
     n = max(1, len(z) // 2)
     z2 = torch.randn_like(z[:n])
-    img2 = G(z2, c[:n])
-    ratio = (img[:n] - img2).abs().float().mean() / (z[:n] - z2).abs().float().mean()
+    a, b = img[:n], G(z2, c[:n])
+    if pool:
+        a, b = F.adaptive_avg_pool2d(a, pool), F.adaptive_avg_pool2d(b, pool)
+    ratio = (a - b).abs().float().mean() / (z[:n] - z2).abs().float().mean()
+    if tau > 0:
+        ratio = ratio.clamp(max=tau)
     return 1.0 / (ratio + eps)
 
 
@@ -100,7 +111,7 @@ class LafiteLoss:
             loss = loss + self.w.itc * itc
             stats["Loss/G/itc"] = itc.detach()
         if self.w.ms_weight > 0:
-            ms = mode_seeking(self.G, img, z, c)
+            ms = mode_seeking(self.G, img, z, c, self.w.ms_tau, self.w.ms_pool)
             loss = loss + self.w.ms_weight * ms
             stats["Loss/G/ms"] = ms.detach()
         return loss, stats

@@ -83,6 +83,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
         "itc_crop_min": "smallest crop (fraction of the side) of fakes fed to CLIP for itc",
         "ms_weight": "weight of MSGAN's mode-seeking term: two latents of one condition must give different "
                      "images (0 = off)",
+        "ms_tau": "cap on the mode-seeking term's image/latent distance ratio: pairs that differ this much are "
+                  "pushed no further (0 = no cap; the shapes data's two renders of one prompt: about 0.1)",
+        "ms_pool": "side of the average-pooled images the mode-seeking distance is measured on, so only the coarse "
+                   "layout is pushed apart (0 = full resolution)",
     }
     for f in fields(LafiteConfig):
         kind = (lambda s: bool(int(s))) if f.type in (bool, "bool") else type(getattr(defaults, f.name))
