@@ -20,7 +20,7 @@ from t2i.data import shapes
 from t2i.data.transforms import to_model, to_uint8
 from t2i.metrics.oracle import predict, render_batch
 from t2i.metrics.oracle_trainer import load_oracle
-from t2i.models.dalle.vqgan_trainer import load_vqgan_snapshot
+from t2i.models.first_stage.vqgan_trainer import load_vqgan_snapshot
 
 
 def main() -> None:

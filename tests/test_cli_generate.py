@@ -78,6 +78,14 @@ def test_bad_prompts_are_clean_errors(tmp_path, lafite_run, cli_error, prompt, m
     assert not (tmp_path / "o.png").exists()
 
 
+def test_a_long_prompt_late_in_a_file_fails_before_any_image_is_written(tmp_path, lafite_run, cli_error):
+    (tmp_path / "p.txt").write_text("a red cross\na blue star\n" + "a red circle " * 20 + "\n", encoding="utf-8")
+    err = cli_error("generate", "--prompts", tmp_path / "p.txt", "--model", lafite_run, "--batch", 1,
+                    "--outdir", tmp_path / "each")
+    assert "tokens" in err and "a red circle" in err
+    assert not any((tmp_path / "each").iterdir())    # not even the first prompt's images
+
+
 def test_bad_prompt_files_are_clean_errors(tmp_path, lafite_run, cli_error):
     (tmp_path / "latin1.txt").write_bytes("un cercle rouge \xe9l\xe9gant\n".encode("latin-1"))
     assert "not UTF-8" in cli_error("generate", "--prompts", tmp_path / "latin1.txt", "--model", lafite_run)

@@ -16,7 +16,8 @@ def all_parsers(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
 
 def test_every_command_help_renders_and_documents_every_option():
     parsers = dict(all_parsers(build_parser()))
-    assert {("train", "dalle"), ("train", "vqgan"), ("train", "bpe"), ("data", "coco"), ("generate",)} <= parsers.keys()
+    assert {("train", "dalle"), ("train", "vqgan"), ("train", "autoencoder"), ("train", "bpe"), ("data", "coco"),
+            ("generate",)} <= parsers.keys()
     for path, parser in parsers.items():
         text = parser.format_help()
         assert "(default: None)" not in text, f"t2i {' '.join(path)} --help shows a default of None"

@@ -8,8 +8,8 @@ from PIL import Image
 
 from t2i.data.dataset import ImageTextDataset
 from t2i.models import load_pipeline
-from t2i.models.dalle.tokens import load_or_encode_tokens
-from t2i.models.dalle.vqgan_trainer import load_vqgan_snapshot
+from t2i.models.first_stage.cache import load_or_encode_tokens
+from t2i.models.first_stage.vqgan_trainer import load_vqgan_snapshot
 
 from conftest import cli
 

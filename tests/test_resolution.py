@@ -92,8 +92,9 @@ def test_lafite_networks_build_and_run_at_every_listed_size(preset):
 
 
 def test_vqgan_sizes_and_attention_that_follows_the_feature_map_sides():
-    from t2i.models.dalle.taming import attention_levels
-    from t2i.models.dalle.vqgan import PRESETS, VQGAN, PatchDiscriminator
+    from t2i.models.first_stage.discriminator import PatchDiscriminator
+    from t2i.models.first_stage.taming import attention_levels
+    from t2i.models.first_stage.vqgan import PRESETS, VQGAN
 
     assert PRESETS["test"].resolutions(128) == [16, 32, 64, 128]   # f2: 8x8 tokens, D: 12 px at least
     assert PRESETS["tiny"].resolutions(128) == [32, 64, 128]       # f4, D: 24 px at least

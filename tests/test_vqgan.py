@@ -1,6 +1,6 @@
-"""DALL-E's VQGAN first stage: config round-trip, taming key layout, straight-through gradients,
-codebook/commitment loss, dead-code restart, perplexity, adaptive weight, delayed discriminator, the
-taming loader, the LPIPS perceptual loss, and `t2i train vqgan` end to end with resume."""
+"""DALL-E's VQGAN first stage (t2i.models.first_stage): config round-trip, taming key layout, straight-through
+gradients, codebook/commitment loss, dead-code restart, perplexity, adaptive weight, delayed discriminator,
+the taming loader, the LPIPS perceptual loss, and `t2i train vqgan` end to end with resume."""
 
 import argparse
 import json
@@ -16,22 +16,22 @@ from torch import nn
 
 from t2i.data.dataset import ImageTextDataset
 from t2i.errors import T2IError
-from t2i.models.dalle.taming import load_taming_vqgan
-from t2i.models.dalle.vqgan import (
-    PRESETS,
-    VQGAN,
-    ChannelNorm,
-    PatchDiscriminator,
-    VectorQuantizer,
-    VQGANConfig,
-    code_usage,
-)
-from t2i.models.dalle.vqgan_objective import (
+from t2i.models.first_stage.discriminator import PatchDiscriminator
+from t2i.models.first_stage.objective import (
     VQGANLoss,
     VQGANLossWeights,
     adaptive_weight,
     codebook_loss,
     load_perceptual,
+)
+from t2i.models.first_stage.taming import load_taming_vqgan
+from t2i.models.first_stage.vqgan import (
+    PRESETS,
+    VQGAN,
+    ChannelNorm,
+    VectorQuantizer,
+    VQGANConfig,
+    code_usage,
 )
 from t2i.training.snapshot import load_snapshot, load_training_state
 
@@ -427,7 +427,8 @@ def test_cli_trains_snapshots_and_resumes_exactly(shapes16, tmp_path):
 
 
 def test_lr_schedule_warms_up_then_holds_or_decays():
-    from t2i.models.dalle.vqgan_trainer import VQGANTrainConfig, lr_schedule
+    from t2i.models.first_stage.trainer import lr_schedule
+    from t2i.models.first_stage.vqgan_trainer import VQGANTrainConfig
     from t2i.training.loop import LoopConfig
 
     loop = LoopConfig(kimg=10, batch=32)
@@ -443,7 +444,7 @@ def test_lr_schedule_warms_up_then_holds_or_decays():
 
 
 def test_random_crops_are_seeded_windows_of_each_image():
-    from t2i.models.dalle.vqgan_trainer import random_crops
+    from t2i.models.first_stage.trainer import random_crops
 
     images = torch.arange(4 * 3 * 16 * 16, dtype=torch.float32).view(4, 3, 16, 16)
     a = random_crops(images, 8, torch.Generator().manual_seed(1))
@@ -499,7 +500,7 @@ def test_cli_trains_on_crops_and_rejects_a_bad_crop(shapes16, tmp_path, cli_erro
 
 def test_shapes_recon_accuracy_is_the_oracle_score_of_round_trips():
     from t2i.metrics.oracle_trainer import load_oracle, oracle_self_accuracy
-    from t2i.models.dalle.vqgan_trainer import shapes_recon_accuracy
+    from t2i.models.first_stage.trainer import shapes_recon_accuracy
 
     oracle = load_oracle()
     clean = oracle_self_accuracy(oracle, n=16, split="test-seen")

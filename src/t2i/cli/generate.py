@@ -134,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
     torch.set_grad_enabled(False)
     pipe = load_pipeline(args.model, args.device)
     options = sampling_options(args, pipe, args.device)
+    pipe.check_prompts(prompts, **options)  # a prompt the model cannot read fails now, not at its batch
     if warning := vocabulary_warning(prompts, pipe.meta.get("vocab")):
         print(warning, file=sys.stderr)
     name = image_name_format(len(prompts), args.n, args.seed)

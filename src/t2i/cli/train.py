@@ -9,6 +9,8 @@ from t2i.cli import HelpFormatter
 from t2i.training.launch import TRAINABLE, add_loop_args
 
 HELP = {
+    "autoencoder": "train a KL autoencoder (latent diffusion's first stage: Gaussian latents, L1 + LPIPS + KL + "
+                   "patch-GAN; diffusers' AutoencoderKL)",
     "bpe": "train a byte-level BPE tokenizer (with BPE-dropout) on a dataset's captions",
     "dalle": "train the DALL-E transformer over BPE text tokens and VQGAN image tokens (--vqgan RUN)",
     "clip": "train t2i's small CLIP (image + text encoders, contrastive) on a dataset",

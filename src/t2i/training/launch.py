@@ -27,11 +27,12 @@ from t2i.training.loop import LoopConfig
 # Family name -> module with CONFIG (a dataclass type), PRESETS, add_args(parser), build(cfg, loop, d, log),
 # describe(cfg) and, optionally, evaluate(name, snapshot_path, cfg).
 TRAINABLE = {
+    "autoencoder": "t2i.models.first_stage.autoencoder_trainer",
     "clip": "t2i.clip.trainer",
     "dalle": "t2i.models.dalle.trainer",
     "lafite": "t2i.models.lafite.trainer",
     "oracle": "t2i.metrics.oracle_trainer",
-    "vqgan": "t2i.models.dalle.vqgan_trainer",
+    "vqgan": "t2i.models.first_stage.vqgan_trainer",
 }
 
 # Options that may change on `--resume` without turning it into a fine-tune (loop options, and `workers` of
@@ -140,7 +141,7 @@ def resolve(family: str, args: argparse.Namespace) -> tuple[dict[str, Any], Path
         meta = json.loads((snapshot / "config.json").read_text())
         if meta.get("family") != family:
             raise T2IError(f"--resume {args.resume}: {snapshot} is a {meta.get('family')!r} snapshot, "
-                           f"not {family!r}; give a {family} run or snapshot")
+                           f"not {family!r}; give a `t2i train {family}` run or snapshot")
         base_fam.update(meta.get("config", {}))
         base_loop.update(meta.get("loop", {}))
     elif "preset" in fam_given or "preset" in base_fam:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from t2i.models.dalle.sampling import generate
 from t2i.models.dalle.transformer import DalleConfig, DalleTransformer
-from t2i.models.dalle.vqgan import VQGAN, VQGANConfig
+from t2i.models.first_stage.vqgan import VQGAN, VQGANConfig
 
 # Sampling options `t2i generate` / `t2i eval` pass through, with their defaults.
 OPTIONS = {"guidance": 3.0, "top_k": 0, "top_p": 1.0, "temperature": 1.0, "candidates": 1}
@@ -45,6 +45,13 @@ class DallePipeline:
         from t2i.text.bpe import fixed_length_ids
 
         return fixed_length_ids(self.tokenizer, prompts, self.model.cfg.text_len, truncate=truncate)
+
+    def check_prompts(self, prompts: list[str], truncate: bool = False, candidates: int = 1, **options) -> None:
+        """T2IError naming the first prompt the transformer (or the reranking CLIP) cannot read, before any
+        image is made."""
+        self.text_ids(prompts, truncate)
+        if candidates > 1 and self.clip is not None:
+            self.clip.tokenize(prompts)
 
     @torch.no_grad()
     def __call__(self, prompts: list[str], seeds: list[int], guidance: float = 3.0, top_k: int = 0,

@@ -1,6 +1,6 @@
 """`t2i train dalle --vqgan RUN`: the DALL-E transformer in the shared loop (one phase).
 
-Images are VQGAN token ids cached beside the dataset (`tokens.py`); captions are tokenised at every
+Images are VQGAN token ids cached beside the dataset (`t2i.models.first_stage.cache`); captions are tokenised at every
 step with BPE-dropout (a `t2i train bpe` run, or one trained here on the dataset's captions) and
 dropped to the null caption with `--null_text_prob` so classifier-free guidance works at sampling.
 The frozen VQGAN and the tokenizer travel inside every snapshot, so a run samples on its own.
@@ -93,7 +93,7 @@ def describe(cfg: DalleTrainConfig) -> str:
 
 def check_image_size(size: tuple[int, int], R: int, cfg: DalleTrainConfig, from_snapshot: bool) -> None:
     """The dataset's images must be at least the VQGAN's R x R: larger or non-square ones are DALL-E-cropped
-    to it (`tokens.py`), smaller ones are never enlarged."""
+    to it (`t2i.models.first_stage.cache`), smaller ones are never enlarged."""
     w, h = size
     if min(w, h) < R:
         whose = "the resumed snapshot's VQGAN" if from_snapshot else f"the VQGAN {cfg.vqgan!r}"
@@ -122,9 +122,9 @@ class DalleFamily:
 
     def __init__(self, cfg: DalleTrainConfig, loop, d, log, init=None):
         from t2i.data.dataset import ImageTextDataset, captions_by_image
-        from t2i.models.dalle.tokens import load_or_encode_tokens
-        from t2i.models.dalle.vqgan import VQGAN, VQGANConfig
-        from t2i.models.dalle.vqgan_trainer import load_vqgan_snapshot
+        from t2i.models.first_stage.cache import load_or_encode_tokens
+        from t2i.models.first_stage.vqgan import VQGAN, VQGANConfig
+        from t2i.models.first_stage.vqgan_trainer import load_vqgan_snapshot
 
         self.cfg, self.loop, self.device = cfg, loop, d.device
         dataset = ImageTextDataset(cfg.data)

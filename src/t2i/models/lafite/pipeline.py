@@ -51,6 +51,10 @@ class LafitePipeline:
     def resolution(self) -> int:
         return self.G.cfg.resolution
 
+    def check_prompts(self, prompts: list[str], **options) -> None:
+        """T2IError naming the first prompt the text encoder cannot read, before any image is made."""
+        self.clip.tokenize(prompts)
+
     @torch.no_grad()
     def condition(self, prompts: list[str]) -> torch.Tensor:
         """(N, c_dim) unit CLIP text features of prompts."""

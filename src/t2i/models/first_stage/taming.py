@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from t2i.errors import T2IError
-from t2i.models.dalle.vqgan import VQGAN, VQGANConfig
+from t2i.models.first_stage.vqgan import VQGAN, VQGANConfig
 
 DDCONFIG_KEYS = ("resolution", "in_channels", "out_ch", "ch", "ch_mult", "num_res_blocks", "attn_resolutions",
                  "z_channels")

@@ -3,15 +3,16 @@
 The encoder maps an image (B, 3, H, W) in [-1, 1] to a grid of z_channels vectors at H / f, with
 f = 2 ** (len(ch_mult) - 1); `quant_conv` projects them to embed_dim, the vector quantizer snaps each
 one to its nearest codebook row (token ids (B, H / f, W / f)), `post_quant_conv` and the decoder map
-the codes back to an image. The patch discriminator scores overlapping patches of an image.
+the codes back to an image. The patch discriminator it trains against is shared with the KL autoencoder
+(`discriminator.py`).
 
 Module and parameter names follow the taming-transformers layout exactly (encoder.down.0.block.0.norm1,
 encoder.mid.attn_1.q, quantize.embedding.weight, decoder.up.3.upsample.conv, ...) so its checkpoints
-load by name (see `t2i.models.dalle.taming`). t2i adds the quantizer's `unused_steps` buffer, a training
+load by name (see `t2i.models.first_stage.taming`). t2i adds the quantizer's `unused_steps` buffer, a training
 counter for dead-code restarts that taming checkpoints do not carry, and two options that are off for taming
 checkpoints: `codebook_l2` (cosine lookup of l2-normalised codes) and `local_encoder` (per-position norms,
 no attention in the encoder, so a token depends on its receptive field only). The loss (reconstruction,
-perceptual, codebook, adversarial) lives in `vqgan_objective.py`.
+perceptual, codebook, adversarial) lives in `objective.py`.
 """
 
 from __future__ import annotations
@@ -23,12 +24,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-# Fewest tokens per image side `t2i train vqgan` builds for: a 4x4 grid is still a layout to model.
-MIN_TOKEN_SIDE = 4
+from t2i.models.first_stage.discriminator import FirstStageSides
 
 
 @dataclass
-class VQGANConfig:
+class VQGANConfig(FirstStageSides):
     """Architecture of the VQGAN and its patch discriminator; round-trips to JSON.
 
     The first fields are taming's `ddconfig` names (plus n_embed, embed_dim); `norm_groups` is fixed
@@ -68,18 +68,6 @@ class VQGANConfig:
     def token_side(self) -> int:
         """Tokens per side for an image of `resolution` pixels."""
         return self.resolution // self.factor
-
-    @property
-    def min_side(self) -> int:
-        """Smallest image (or crop) side the patch discriminator scores: its disc_layers stride-2 and two
-        stride-1 4x4 convolutions (padding 1) leave no patch below 3 * 2 ** disc_layers pixels."""
-        return 3 * 2 ** self.disc_layers
-
-    def resolutions(self, up_to: int = 4096) -> list[int]:
-        """The image sides t2i trains at: powers of two with at least MIN_TOKEN_SIDE tokens a side that the
-        patch discriminator can score, up to `up_to` (the networks are convolutional: no upper bound)."""
-        low = max(self.factor * MIN_TOKEN_SIDE, self.min_side)
-        return [2 ** i for i in range(int(up_to).bit_length()) if low <= 2 ** i <= up_to]
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -390,7 +378,7 @@ class VectorQuantizer(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# The autoencoder and the discriminator.
+# The autoencoder.
 
 class VQGAN(nn.Module):
     """encoder -> quant_conv -> quantize -> post_quant_conv -> decoder."""
@@ -418,6 +406,10 @@ class VQGAN(nn.Module):
         z_q, ids, stats = self.quantize(z)
         return self.decode_latents(z_q), z, ids, stats
 
+    def last_layer(self) -> torch.Tensor:
+        """The decoder's output convolution, where the adversarial term's adaptive weight is measured."""
+        return self.decoder.conv_out.weight
+
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Token ids (B, h, w) of images (B, 3, R, R) in [-1, 1]."""
@@ -428,40 +420,7 @@ class VQGAN(nn.Module):
         """Images (B, 3, h*f, w*f) in about [-1, 1] from token ids (B, h, w)."""
         return self.decode_latents(self.quantize.embed(ids))
 
-
-class PatchDiscriminator(nn.Module):
-    """NLayerDiscriminator-style PatchGAN: (B, 3, R, R) -> logits (B, 1, h', w'), one per patch.
-
-    conv4x4/2 + lrelu, then (disc_layers - 1) x [conv4x4/2, norm, lrelu], one conv4x4/1 + norm + lrelu,
-    and a conv4x4/1 to one channel; channels double per layer up to 8 x disc_ndf. Layer names
-    (`main.N`) follow taming's `loss.discriminator.main.N`.
-    """
-
-    def __init__(self, cfg: VQGANConfig):
-        super().__init__()
-        if cfg.disc_norm not in ("batch", "group"):
-            raise ValueError(f"disc_norm {cfg.disc_norm!r} must be 'batch' or 'group'")
-        ndf = cfg.disc_ndf
-
-        def norm(c):
-            return nn.BatchNorm2d(c) if cfg.disc_norm == "batch" else normalize(c, min(cfg.norm_groups, c))
-
-        layers: list[nn.Module] = [nn.Conv2d(cfg.in_channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2)]
-        mult = 1
-        for n in range(1, cfg.disc_layers + 1):
-            prev, mult = mult, min(2 ** n, 8)
-            stride = 2 if n < cfg.disc_layers else 1
-            # No bias before a norm layer, whose shift replaces it.
-            layers += [nn.Conv2d(ndf * prev, ndf * mult, 4, stride, 1, bias=False), norm(ndf * mult),
-                       nn.LeakyReLU(0.2)]
-        layers.append(nn.Conv2d(ndf * mult, 1, 4, 1, 1))
-        self.main = nn.Sequential(*layers)
-        for m in self.modules():   # pix2pix initialisation, as taming's weights_init
-            if isinstance(m, nn.Conv2d):
-                nn.init.normal_(m.weight, 0.0, 0.02)
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-                nn.init.normal_(m.weight, 1.0, 0.02)
-                nn.init.zeros_(m.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.main(x)
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
+        """Round trip images -> token ids -> images, all in [-1, 1] (what a second stage's tokens keep)."""
+        return self.decode_ids(self.encode(images))
