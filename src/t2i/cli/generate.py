@@ -38,7 +38,8 @@ def add_parser(sub) -> None:
     p.add_argument("prompt", nargs="?", help="the text prompt (quote it)")
     p.add_argument("--prompts", metavar="FILE", help="a UTF-8 text file with one prompt per line (instead of PROMPT)")
     p.add_argument("--model", metavar="RUN_OR_SNAPSHOT", help="run directory or snapshot (default: embedded model)")
-    p.add_argument("--n", type=int, default=8, help="images per prompt")
+    p.add_argument("--n", "--n_samples", dest="n", type=int, default=8,
+                   help="images per prompt (--n_samples is the CompVis spelling)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first image; image k uses seed + k")
     p.add_argument("--out", help=f"PNG grid, one row per prompt and --n columns, at most {GRID_MAX} images "
                    f"(default: {DEFAULT_GRID}; with --outdir, only for at most {GRID_AUTO} images)")

@@ -10,13 +10,23 @@ from t2i.errors import T2IError
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
     """Options of every family's sampler (a family ignores those that are not its own)."""
     g = p.add_argument_group("sampling (each family uses its own)")
-    g.add_argument("--truncation", type=float, default=1.0, help="LAFITE: truncation psi (1 = none)")
-    g.add_argument("--guidance", type=float, default=3.0, help="DALL-E: classifier-free guidance scale (1 = off)")
+    g.add_argument("--truncation", type=float, default=None,
+                   help="LAFITE: truncation psi, 1 = none (default: the model's own, 1 unless it records one)")
+    g.add_argument("--guidance", "--scale", dest="guidance", type=float, default=None,
+                   help="DALL-E, LDM: classifier-free guidance scale, 1 = off (default: DALL-E 3, LDM 7.5; "
+                        "--scale is the CompVis spelling)")
     g.add_argument("--top_k", type=int, default=0, help="DALL-E: sample among the k likeliest codes (0 = top 10%%)")
     g.add_argument("--top_p", type=float, default=1.0, help="DALL-E: nucleus sampling mass (1 = off)")
     g.add_argument("--temperature", type=float, default=1.0, help="DALL-E: softmax temperature")
     g.add_argument("--candidates", type=int, default=1,
                    help="DALL-E: sample N per image and keep the best by CLIP score (needs --rerank_clip)")
+    g.add_argument("--sampler", choices=["ddim", "plms", "dpm++"], default=None,
+                   help="LDM: DDIM, PLMS (diffusers' PNDM with skip_prk_steps) or DPM-Solver++ (2nd order) (default ddim)")
+    g.add_argument("--steps", "--ddim_steps", dest="steps", type=int, default=None,
+                   help="LDM: sampler steps (default 50; --ddim_steps is the CompVis spelling)")
+    g.add_argument("--eta", "--ddim_eta", dest="eta", type=float, default=None,
+                   help="LDM: DDIM's eta, 0 = deterministic DDIM, 1 = DDPM-like (default 0; --ddim_eta is the CompVis "
+                        "spelling)")
     g.add_argument("--rerank_clip", metavar="CLIP", help="DALL-E: CLIP that reranks the candidates "
                    "(a t2i CLIP run, or ARCH:/path for open_clip weights)")
 
@@ -31,4 +41,5 @@ def sampling_options(args: argparse.Namespace, pipe, device) -> dict:
         from t2i.clip import load_clip
 
         pipe.clip = load_clip(args.rerank_clip, device)
-    return {k: getattr(args, k) for k in pipe.options}
+    # An option not given takes the pipeline's own default (guidance: DALL-E 3, LDM 7.5).
+    return {k: default if getattr(args, k, None) is None else getattr(args, k) for k, default in pipe.options.items()}

@@ -15,6 +15,8 @@ HELP = {
     "dalle": "train the DALL-E transformer over BPE text tokens and VQGAN image tokens (--vqgan RUN)",
     "clip": "train t2i's small CLIP (image + text encoders, contrastive) on a dataset",
     "lafite": "train LAFITE (StyleGAN2-style generator conditioned on CLIP features)",
+    "ldm": "train latent diffusion: a text-conditioned UNet (diffusers' UNet2DConditionModel) and a BERT-like text "
+           "encoder, jointly, on a KL autoencoder's latents (--autoencoder RUN)",
     "oracle": "train the shapes attribute classifier used by the shapes_accuracy metric",
     "vqgan": "train a VQGAN image tokenizer (DALL-E first stage: codebook + patch-GAN, taming layout)",
 }

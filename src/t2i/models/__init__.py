@@ -9,7 +9,8 @@ from t2i.errors import T2IError
 
 # family -> "module:Class" of its sampling pipeline
 PIPELINES = {"lafite": "t2i.models.lafite.pipeline:LafitePipeline",
-             "dalle": "t2i.models.dalle.pipeline:DallePipeline"}
+             "dalle": "t2i.models.dalle.pipeline:DallePipeline",
+             "ldm": "t2i.models.ldm.pipeline:LdmPipeline"}
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "assets" / "default-lafite"
 

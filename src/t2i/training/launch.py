@@ -31,6 +31,7 @@ TRAINABLE = {
     "clip": "t2i.clip.trainer",
     "dalle": "t2i.models.dalle.trainer",
     "lafite": "t2i.models.lafite.trainer",
+    "ldm": "t2i.models.ldm.trainer",
     "oracle": "t2i.metrics.oracle_trainer",
     "vqgan": "t2i.models.first_stage.vqgan_trainer",
 }

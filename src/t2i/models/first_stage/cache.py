@@ -48,7 +48,10 @@ def encode_dataset(dataset, encode: Encoder, resolution: int, augs: int, batch: 
                  for i, a in jobs[s:s + batch]]
         for name, value in encode(to_model(torch.stack(crops))).items():
             out.setdefault(name, []).append(value.cpu())
-    return {name: torch.cat(parts).view(len(dataset), augs, *parts[0].shape[1:]) for name, parts in out.items()}
+    # Contiguous, as a file read back is: an encoder's channels-last output would otherwise train the second stage
+    # on other kernels (other floating-point results) on the run that encodes than on one that reads the cache.
+    return {name: torch.cat(parts).contiguous().view(len(dataset), augs, *parts[0].shape[1:])
+            for name, parts in out.items()}
 
 
 def load_or_encode(dataset, model: torch.nn.Module, kind: str, what: str, encode: Encoder, augs: int,

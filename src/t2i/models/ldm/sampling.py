@@ -1,0 +1,71 @@
+"""Sampling latent diffusion: diffusers' schedulers (DDIM, PLMS, DPM-Solver++) driven by t2i's own loop, and
+classifier-free guidance as a wrapper around the model function (STYLE 7). Plain functions.
+
+Per-image randomness: each image's initial noise and each of its DDIM eta noises come from its own
+`torch.Generator`, so an image depends on its seed, never on the batch it is sampled in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from t2i.errors import T2IError
+from t2i.models.ldm.diffusion import DiffusionConfig
+
+SAMPLERS = ("ddim", "plms", "dpm++")
+
+# (x_t (B, C, h, w), t (B,)) -> prediction (B, C, h, w)
+ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def make_scheduler(sampler: str, cfg: DiffusionConfig):
+    """A fresh diffusers scheduler on the model's training schedule (schedulers hold per-run state)."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, PNDMScheduler
+
+    common = {"num_train_timesteps": cfg.timesteps, "beta_start": cfg.beta_start, "beta_end": cfg.beta_end,
+              "beta_schedule": "scaled_linear",   # = CompVis' "linear" (tested against diffusion.betas)
+              "prediction_type": "epsilon" if cfg.prediction == "eps" else "v_prediction"}
+    if sampler == "ddim":   # CompVis' DDIM: alpha_bar_prev of the last step is alpha_bar_0, timesteps offset by 1
+        return DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    if sampler == "plms":
+        return PNDMScheduler(**common, skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1)
+    if sampler == "dpm++":
+        return DPMSolverMultistepScheduler(**common, algorithm_type="dpmsolver++", solver_order=2)
+    raise T2IError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
+
+
+def guided(cond_fn: ModelFn, uncond_fn: ModelFn, scale: float) -> ModelFn:
+    """Classifier-free guidance (Ho & Salimans 2022): u + scale * (c - u); scale 1 is the conditional model alone."""
+    if scale == 1.0:
+        return cond_fn
+
+    def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        c, u = cond_fn(x, t), uncond_fn(x, t)
+        return u + scale * (c - u)
+    return fn
+
+
+def initial_noise(generators: list[torch.Generator], shape: tuple[int, ...]) -> torch.Tensor:
+    """(B, *shape) standard normal noise, image i from generators[i] (on the CPU: the same on every device)."""
+    return torch.stack([torch.randn(shape, generator=g) for g in generators])
+
+
+@torch.no_grad()
+def sample(model_fn: ModelFn, x_T: torch.Tensor, sampler: str, steps: int, cfg: DiffusionConfig,
+           eta: float = 0.0, generators: list[torch.Generator] | None = None) -> torch.Tensor:
+    """Integrate from the noise x_T (B, C, h, w) to x_0 in `steps` scheduler steps; DDIM's eta noise of image i
+    from generators[i]."""
+    scheduler = make_scheduler(sampler, cfg)
+    scheduler.set_timesteps(steps, device=x_T.device)
+    x = x_T * scheduler.init_noise_sigma
+    for t in scheduler.timesteps:
+        pred = model_fn(scheduler.scale_model_input(x, t), t.expand(len(x)))
+        extra = {}
+        if sampler == "ddim":
+            extra["eta"] = eta
+            if eta > 0:
+                extra["variance_noise"] = initial_noise(generators, x.shape[1:]).to(x)
+        x = scheduler.step(pred, t, x, **extra).prev_sample
+    return x

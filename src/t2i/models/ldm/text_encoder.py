@@ -1,0 +1,133 @@
+"""LDM's text encoder and its tokenizers: architecture only.
+
+LDM text2img (Rombach et al. 2022, arXiv 2112.10752, App. E.2) trains a BERT-like transformer jointly with
+the UNet: token embeddings + learned positions, pre-norm transformer layers (no causal mask), a final
+LayerNorm. Its token states (B, T, width) are the UNet's cross-attention context; the pooled state (B, width)
+is the state at the first position ([CLS] / <sot>). The alternative, a frozen CLIP text tower (t2i's small
+CLIP: the same pre-norm transformer), is this module holding the CLIP's weights with `frozen` set
+(`from_clip_text`): its token states, before CLIP's projection, are the context.
+
+Tokenizers: the paper's WordPiece of bert-base-uncased (tokenizers' BertWordPiece from a local vocab.txt) or
+the byte-level BPE t2i trains (`t2i.text.bpe`), both as one `tokenizers` JSON document that travels inside
+snapshots. Every text becomes [start] ids [end] [pad]...; the empty caption ("" -> [start][end]) is the
+null condition of classifier-free guidance.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from t2i.errors import T2IError
+
+
+@dataclass
+class TextConfig:
+    """Architecture of the text encoder; round-trips to JSON."""
+
+    vocab_size: int = 30522     # set from the tokenizer when a run starts
+    max_len: int = 77           # tokens read, start and end included
+    width: int = 1280
+    layers: int = 32
+    heads: int = 8
+    mlp_ratio: int = 4
+    frozen: bool = False        # a frozen CLIP text tower: trained never, run without gradients
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class TextEncoder(nn.Module):
+    """ids (B, T) and padding mask (B, T, True = token) -> token states (B, T, width), pooled (B, width)."""
+
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.token = nn.Embedding(cfg.vocab_size, cfg.width)
+        self.position = nn.Parameter(torch.zeros(cfg.max_len, cfg.width))
+        nn.init.normal_(self.position, std=0.01)
+        layer = nn.TransformerEncoderLayer(cfg.width, cfg.heads, cfg.mlp_ratio * cfg.width, dropout=0.0,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.layers = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(cfg.width)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.frozen):
+            h = self.token(ids) + self.position[:ids.shape[1]]                # (B, T, width)
+            h = self.norm(self.layers(h, src_key_padding_mask=~mask))
+        return h, h[:, 0]
+
+
+def from_clip_text(clip) -> tuple[TextConfig, dict[str, torch.Tensor]]:
+    """The frozen TextConfig and state_dict of a t2i small CLIP's text tower (`t2i.clip.model.SmallClip`): the
+    same architecture under other names (pos -> position, blocks -> layers); CLIP's projection is not used."""
+    c = clip.cfg
+    cfg = TextConfig(vocab_size=c.vocab_size, max_len=c.context, width=c.text_width, layers=c.text_layers,
+                     heads=c.text_heads, frozen=True)
+    rename = {"pos": "position", "blocks": "layers"}
+    sd = {rename.get(k.split(".", 1)[0], k.split(".", 1)[0]) + k[len(k.split(".", 1)[0]):]: v
+          for k, v in clip.text.state_dict().items() if not k.startswith("proj.")}
+    return cfg, sd
+
+
+class LdmTokenizer:
+    """A `tokenizers` Tokenizer plus its start / end / pad tokens: texts -> (ids, mask) of a fixed length."""
+
+    def __init__(self, spec: dict, start: str, end: str, pad: str):
+        from tokenizers import Tokenizer
+
+        self.spec, self.special = spec, (start, end, pad)
+        self._tok = Tokenizer.from_str(json.dumps(spec))
+        ids = [self._tok.token_to_id(t) for t in self.special]
+        if None in ids:
+            raise T2IError(f"the tokenizer lacks one of the tokens {self.special}; its vocabulary must hold them")
+        self.start_id, self.end_id, self.pad_id = ids
+        self.vocab_size = self._tok.get_vocab_size()
+
+    @classmethod
+    def from_bpe(cls, bpe) -> LdmTokenizer:
+        """From a t2i BPE (`t2i.text.bpe.BpeTokenizer`, canonical segmentation)."""
+        from t2i.text.bpe import EOT, PAD, SOT
+
+        return cls(json.loads(bpe.to_json()), SOT, EOT, PAD)
+
+    @classmethod
+    def from_wordpiece(cls, vocab_txt: str) -> LdmTokenizer:
+        """bert-base-uncased's WordPiece (lower-casing, accents stripped) from a local vocab.txt."""
+        from pathlib import Path
+
+        from tokenizers import BertWordPieceTokenizer
+
+        if not Path(vocab_txt).is_file():
+            raise T2IError(f"--vocab {vocab_txt!r} does not exist; give the vocab.txt of bert-base-uncased "
+                           "(a local file; nothing is downloaded)")
+        tok = BertWordPieceTokenizer(str(vocab_txt), lowercase=True)
+        return cls(json.loads(tok.to_str()), "[CLS]", "[SEP]", "[PAD]")
+
+    def to_meta(self) -> dict:
+        return {"spec": self.spec, "special": list(self.special)}
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> LdmTokenizer:
+        return cls(meta["spec"], *meta["special"])
+
+    def __call__(self, texts: list[str], length: int, truncate: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids, mask), each (B, length); a text longer than length - 2 tokens is cut (truncate, for training
+        captions) or a T2IError naming it."""
+        ids = torch.full((len(texts), length), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(len(texts), length, dtype=torch.bool)
+        for i, text in enumerate(texts):
+            body = self._tok.encode(text, add_special_tokens=False).ids if text else []
+            if len(body) > length - 2:
+                if not truncate:
+                    short = text if len(text) <= 60 else text[:57] + "..."
+                    raise T2IError(f"prompt {short!r} is {len(body)} tokens; this model reads at most {length - 2}. "
+                                   "Shorten the prompt.")
+                body = body[:length - 2]
+            row = [self.start_id, *body, self.end_id]
+            ids[i, :len(row)] = torch.tensor(row)
+            mask[i, :len(row)] = True
+        return ids, mask

@@ -1,0 +1,295 @@
+"""Latent diffusion (t2i.models.ldm): the noise schedule and training targets against their closed forms,
+min-SNR weights, null-caption dropout, guidance, seeded batch-independent sampling with each sampler, the
+tokenizers, the latent cache under training, and `t2i train ldm` / `t2i generate` / `t2i eval` end to end on
+the `test` presets, with the errors users meet."""
+
+import json
+
+import pytest
+import torch
+from conftest import cli, single_thread
+from PIL import Image
+
+from t2i.data.dataset import ImageTextDataset
+from t2i.errors import T2IError
+from t2i.models import load_pipeline
+from t2i.models.first_stage.autoencoder_trainer import load_autoencoder_snapshot
+from t2i.models.first_stage.cache import load_or_encode_latents
+from t2i.models.ldm.diffusion import (
+    DiffusionConfig,
+    alphas_cumprod,
+    betas,
+    drop_captions,
+    min_snr_weight,
+    q_sample,
+    target,
+)
+from t2i.models.ldm.model import PRESETS
+from t2i.models.ldm.sampling import SAMPLERS, guided, make_scheduler
+from t2i.models.ldm.unet import diffusers_config
+from t2i.training.snapshot import weights_identity
+
+
+@pytest.fixture(scope="module")
+def autoencoder_run(shapes16, tmp_path_factory):
+    """`t2i train autoencoder --preset test`: 16px -> 8x8x4 latents."""
+    out = tmp_path_factory.mktemp("ldm-runs")
+    with single_thread():
+        cli("train", "autoencoder", "--data", shapes16, "--preset", "test", "--outdir", out)
+    (run,) = out.glob("*-autoencoder-test")
+    return run
+
+
+@pytest.fixture(scope="module")
+def ldm_run(shapes16, autoencoder_run):
+    """`t2i train ldm --preset test` on the test autoencoder, a BPE trained in the run, two snapshots."""
+    with single_thread():
+        cli("train", "ldm", "--data", shapes16, "--autoencoder", autoencoder_run, "--preset", "test",
+            "--bpe_vocab", 300, "--outdir", autoencoder_run.parent)
+    (run,) = autoencoder_run.parent.glob("*-ldm-test")
+    return run
+
+
+# --- schedule and objective -------------------------------------------------------------------------------
+
+def test_schedule_is_compvis_linear_in_closed_form():
+    cfg = DiffusionConfig()
+    b = betas(cfg)
+    T, s0, s1 = 1000, 0.00085 ** 0.5, 0.012 ** 0.5
+    closed = torch.tensor([(s0 + t / (T - 1) * (s1 - s0)) ** 2 for t in range(T)], dtype=torch.float64)
+    assert torch.allclose(b, closed, rtol=1e-12, atol=0)
+    assert b[0].item() == pytest.approx(0.00085) and b[-1].item() == pytest.approx(0.012)
+    assert (b.diff() > 0).all()
+    a = alphas_cumprod(cfg)
+    assert torch.allclose(a, torch.tensor([float(torch.prod(1 - b[:t + 1])) for t in range(T)], dtype=torch.float64))
+    assert (a.diff() < 0).all() and a[-1] < 0.01
+    for sampler in SAMPLERS:  # every diffusers scheduler runs on this very schedule ("scaled_linear")
+        assert torch.allclose(make_scheduler(sampler, cfg).alphas_cumprod.double(), a, rtol=1e-5)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_training_target_matches_the_closed_form(prediction):
+    cfg = DiffusionConfig(prediction=prediction)
+    a = alphas_cumprod(cfg)
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(6, 4, 8, 8, generator=g), torch.randn(6, 4, 8, 8, generator=g)
+    t = torch.tensor([0, 1, 10, 500, 998, 999])
+    x_t = q_sample(x0, t, eps, a)
+    ab = a[t].float().view(-1, 1, 1, 1)
+    assert torch.allclose(x_t, ab.sqrt() * x0 + (1 - ab).sqrt() * eps, atol=1e-6)
+    y = target(x0, t, eps, a, prediction)
+    if prediction == "eps":
+        assert torch.equal(y, eps)
+    else:
+        assert torch.allclose(y, ab.sqrt() * eps - (1 - ab).sqrt() * x0, atol=1e-6)
+        assert torch.allclose(ab.sqrt() * x_t - (1 - ab).sqrt() * y, x0, atol=1e-5)  # x0 recovered from (x_t, v)
+        ddim = make_scheduler("ddim", cfg)                                              # diffusers agrees
+        assert torch.allclose(ddim.get_velocity(x0, eps, t), y, atol=1e-5)
+
+
+def test_min_snr_weights():
+    a = alphas_cumprod(DiffusionConfig())
+    t = torch.tensor([0, 100, 500, 999])
+    snr = a[t] / (1 - a[t])
+    assert torch.equal(min_snr_weight(t, a, 0.0, "eps"), torch.ones(4))
+    assert torch.allclose(min_snr_weight(t, a, 5.0, "eps").double(), snr.clamp(max=5) / snr, rtol=1e-6)
+    assert torch.allclose(min_snr_weight(t, a, 5.0, "v").double(), snr.clamp(max=5) / (snr + 1), rtol=1e-6)
+    assert min_snr_weight(t, a, 5.0, "eps")[0] < 0.01 and min_snr_weight(t, a, 5.0, "eps")[-1] == 1.0
+
+
+def test_null_caption_dropout_rate():
+    caps = [f"caption {i}" for i in range(20000)]
+    dropped = drop_captions(caps, 0.1, torch.Generator().manual_seed(0))
+    rate = sum(c == "" for c in dropped) / len(caps)
+    assert abs(rate - 0.1) < 0.01                                    # 3 sigma is 0.0064
+    assert all(d in ("", c) for c, d in zip(caps, dropped))
+    assert dropped == drop_captions(caps, 0.1, torch.Generator().manual_seed(0))
+    assert drop_captions(caps, 0.0) == caps
+
+
+# --- networks and tokenizers --------------------------------------------------------------------------------
+
+def test_paper256_is_text2img_large():
+    cfg = PRESETS["paper256"]
+    d = diffusers_config(cfg.unet)
+    assert d["block_out_channels"] == (320, 640, 1280, 1280) and d["layers_per_block"] == 2
+    assert d["down_block_types"] == ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)  # attention at f 1, 2, 4
+    assert d["up_block_types"] == ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3
+    assert d["cross_attention_dim"] == 1280 and d["attention_head_dim"] == 8
+    assert (cfg.text.width, cfg.text.layers, cfg.text.max_len) == (1280, 32, 77)
+    from t2i.models.ldm.model import LdmConfig
+
+    assert LdmConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg    # config round trip
+    from t2i.models.ldm.model import LatentDiffusion
+
+    with torch.device("meta"):                                                 # built without memory
+        model = LatentDiffusion(cfg)
+        x, t = torch.empty(1, 4, 32, 32), torch.tensor([5])
+        ids, mask = torch.zeros(1, 77, dtype=torch.long), torch.ones(1, 77, dtype=torch.bool)
+        assert model(x, t, ids, mask).shape == (1, 4, 32, 32)
+    n_text = sum(p.numel() for p in model.text.parameters())
+    assert 660e6 < n_text < 680e6             # 32 x 12 * 1280^2 + 30522 x 1280 embeddings: the BERT embedder's size
+
+
+def test_wordpiece_tokenizer_from_a_local_vocab(tmp_path):
+    from t2i.models.ldm.text_encoder import LdmTokenizer
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "red", "circle", "large",
+                                "##s"]) + "\n")
+    tok = LdmTokenizer.from_wordpiece(str(vocab))
+    ids, mask = tok(["A red circles", ""], 8)
+    assert ids[0].tolist() == [2, 5, 6, 7, 9, 3, 0, 0] and mask[0].tolist() == [True] * 6 + [False] * 2
+    assert ids[1].tolist()[:3] == [2, 3, 0] and mask[1].sum() == 2           # "" is [CLS][SEP]: the null caption
+    with pytest.raises(T2IError, match="this model reads at most 6"):
+        tok(["a red circle a red circle a red circle"], 8)
+    assert LdmTokenizer.from_meta(json.loads(json.dumps(tok.to_meta())))(["a red"], 8)[0].equal(tok(["a red"], 8)[0])
+    with pytest.raises(T2IError, match="does not exist; give the vocab.txt of bert-base-uncased"):
+        LdmTokenizer.from_wordpiece(str(tmp_path / "missing.txt"))
+
+
+# --- the latent cache -----------------------------------------------------------------------------------------
+
+def test_training_reads_the_latent_cache_keyed_by_the_autoencoder(ldm_run, autoencoder_run, shapes16):
+    ae = load_autoencoder_snapshot(autoencoder_run)
+    identity = weights_identity(ae, "autoencoder")
+    assert f"with {identity} -> " in (ldm_run / "log.txt").read_text()       # the run encoded once, with these weights
+    dataset = ImageTextDataset(shapes16)
+    logged = []
+    mean, logvar = load_or_encode_latents(dataset, ae, log=logged.append)
+    assert logged == [] and mean.shape == logvar.shape == (64, 1, 4, 8, 8)  # the run's cache, reused
+    with torch.no_grad():
+        ae.vae.decoder.conv_out.bias.add_(1.0)                               # another autoencoder: another entry
+    load_or_encode_latents(dataset, ae, log=logged.append)
+    assert len(logged) == 1 and weights_identity(ae, "autoencoder") in logged[0]
+
+
+# --- training end to end ---------------------------------------------------------------------------------------
+
+def test_train_ldm_writes_a_self_contained_run(ldm_run, autoencoder_run):
+    names = {p.name for p in ldm_run.iterdir()}
+    assert {"config.json", "log.txt", "stats.jsonl", "reals.png", "fakes-000032.png", "snapshot-000032"} <= names
+    stats = [json.loads(line) for line in (ldm_run / "stats.jsonl").read_text().splitlines()]
+    assert len(stats) == 2 and all("Loss/diffusion" in s for s in stats)
+    meta = json.loads((ldm_run / "snapshot-000032" / "config.json").read_text())
+    ae_meta = json.loads((autoencoder_run / "snapshot-000032" / "config.json").read_text())
+    assert meta["family"] == "ldm" and meta["diffusion"] == DiffusionConfig().to_dict()
+    assert meta["autoencoder"]["scale_factor"] == ae_meta["net"]["scale_factor"]
+    assert meta["net"]["unet"]["sample_size"] == 8 and meta["net"]["text"]["vocab_size"] == 300
+    assert Image.open(ldm_run / "fakes-000032.png").size == (16 * 8, 16 * 4)  # 8 prompts x 4 seeds at 16px
+
+
+def test_dry_run_and_exact_resume(ldm_run, autoencoder_run, shapes16, copy_run, tmp_path, capsys, one_thread):
+    from safetensors.torch import load_file
+
+    common = ["--data", shapes16, "--autoencoder", autoencoder_run, "--preset", "test", "--bpe_vocab", 300]
+    capsys.readouterr()
+    cli("train", "ldm", *common, "--prediction", "v", "--min_snr", 5, "--dry-run", "--outdir", tmp_path / "d")
+    r = json.loads(capsys.readouterr().out)
+    assert r["family"] == "ldm" and r["config"]["prediction"] == "v" and r["config"]["min_snr"] == 5.0
+    assert r["loop"]["batch"] == 8 and r["start"] == "new run" and not (tmp_path / "d").exists()
+
+    run = copy_run(ldm_run)
+    cli("train", "ldm", *common, "--kimg", 0.048, "--resume", run, "--outdir", run.parent)
+    assert "resuming" in (run / "log.txt").read_text() and len((run / "stats.jsonl").read_text().splitlines()) == 3
+    cli("train", "ldm", *common, "--kimg", 0.048, "--outdir", tmp_path / "straight")
+    (straight,) = (tmp_path / "straight").glob("*-ldm-test")
+    a, b = (load_file(r / "snapshot-000048" / "model.safetensors") for r in (run, straight))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_v_prediction_and_min_snr_train(shapes16, autoencoder_run, tmp_path, one_thread):
+    cli("train", "ldm", "--data", shapes16, "--autoencoder", autoencoder_run, "--preset", "test", "--bpe_vocab", 300,
+        "--prediction", "v", "--min_snr", 5, "--kimg", 0.016, "--outdir", tmp_path)
+    (run,) = tmp_path.glob("*-ldm-test")
+    pipe = load_pipeline(run)
+    assert pipe.diffusion.prediction == "v"
+    assert make_scheduler("ddim", pipe.diffusion).config.prediction_type == "v_prediction"
+    assert pipe(["a large red circle"], [0], steps=3).shape == (1, 3, 16, 16)
+
+
+# --- sampling --------------------------------------------------------------------------------------------------
+
+def test_guidance_at_scale_one_is_the_conditional_prediction(ldm_run):
+    pipe = load_pipeline(ldm_run)
+    cond, uncond = pipe.model_fns(["a large red circle", "a small blue square"])
+    x, t = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([500, 20])
+    c, u = cond(x, t), uncond(x, t)
+    assert torch.equal(guided(cond, uncond, 1.0)(x, t), c)
+    assert torch.allclose(u + 1.0 * (c - u), c, atol=1e-6)                   # the formula agrees at 1
+    assert torch.allclose(guided(cond, uncond, 3.0)(x, t), u + 3 * (c - u), atol=1e-6)
+    assert not torch.allclose(c, u)                                          # the caption matters
+
+
+@pytest.mark.parametrize("sampler,eta", [("ddim", 0.0), ("ddim", 1.0), ("plms", 0.0), ("dpm++", 0.0)])
+def test_sampling_is_seeded_and_batch_independent(ldm_run, sampler, eta, one_thread):
+    pipe = load_pipeline(ldm_run)
+    opts = {"sampler": sampler, "steps": 6, "guidance": 3.0, "eta": eta}
+    both = pipe.sample_latents(["a large red circle", "a small blue square"], [1, 7], **opts)
+    alone = pipe.sample_latents(["a small blue square"], [7], **opts)
+    assert torch.allclose(both[1], alone[0], atol=1e-5)                      # image 7 does not depend on its batch
+    assert torch.equal(alone, pipe.sample_latents(["a small blue square"], [7], **opts))   # seeded
+    assert not torch.allclose(alone[0], pipe.sample_latents(["a small blue square"], [8], **opts)[0])
+
+
+def test_generate_with_each_sampler_and_the_compvis_aliases(ldm_run, tmp_path):
+    for sampler in SAMPLERS:
+        out = tmp_path / f"{sampler}.png"
+        cli("generate", "a large red circle", "--model", ldm_run, "--sampler", sampler, "--steps", 4, "--n", 3,
+            "--out", out)
+        assert Image.open(out).size == (48, 16)
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    cli("generate", "a large red circle", "--model", ldm_run, "--sampler", "ddim", "--steps", 5, "--guidance", 2,
+        "--eta", 0.5, "--n", 2, "--out", a)
+    cli("generate", "a large red circle", "--model", ldm_run, "--ddim_steps", 5, "--scale", 2, "--ddim_eta", 0.5,
+        "--n_samples", 2, "--out", b)
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_eval_takes_the_sampling_options(ldm_run, tmp_path):
+    cli("eval", ldm_run, "--metrics", "shapes_accuracy", "--n", 4, "--sampler", "dpm++", "--steps", 4, "--scale", 2,
+        "--out", tmp_path)
+    (line,) = (tmp_path / "metric-shapes_accuracy.jsonl").read_text().splitlines()
+    assert json.loads(line)["results"]["seen_images"] == 4
+
+
+# --- bad input --------------------------------------------------------------------------------------------------
+
+def test_errors_name_the_value_and_the_fix(ldm_run, shapes16, vqgan_run, tmp_path, cli_error):
+    base = ["train", "ldm", "--data", shapes16, "--preset", "test", "--outdir", tmp_path]
+    msg = cli_error(*base, "--autoencoder", tmp_path / "missing")
+    assert f"--autoencoder {tmp_path / 'missing'}: " in msg and "train one with `t2i train autoencoder" in msg
+    assert "\n" not in msg.strip()
+    msg = cli_error(*base, "--autoencoder", vqgan_run)
+    assert "is a 'vqgan' snapshot, but a 'autoencoder' model is needed here" in msg
+    assert not any(tmp_path.iterdir())                                       # no run left behind
+    msg = cli_error("train", "ldm", "--data", shapes16, "--autoencoder", vqgan_run, "--preset", "paper256")
+    assert "give --vocab /path/to/vocab.txt" in msg
+    assert "the prompt is empty" in cli_error("generate", "  ", "--model", ldm_run)
+    assert "--eta 1.0: eta is DDIM's noise" in cli_error("generate", "a red circle", "--model", ldm_run,
+                                                         "--sampler", "plms", "--eta", 1)
+    assert "--steps 0 must be between 1 and the model's 1000" in cli_error("generate", "a red circle", "--model",
+                                                                            ldm_run, "--steps", 0)
+    assert "this model reads at most 46. Shorten the prompt." in cli_error(
+        "generate", "a large red circle " * 20, "--model", ldm_run)
+
+
+def test_a_frozen_clip_text_tower_conditions_instead(shapes16, autoencoder_run, clip_run, tmp_path, one_thread):
+    from safetensors.torch import load_file
+
+    from t2i.clip.trainer import load_clip_snapshot
+
+    cli("train", "ldm", "--data", shapes16, "--autoencoder", autoencoder_run, "--preset", "test", "--clip", clip_run,
+        "--kimg", 0.016, "--outdir", tmp_path)
+    (run,) = tmp_path.glob("*-ldm-test")
+    assert "frozen CLIP text tower" in (run / "log.txt").read_text()
+    clip = load_clip_snapshot(clip_run)
+    meta = json.loads((run / "snapshot-000016" / "config.json").read_text())
+    assert meta["net"]["text"]["frozen"] and meta["net"]["unet"]["context_dim"] == clip.cfg.text_width
+    weights = load_file(run / "snapshot-000016" / "model.safetensors")
+    text = clip.text.state_dict()
+    assert torch.equal(weights["ldm.text.position"], text["pos"])                  # trained never
+    assert torch.equal(weights["ldm.text.layers.layers.0.linear1.weight"], text["blocks.layers.0.linear1.weight"])
+    pipe = load_pipeline(run)
+    assert torch.equal(pipe.text(["a red circle"])[0].cpu(), clip.tokenize(["a red circle"]).cpu())  # the CLIP's BPE
+    assert pipe(["a large red circle"], [0], steps=3).shape == (1, 3, 16, 16)
