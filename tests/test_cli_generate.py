@@ -78,6 +78,23 @@ def test_bad_prompts_are_clean_errors(tmp_path, lafite_run, cli_error, prompt, m
     assert not (tmp_path / "o.png").exists()
 
 
+def test_an_exported_model_samples_with_its_recorded_truncation(tmp_path, lafite_run):
+    """export_snapshot(meta={"sampling": ...}) gives the copy its own sampling default (how the embedded model
+    ships its truncation); --truncation still overrides it."""
+    from t2i.models import load_pipeline
+    from t2i.training.snapshot import export_snapshot, list_snapshots
+
+    export_snapshot(list_snapshots(lafite_run)[-1], tmp_path / "m", ["G_ema", "clip"],
+                    meta={"sampling": {"truncation": 0.5}})
+    assert load_pipeline(tmp_path / "m").options == {"truncation": 0.5}
+    assert load_pipeline(lafite_run).options == {"truncation": 1.0}
+    default = generate(tmp_path, tmp_path / "m", PROMPT, "--n", 2, name="default.png")
+    assert np.array_equal(default, generate(tmp_path, tmp_path / "m", PROMPT, "--n", 2, "--truncation", 0.5,
+                                            name="half.png"))
+    assert not np.array_equal(default, generate(tmp_path, tmp_path / "m", PROMPT, "--n", 2, "--truncation", 1,
+                                                name="none.png"))
+
+
 def test_a_long_prompt_late_in_a_file_fails_before_any_image_is_written(tmp_path, lafite_run, cli_error):
     (tmp_path / "p.txt").write_text("a red cross\na blue star\n" + "a red circle " * 20 + "\n", encoding="utf-8")
     err = cli_error("generate", "--prompts", tmp_path / "p.txt", "--model", lafite_run, "--batch", 1,

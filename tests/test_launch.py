@@ -197,3 +197,23 @@ def test_fine_tune_starts_a_new_run_from_the_snapshot_weights(lafite_run, tmp_pa
         for k, v in source.state_dict(module).items():
             if k != "mapping.w_avg":  # a running statistic, updated by every G step
                 assert torch.equal(sd[k], v), f"{module}.{k}"
+
+
+def test_fine_tune_from_a_sampling_only_export_starts_G_from_its_ema(lafite_run, tmp_path):
+    """An export (`export_snapshot`: G_ema and the CLIP, no G, no D) can be fine-tuned: G starts from G_ema, D
+    from fresh weights, both said in the log; with zero learning rates G stays the export's G_ema."""
+    from t2i.training.snapshot import export_snapshot
+
+    source = load_snapshot(lafite_run)
+    export = export_snapshot(source.path, tmp_path / "export", ["G_ema", "clip"], dtype="float32")
+    out = tmp_path / "runs"
+    assert main(["train", "lafite", "--data", source.meta["config"]["data"], "--resume", str(export),
+                 "--g_lr", "0", "--d_lr", "0", "--kimg", "0.008", "--outdir", str(out)]) == 0
+    (run,) = out.iterdir()
+    log = (run / "log.txt").read_text()
+    assert f"G: not in {export}; starting from its G_ema" in log
+    assert f"D: not in {export} (a sampling-only export); starting from fresh weights" in log
+    tuned = load_snapshot(run, family="lafite").state_dict("G")
+    for k, v in source.state_dict("G_ema").items():
+        if k != "mapping.w_avg":
+            assert torch.equal(tuned[k], v), k

@@ -181,6 +181,22 @@ def is_continuation(resolved: dict, snapshot: Path, defaults: dict | None = None
     return all(old.get(k) == v for k, v in new.items() if k not in CONTINUATION_KEYS)
 
 
+def load_modules(family_obj, snap, continuing: bool, log) -> None:
+    """Load every module of the family from the snapshot. A fine-tune may start from a sampling-only export
+    (`export_snapshot`: the EMA weights, no discriminator): a trained module it lacks starts from its EMA copy,
+    any other (a discriminator) from fresh weights, each said in the log. An exact resume needs them all."""
+    have = {key.split(".", 1)[0] for key in snap.tensors}
+    ema_of = {source: ema for ema, source in getattr(family_obj, "ema", {}).items()}
+    for name, module in family_obj.modules.items():
+        if name in have or continuing:
+            module.load_state_dict(snap.state_dict(name))
+        elif ema_of.get(name) in have:
+            module.load_state_dict(snap.state_dict(ema_of[name]))
+            log(f"{name}: not in {snap.path}; starting from its {ema_of[name]}")
+        else:
+            log(f"{name}: not in {snap.path} (a sampling-only export); starting from fresh weights")
+
+
 def snapshot_evaluator(family: str, mod, fam_cfg, device):
     """`evaluate(metric, snapshot) -> dict` for the loop's --metrics: the family's own metrics (VQGAN PSNR,
     CLIP retrieval, oracle accuracy) where its trainer defines them, else, for a text-to-image family, the
@@ -235,8 +251,7 @@ def run_training(family: str, args: argparse.Namespace) -> int:
             family_obj = mod.build(fam_cfg, loop_cfg, d, log.print, init=snap)
             state = None
             if snap is not None:
-                for name, module in family_obj.modules.items():
-                    module.load_state_dict(snap.state_dict(name))
+                load_modules(family_obj, snap, continuing, log.print)
                 if continuing:
                     state = load_training_state(snapshot)
         except T2IError:  # bad data or options: leave no empty run directory behind

@@ -154,14 +154,16 @@ def load_training_state(snapshot_dir: Path) -> dict[str, Any]:
                        "or holds more than tensors and plain Python values") from None
 
 
-def export_snapshot(src: str | Path, dest: str | Path, modules: list[str], dtype: str = "float16") -> Path:
+def export_snapshot(src: str | Path, dest: str | Path, modules: list[str], dtype: str = "float16",
+                    meta: dict | None = None) -> Path:
     """Write a sampling-only copy of a snapshot: the named modules only, stored in `dtype`, no training
-    state (how the embedded default model is made small). Loading casts back to the model's dtype."""
+    state (how the embedded default model is made small). Loading casts back to the model's dtype. `meta`
+    entries are added to its config (e.g. {"sampling": {"truncation": 0.7}}: the copy's sampling defaults)."""
     snap = load_snapshot(src)
     keep = {k: v.to(getattr(torch, dtype)) if v.is_floating_point() else v
             for k, v in snap.tensors.items() if k.split(".", 1)[0] in modules}
     with atomic_path(dest, directory=True) as tmp:
         save_file(keep, tmp / MODEL_FILE, metadata={"family": snap.family})
-        (tmp / CONFIG_FILE).write_text(json.dumps({**snap.meta, "exported_from": str(snap.path)}, indent=2,
+        (tmp / CONFIG_FILE).write_text(json.dumps({**snap.meta, **(meta or {}), "exported_from": str(snap.path)}, indent=2,
                                                   ensure_ascii=False))
     return Path(dest)

@@ -33,10 +33,12 @@ class LafitePipeline:
     """Text-to-image with a LAFITE snapshot: `pipe(prompts, seeds) -> uint8 (N, 3, R, R)`."""
 
     family = "lafite"
-    options = {"truncation": 1.0}  # sampling options `t2i generate` / `t2i eval` pass through
 
     def __init__(self, G: Generator, clip, meta: dict):
         self.G, self.clip, self.meta = G, clip, meta
+        # Sampling options `t2i generate` / `t2i eval` pass through, with this model's defaults: a model may
+        # record the truncation it was measured with (config "sampling"), as the embedded default model does.
+        self.options = {"truncation": float(meta.get("sampling", {}).get("truncation", 1.0))}
 
     @classmethod
     def from_snapshot(cls, snap, device="cpu") -> "LafitePipeline":
@@ -61,10 +63,13 @@ class LafitePipeline:
         return F.normalize(self.clip.encode_text(prompts).float(), dim=-1)
 
     @torch.no_grad()
-    def __call__(self, prompts: list[str], seeds: list[int], truncation: float = 1.0,
+    def __call__(self, prompts: list[str], seeds: list[int], truncation: float | None = None,
                  batch: int = 64) -> torch.Tensor:
-        """One image per (prompt, seed) pair, as uint8 (N, 3, R, R)."""
+        """One image per (prompt, seed) pair, as uint8 (N, 3, R, R); truncation psi (None: the model's default,
+        `options`) pulls each w towards the mean w: 1 = none."""
         from t2i.data.transforms import to_uint8
+
+        truncation = self.options["truncation"] if truncation is None else truncation
 
         if len(prompts) != len(seeds):
             raise ValueError("one seed per prompt")
