@@ -154,6 +154,9 @@ class FakePipeline:
         self.calls, self.alive_at_call = [], []
         self.returned = []
 
+    def check_prompts(self, prompts, **options):
+        self.checked = list(prompts)
+
     def __call__(self, prompts, seeds, batch=64):
         import weakref
 
@@ -179,6 +182,7 @@ def test_outdir_streams_many_images_in_constant_memory(tmp_path, fake_pipeline, 
     before the next is made (at most the one being written is alive), and no grid unless asked."""
     assert main(["generate", PROMPT, "--n", "2000", "--batch", "64", "--outdir", str(tmp_path / "d")]) == 0
     assert fake_pipeline.calls == [64] * 31 + [16]
+    assert fake_pipeline.checked == [PROMPT]               # every prompt checked once, before the first batch
     assert max(fake_pipeline.alive_at_call) <= 1
     files = sorted((tmp_path / "d").iterdir())
     assert len(files) == 2000 and files[0].name == "0000-seed0000.png" and files[-1].name == "0000-seed1999.png"
