@@ -13,12 +13,12 @@ refused with the one-line conversion that turns them into a safetensors file.
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import torch
 
 from t2i.errors import T2IError
+from t2i.models.foreign import read_state_dict, read_yaml
 from t2i.models.first_stage.vqgan import VQGAN, VQGANConfig
 
 DDCONFIG_KEYS = ("resolution", "in_channels", "out_ch", "ch", "ch_mult", "num_res_blocks", "attn_resolutions",
@@ -33,18 +33,8 @@ CONVERT_HINT = (
 
 def read_taming_yaml(yaml_path: str | Path) -> dict:
     """The `model` section of a taming config YAML (checked to describe a plain VQModel)."""
-    try:
-        import yaml
-    except ImportError:
-        raise T2IError("reading a taming-transformers YAML needs PyYAML: pip install pyyaml") from None
     p = Path(yaml_path)
-    if not p.is_file():
-        raise T2IError(f"taming config {str(p)!r} does not exist; give the model's YAML "
-                       "(e.g. configs/model.yaml beside its checkpoint)")
-    try:
-        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise T2IError(f"{p} is not valid YAML ({e})") from None
+    doc = read_yaml(p, "taming config", "configs/model.yaml beside its checkpoint")
     model = doc.get("model") if isinstance(doc, dict) else None
     params = model.get("params") if isinstance(model, dict) else None
     if not isinstance(params, dict) or not isinstance(params.get("ddconfig"), dict):
@@ -81,28 +71,8 @@ def config_from_taming(model: dict, yaml_path: str | Path = "the YAML") -> VQGAN
 
 def read_checkpoint(ckpt_path: str | Path) -> dict[str, torch.Tensor]:
     """The weights of a taming checkpoint, without `loss.*`; never unpickles code."""
-    p = Path(ckpt_path)
-    if not p.is_file():
-        raise T2IError(f"taming checkpoint {str(p)!r} does not exist; give the VQGAN's .ckpt (or .safetensors)")
-    if p.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(p)
-        except (SafetensorError, OSError, ValueError) as e:
-            raise T2IError(f"{p} cannot be read ({e}); the file is truncated or damaged") from None
-    else:
-        try:
-            ckpt = torch.load(p, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            raise T2IError(f"{p} pickles objects besides tensors (old PyTorch Lightning checkpoints store "
-                           f"callback classes), which t2i does not unpickle; {CONVERT_HINT}") from None
-        except (RuntimeError, EOFError, OSError) as e:
-            raise T2IError(f"{p} cannot be read ({type(e).__name__}: {e}); the file is truncated or damaged") from None
-        state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise T2IError(f"{p} has no 'state_dict' of tensors; give a taming-transformers VQGAN checkpoint")
+    state = read_state_dict(ckpt_path, "taming checkpoint", "a taming-transformers VQGAN checkpoint (.ckpt or "
+                            ".safetensors)", CONVERT_HINT)
     return {k: v for k, v in state.items() if not k.startswith("loss.")}
 
 

@@ -55,8 +55,10 @@ PRESETS: dict[str, LdmConfig] = {
                                  layers_per_block=1, heads=4, context_dim=64, norm_groups=16),
                       TextConfig(max_len=32, width=64, layers=2, heads=4)),
     # LDM text2img-large (txt2img-1p4B-eval.yaml): model_channels 320, channel_mult 1,2,4,4, attention_resolutions
-    # 4,2,1, 2 res blocks, 8 heads, context 1280; BERT embedder 1280-d, 32 layers, 77 tokens.
+    # 4,2,1, 2 res blocks, 8 heads, context 1280; BERT embedder 1280-d, 32 layers, 77 tokens, x-transformers'
+    # attention (8 heads of 64, q/k/v without bias, pads attended): it holds CompVis' weights (compvis.py).
     "paper256": LdmConfig(UNetConfig(sample_size=32, block_out_channels=(320, 640, 1280, 1280),
                                      attention_levels=(0, 1, 2), layers_per_block=2, heads=8, context_dim=1280),
-                          TextConfig(vocab_size=30522, max_len=77, width=1280, layers=32, heads=8)),
+                          TextConfig(vocab_size=30522, max_len=77, width=1280, layers=32, heads=8, head_dim=64,
+                                     qkv_bias=False, mask_padding=False)),
 }

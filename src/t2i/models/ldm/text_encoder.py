@@ -3,7 +3,10 @@
 LDM text2img (Rombach et al. 2022, arXiv 2112.10752, App. E.2) trains a BERT-like transformer jointly with
 the UNet: token embeddings + learned positions, pre-norm transformer layers (no causal mask), a final
 LayerNorm. Its token states (B, T, width) are the UNet's cross-attention context; the pooled state (B, width)
-is the state at the first position ([CLS] / <sot>). The alternative, a frozen CLIP text tower (t2i's small
+is the state at the first position ([CLS] / <sot>). CompVis' BERTEmbedder (an x-transformers Encoder) differs
+from a textbook layer in three ways the config spells out, so that paper256 holds its weights exactly: 8 heads
+of 64 dimensions (attention width 512, not 1280), q/k/v without biases, and no padding mask (its [PAD]
+tokens are attended to). The alternative, a frozen CLIP text tower (t2i's small
 CLIP: the same pre-norm transformer), is this module holding the CLIP's weights with `frozen` set
 (`from_clip_text`): its token states, before CLIP's projection, are the context.
 
@@ -34,10 +37,64 @@ class TextConfig:
     layers: int = 32
     heads: int = 8
     mlp_ratio: int = 4
+    head_dim: int = 0           # dimensions per head; 0 = width // heads (attention as wide as the model)
+    qkv_bias: bool = True       # biases on the q/k/v projections (CompVis' BERTEmbedder has none)
+    mask_padding: bool = True   # pad tokens are not attended to (CompVis' BERTEmbedder attends to them)
     frozen: bool = False        # a frozen CLIP text tower: trained never, run without gradients
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention; parameters named as torch's nn.MultiheadAttention (q, k, v stacked in
+    in_proj_weight) so snapshots of the earlier nn.TransformerEncoder layout and t2i's CLIP tower load unchanged."""
+
+    def __init__(self, width: int, heads: int, head_dim: int, bias: bool):
+        super().__init__()
+        self.heads, inner = heads, heads * head_dim
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * inner, width))   # rows: q, k, v
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * inner)) if bias else None
+        self.out_proj = nn.Linear(inner, width)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        B, T, _ = x.shape
+        qkv = nn.functional.linear(x, self.in_proj_weight, self.in_proj_bias)
+        q, k, v = qkv.view(B, T, 3, self.heads, -1).permute(2, 0, 3, 1, 4)          # each (B, heads, T, d)
+        h = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # scale d ** -0.5
+        return self.out_proj(h.transpose(1, 2).reshape(B, T, -1))
+
+
+class TextBlock(nn.Module):
+    """Pre-norm layer: x + attn(norm1(x)), then x + linear2(gelu(linear1(norm2(x)))); torch's
+    TransformerEncoderLayer(norm_first=True, activation="gelu") with its parameter names."""
+
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.width)
+        self.self_attn = SelfAttention(cfg.width, cfg.heads, cfg.head_dim or cfg.width // cfg.heads, cfg.qkv_bias)
+        self.norm2 = nn.LayerNorm(cfg.width)
+        self.linear1 = nn.Linear(cfg.width, cfg.mlp_ratio * cfg.width)
+        self.linear2 = nn.Linear(cfg.mlp_ratio * cfg.width, cfg.width)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.self_attn(self.norm1(x), attn_mask)
+        return x + self.linear2(nn.functional.gelu(self.linear1(self.norm2(x))))
+
+
+class TextLayers(nn.Module):
+    """The stack of blocks (`layers.{i}`, as nn.TransformerEncoder names them)."""
+
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(TextBlock(cfg) for _ in range(cfg.layers))
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        for block in self.layers:
+            x = block(x, attn_mask)
+        return x
 
 
 class TextEncoder(nn.Module):
@@ -45,19 +102,20 @@ class TextEncoder(nn.Module):
 
     def __init__(self, cfg: TextConfig):
         super().__init__()
+        if cfg.head_dim == 0 and cfg.width % cfg.heads:
+            raise ValueError(f"text width {cfg.width} is not divisible by {cfg.heads} heads; set head_dim")
         self.cfg = cfg
         self.token = nn.Embedding(cfg.vocab_size, cfg.width)
         self.position = nn.Parameter(torch.zeros(cfg.max_len, cfg.width))
         nn.init.normal_(self.position, std=0.01)
-        layer = nn.TransformerEncoderLayer(cfg.width, cfg.heads, cfg.mlp_ratio * cfg.width, dropout=0.0,
-                                           activation="gelu", batch_first=True, norm_first=True)
-        self.layers = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        self.layers = TextLayers(cfg)
         self.norm = nn.LayerNorm(cfg.width)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.frozen):
             h = self.token(ids) + self.position[:ids.shape[1]]                # (B, T, width)
-            h = self.norm(self.layers(h, src_key_padding_mask=~mask))
+            attn_mask = mask[:, None, None, :] if self.cfg.mask_padding else None   # (B, 1, 1, T): keys attended
+            h = self.norm(self.layers(h, attn_mask))
         return h, h[:, 0]
 
 
