@@ -17,6 +17,7 @@ def all_parsers(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
 def test_every_command_help_renders_and_documents_every_option():
     parsers = dict(all_parsers(build_parser()))
     assert {("train", "dalle"), ("train", "vqgan"), ("train", "autoencoder"), ("train", "bpe"), ("data", "coco"),
+            ("train", "ldm"), ("convert", "compvis-ldm"),
             ("generate",)} <= parsers.keys()
     for path, parser in parsers.items():
         text = parser.format_help()

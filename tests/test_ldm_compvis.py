@@ -357,7 +357,10 @@ def test_conversion_writes_a_snapshot_that_samples_as_the_loaded_pipeline(tiny, 
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("\n".join(specials + words + [f"##x{i}" for i in range(64 - 13)]) + "\n")
     direct = C.load_compvis_ldm(ckpt, yaml_path, vocab)
-    out = C.convert_compvis_ldm(ckpt, yaml_path, vocab, tmp_path / "snap")
+    from t2i.cli import main
+
+    out = tmp_path / "snap"
+    assert main(["convert", "compvis-ldm", str(ckpt), str(yaml_path), "--vocab", str(vocab), "--out", str(out)]) == 0
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
     converted = load_pipeline(out)
     prompts, seeds = ["a red circle on the left", "blue square"], [0, 1]

@@ -413,20 +413,3 @@ def convert_compvis_ldm(ckpt_path: str | Path, yaml_path: str | Path, vocab: str
 
     pipe = load_compvis_ldm(ckpt_path, yaml_path, vocab)
     return save_snapshot(Path(out), {"ldm_ema": pipe.model, "autoencoder": pipe.autoencoder}, pipe.meta)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m t2i.models.ldm.compvis CKPT YAML --vocab VOCAB --out DIR`."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m t2i.models.ldm.compvis", description=convert_compvis_ldm.__doc__)
-    p.add_argument("ckpt", help="CompVis model.ckpt")
-    p.add_argument("yaml", help="its config, e.g. txt2img-1p4B-eval.yaml")
-    p.add_argument("--vocab", required=True, help="bert-base-uncased vocab.txt (a local file)")
-    p.add_argument("--out", required=True, help="snapshot directory to write")
-    a = p.parse_args(argv)
-    print(convert_compvis_ldm(a.ckpt, a.yaml, a.vocab, a.out))
-
-
-if __name__ == "__main__":
-    main()
