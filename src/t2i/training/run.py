@@ -53,6 +53,11 @@ def _run_family(run: Path) -> str | None:
         return None
 
 
+def grid_picks(n: int, count: int = 8) -> slice:
+    """Every (n // count)-th of n items: what a sample grid shows, spread over the data (take the first `count`)."""
+    return slice(None, None, max(1, n // count))
+
+
 def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None) -> None:
     """Save uint8 images (N, 3, H, W) as one PNG grid, `nrow` images per row."""
     from PIL import Image

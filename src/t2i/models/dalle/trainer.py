@@ -22,6 +22,7 @@ from t2i.models.dalle.objective import dalle_loss, drop_text
 from t2i.models.dalle.transformer import PRESETS, DalleConfig, DalleTransformer
 from t2i.text.vocab import caption_vocabulary
 from t2i.training.loop import Phase, warmup_cosine
+from t2i.training.run import grid_picks
 
 
 @dataclass
@@ -151,7 +152,7 @@ class DalleFamily:
             self.net.image_vocab, self.net.image_len = self.vqgan.cfg.n_embed, self.tokens.shape[-1]
         self.model = DalleTransformer(self.net).to(d.device)
         self.modules, self.ema = {"dalle": self.model, "vqgan": self.vqgan}, {}
-        self.grid_prompts = [self.captions[i][0] for i in range(0, len(self.captions), max(1, len(self.captions) // 8))][:8]
+        self.grid_prompts = [caps[0] for caps in self.captions[grid_picks(len(self.captions))]][:8]
         log(f"DALL-E {cfg.preset}: {sum(p.numel() for p in self.model.parameters()) / 1e6:.2f}M parameters; "
             f"{len(dataset)} images x {self.tokens.shape[1]} crop(s) of {self.net.image_len} tokens "
             f"({self.net.image_vocab} codes); text {self.net.text_len} tokens, BPE vocabulary "

@@ -25,6 +25,7 @@ from t2i.models.resolution import check_requested
 from t2i.models.resolution import fit_resolution as fit_side
 from t2i.text.vocab import dataset_vocabulary
 from t2i.training.loop import Phase
+from t2i.training.run import grid_picks
 
 
 @dataclass
@@ -197,7 +198,7 @@ class LafiteFamily:
         self.img_fts = feats.image[keep]
         self.txt_fts, self.offsets = feats.text, feats.offsets
         self.keep = keep
-        grid = slice(None, None, max(1, len(keep) // 8))
+        grid = grid_picks(len(keep))
         self.grid_reals = self.images[grid][:8]
         self.grid_prompts = [] if dataset.image_only else [dataset.records[int(i)]["captions"][0]
                                                            for i in keep[grid][:8]]
@@ -213,7 +214,7 @@ class LafiteFamily:
                                                               self.from_snapshot)
         check_data(self.shards.image_only, self.cfg, True, metrics)
         self.images, captions = first_samples(self.cfg.data, 64)
-        grid = slice(None, None, max(1, len(self.images) // 8))
+        grid = grid_picks(len(self.images))
         self.grid_reals = self.images[grid][:8]
         self.grid_prompts = [caps[0] for caps in captions[grid][:8]] if all(captions[grid][:8]) else []
         return self.shards.samples

@@ -31,6 +31,7 @@ from t2i.models.ldm.diffusion import (
 from t2i.models.ldm.model import PRESETS, LatentDiffusion, LdmConfig
 from t2i.text.vocab import caption_vocabulary
 from t2i.training.loop import Phase, warmup_cosine
+from t2i.training.run import grid_picks
 
 
 @dataclass
@@ -200,7 +201,7 @@ class LdmFamily:
         self.model_ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.modules = {"ldm": self.model, "ldm_ema": self.model_ema, "autoencoder": self.autoencoder}
         self.ema = {"ldm_ema": "ldm"}
-        self.grid_prompts = [self.captions[i][0] for i in range(0, len(self.captions), max(1, len(self.captions) // 8))][:8]
+        self.grid_prompts = [caps[0] for caps in self.captions[grid_picks(len(self.captions))]][:8]
         n_unet = sum(p.numel() for p in self.model.unet.parameters()) / 1e6
         n_text = sum(p.numel() for p in self.model.text.parameters()) / 1e6
         text = f"frozen CLIP text tower {n_text:.2f}M" if self.net.text.frozen else f"text encoder {n_text:.2f}M"
