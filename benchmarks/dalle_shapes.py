@@ -15,39 +15,9 @@ A stage whose run already finished in the work directory is reused (delete it, o
 from __future__ import annotations
 
 import argparse
-import json
-import re
 from pathlib import Path
 
-from common import T2I, sh
-
-def finished(outdir: Path, suffix: str) -> Path | None:
-    """The newest run in outdir ending in suffix whose log has a `done:` line (or a BPE run), else None."""
-    runs = sorted(outdir.glob(f"*{suffix}")) if outdir.is_dir() else []
-    for run in reversed(runs):
-        if (run / "tokenizer.json").exists() or re.search(r"^done: ", (run / "log.txt").read_text()
-                                                          if (run / "log.txt").exists() else "", re.M):
-            return run
-    return None
-
-
-def stage(name: str, outdir: Path, suffix: str, cmd: list, work: Path, walls: dict) -> Path:
-    """Run one training stage unless a finished run of it exists; record its wall time."""
-    run = finished(outdir, suffix)
-    if run is None:
-        walls[name] = sh(cmd + ["--outdir", outdir], work / f"{name}.log")
-        run = finished(outdir, suffix)
-    else:
-        found = re.findall(r"^done: [\d.]+ kimg in ([\d.]+)s", (run / "log.txt").read_text(), re.M) \
-            if (run / "log.txt").exists() else []
-        walls[name] = sum(map(float, found))
-    print(f"{name}: {run} ({walls[name]:.0f}s)")
-    return run
-
-
-def metric(run: Path, name: str) -> dict:
-    """The last line of a run's metric-<name>.jsonl."""
-    return json.loads((run / f"metric-{name}.jsonl").read_text().splitlines()[-1])["results"]
+from common import T2I, metric, sh, stage
 
 
 def main() -> None:

@@ -246,6 +246,20 @@ def test_generate_with_each_sampler_and_the_compvis_aliases(ldm_run, tmp_path):
     assert a.read_bytes() == b.read_bytes()
 
 
+def test_bf16_sampling_stays_close_to_fp32(ldm_run, tmp_path, one_thread):
+    pipe = load_pipeline(ldm_run)
+    opts = {"sampler": "dpm++", "steps": 4, "guidance": 2.0}
+    full = pipe(["a large red circle", "a small blue square"], [3, 4], **opts).float()
+    half = pipe(["a large red circle", "a small blue square"], [3, 4], precision="bf16", **opts).float()
+    assert half.shape == full.shape and 0 < (half - full).abs().mean() < 8       # of 255: rounding, not noise
+    with pytest.raises(T2IError, match="--precision 'fp16'"):
+        pipe(["a large red circle"], [0], precision="fp16")
+    out = tmp_path / "bf16.png"
+    cli("generate", "a large red circle", "--model", ldm_run, "--steps", 4, "--precision", "bf16", "--n", 2,
+        "--out", out)
+    assert Image.open(out).size == (32, 16)
+
+
 def test_eval_takes_the_sampling_options(ldm_run, tmp_path):
     cli("eval", ldm_run, "--metrics", "shapes_accuracy", "--n", 4, "--sampler", "dpm++", "--steps", 4, "--scale", 2,
         "--out", tmp_path)
@@ -293,3 +307,66 @@ def test_a_frozen_clip_text_tower_conditions_instead(shapes16, autoencoder_run, 
     pipe = load_pipeline(run)
     assert torch.equal(pipe.text(["a red circle"])[0].cpu(), clip.tokenize(["a red circle"]).cpu())  # the CLIP's BPE
     assert pipe(["a large red circle"], [0], steps=3).shape == (1, 3, 16, 16)
+
+
+# --- memory options (item 7: the 1.4B model on one GPU) ---------------------------------------------------------
+
+def test_gradient_checkpointing_gives_the_same_gradients(one_thread):
+    from t2i.models.ldm.model import LatentDiffusion
+
+    torch.manual_seed(0)
+    cfg = PRESETS["test"]
+    plain = LatentDiffusion(cfg).train()
+    ckpt = LatentDiffusion(cfg).train()
+    ckpt.load_state_dict(plain.state_dict())
+    ckpt.unet.net.enable_gradient_checkpointing()
+    ckpt.text.layers.gradient_checkpointing = True
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 900])
+    ids, mask = torch.randint(4, cfg.text.vocab_size, (2, 6)), torch.ones(2, 6, dtype=torch.bool)
+    grads = []
+    for model in (plain, ckpt):
+        model(x, t, ids, mask).square().mean().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and any(n.startswith("text.layers") for n in grads[0])
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_frozen_text_checkpointing_and_an_offloaded_autoencoder_train(ldm_run, shapes16, autoencoder_run, tmp_path,
+                                                                        one_thread):
+    from safetensors.torch import load_file
+
+    cli("train", "ldm", "--data", shapes16, "--autoencoder", autoencoder_run, "--resume", ldm_run / "snapshot-000032",
+        "--train_text", 0,
+        "--grad_checkpointing", 1, "--offload_autoencoder", 1, "--kimg", 0.048, "--outdir", tmp_path)
+    (run,) = tmp_path.glob("*-ldm-test")
+    before = load_file(ldm_run / "snapshot-000032" / "model.safetensors")
+    after = load_file(run / "snapshot-000048" / "model.safetensors")
+    text = [k for k in before if k.startswith("ldm.text.")]
+    unet = [k for k in before if k.startswith("ldm.unet.")]
+    assert text and all(torch.equal(before[k], after[k]) for k in text)         # --train_text 0: frozen
+    assert not all(torch.equal(before[k], after[k]) for k in unet)              # the UNet trained
+    config = json.loads((run / "config.json").read_text())["config"]
+    assert config["grad_checkpointing"] and config["offload_autoencoder"] and not config["train_text"]
+
+
+@pytest.mark.slow
+def test_two_process_ldm_training_writes_one_run(shapes16, autoencoder_run, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from t2i.training.snapshot import load_snapshot
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "t2i",
+           "train", "ldm", "--data", str(shapes16), "--autoencoder", str(autoencoder_run), "--preset", "test",
+           "--bpe_vocab", "300", "--batch", "8", "--kimg", "0.032", "--outdir", str(tmp_path / "runs")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (run,) = (tmp_path / "runs").iterdir()
+    assert json.loads((run / "config.json").read_text())["world"] == 2
+    assert (run / "log.txt").read_text().count("on 2 process(es)") == 1
+    snap = load_snapshot(run, family="ldm")
+    assert all(torch.isfinite(v).all() for v in snap.tensors.values())
+    assert load_pipeline(run)(["a large red circle"], [0], steps=3).shape == (1, 3, 16, 16)

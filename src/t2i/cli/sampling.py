@@ -27,6 +27,9 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eta", "--ddim_eta", dest="eta", type=float, default=None,
                    help="LDM: DDIM's eta, 0 = deterministic DDIM, 1 = DDPM-like (default 0; --ddim_eta is the CompVis "
                         "spelling)")
+    g.add_argument("--precision", choices=["fp32", "bf16"], default=None,
+                   help="LDM: bf16 runs the text encoder, UNet and decoder under bf16 autocast (less memory, faster "
+                        "on GPUs and AMX CPUs; the sampler's own arithmetic stays fp32) (default fp32)")
     g.add_argument("--rerank_clip", metavar="CLIP", help="DALL-E: CLIP that reranks the candidates "
                    "(a t2i CLIP run, or ARCH:/path for open_clip weights)")
 

@@ -51,7 +51,7 @@ PRESETS: dict[str, LdmConfig] = {
                                  layers_per_block=1, heads=2, context_dim=32, norm_groups=8),
                       TextConfig(max_len=48, width=32, layers=1, heads=2)),
     # CPU, shapes at 64px: 16x16x4 latents of the tiny autoencoder, attention at 8x8 and 4x4.
-    "tiny": LdmConfig(UNetConfig(sample_size=16, block_out_channels=(32, 64, 64), attention_levels=(1, 2),
+    "tiny": LdmConfig(UNetConfig(sample_size=16, block_out_channels=(64, 128, 128), attention_levels=(1, 2),
                                  layers_per_block=1, heads=4, context_dim=64, norm_groups=16),
                       TextConfig(max_len=32, width=64, layers=2, heads=4)),
     # LDM text2img-large (txt2img-1p4B-eval.yaml): model_channels 320, channel_mult 1,2,4,4, attention_resolutions

@@ -42,7 +42,7 @@ def guided(cond_fn: ModelFn, uncond_fn: ModelFn, scale: float) -> ModelFn:
         return cond_fn
 
     def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        c, u = cond_fn(x, t), uncond_fn(x, t)
+        c, u = cond_fn(x, t).float(), uncond_fn(x, t).float()   # combined in fp32 under bf16 autocast too
         return u + scale * (c - u)
     return fn
 
@@ -61,7 +61,7 @@ def sample(model_fn: ModelFn, x_T: torch.Tensor, sampler: str, steps: int, cfg: 
     scheduler.set_timesteps(steps, device=x_T.device)
     x = x_T * scheduler.init_noise_sigma
     for t in scheduler.timesteps:
-        pred = model_fn(scheduler.scale_model_input(x, t), t.expand(len(x)))
+        pred = model_fn(scheduler.scale_model_input(x, t), t.expand(len(x))).float()   # the solver runs in fp32
         extra = {}
         if sampler == "ddim":
             extra["eta"] = eta

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from t2i.errors import T2IError
 
@@ -90,10 +91,14 @@ class TextLayers(nn.Module):
     def __init__(self, cfg: TextConfig):
         super().__init__()
         self.layers = nn.ModuleList(TextBlock(cfg) for _ in range(cfg.layers))
+        self.gradient_checkpointing = False   # recompute each block's activations in backward (training memory)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
         for block in self.layers:
-            x = block(x, attn_mask)
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, attn_mask, use_reentrant=False)
+            else:
+                x = block(x, attn_mask)
         return x
 
 

@@ -13,6 +13,7 @@ travel inside every snapshot, so a run samples on its own.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -51,6 +52,9 @@ class LdmTrainConfig:
     warmup_kimg: float = 1.0     # linear learning-rate warm-up, then cosine decay to 10% at --kimg
     null_text_prob: float = 0.1  # captions replaced by the empty caption (classifier-free guidance)
     min_snr: float = 0.0         # min-SNR-gamma loss weighting (0 = off; 5 is the paper's choice)
+    train_text: bool = True      # train the text encoder with the UNet (0: frozen, e.g. fine-tuning paper256)
+    grad_checkpointing: bool = False   # recompute UNet / text-encoder activations in backward: less memory
+    offload_autoencoder: bool = False  # keep the frozen autoencoder in CPU memory, on the device only to encode/decode
 
 
 CONFIG = LdmTrainConfig
@@ -75,6 +79,14 @@ HELP = {
     "warmup_kimg": "linear lr warm-up in kimg, then cosine decay to 10%%",
     "null_text_prob": "probability of training on the empty caption (enables --guidance at sampling)",
     "min_snr": "min-SNR-gamma loss weighting, gamma (0 = off, uniform weights)",
+    "train_text": "train the text encoder jointly with the UNet, as LDM does (1/0); 0 freezes it (fine-tuning "
+                  "paper256 on one 24 GB GPU: the 32-layer encoder's gradients and Adam state do not fit beside "
+                  "the UNet's)",
+    "grad_checkpointing": "gradient checkpointing of the UNet's blocks and the text encoder's layers (1/0): "
+                          "activations are recomputed in the backward pass, trading about a third more compute "
+                          "for much less memory",
+    "offload_autoencoder": "keep the frozen autoencoder in CPU memory and move it to the device only while it "
+                           "encodes the latent cache or decodes the sample grid (1/0)",
 }
 
 
@@ -84,7 +96,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     choices = {"preset": sorted(PRESETS), "prediction": list(PREDICTIONS)}
     for f in fields(LdmTrainConfig):
         extra = {"choices": choices[f.name]} if f.name in choices else {}
-        p.add_argument(f"--{f.name}", type=type(getattr(defaults, f.name)), default=argparse.SUPPRESS,
+        kind = type(getattr(defaults, f.name))
+        p.add_argument(f"--{f.name}", type=(lambda s: bool(int(s))) if kind is bool else kind, default=argparse.SUPPRESS,
                        required=f.name in ("data", "autoencoder"),
                        help=f"{HELP[f.name]} (default {getattr(defaults, f.name)!r})", **extra)
 
@@ -164,7 +177,7 @@ class LdmFamily:
         self.cfg, self.loop, self.device = cfg, loop, d.device
         dataset = ImageTextDataset(cfg.data)
         dataset.require_captions("t2i train ldm")
-        self.autoencoder = load_autoencoder(cfg, d.device, init)
+        self.autoencoder = load_autoencoder(cfg, "cpu" if cfg.offload_autoencoder else d.device, init)
         R = self.autoencoder.cfg.resolution
         if min(dataset.resolution) < R:
             w, h = dataset.resolution
@@ -179,7 +192,8 @@ class LdmFamily:
 
             clip = load_clip_snapshot(cfg.clip)
         self.tokenizer = build_tokenizer(cfg, self.captions, init, clip)
-        self.mean, self.logvar = load_or_encode_latents(dataset, self.autoencoder, 1, d.device, log)  # (N, A, C, h, w)
+        with self.autoencoder_on_device():
+            self.mean, self.logvar = load_or_encode_latents(dataset, self.autoencoder, 1, d.device, log)  # (N, A, C, h, w)
         self.diffusion = DiffusionConfig(**init.meta["diffusion"]) if init is not None else \
             DiffusionConfig(prediction=cfg.prediction)
         self.alpha_bar = alphas_cumprod(self.diffusion).to(d.device)
@@ -198,6 +212,11 @@ class LdmFamily:
         self.model = LatentDiffusion(self.net).to(d.device)
         if clip is not None:
             self.model.text.load_state_dict(clip_text)
+        if not cfg.train_text:
+            self.model.text.requires_grad_(False)
+        if cfg.grad_checkpointing:
+            self.model.unet.net.enable_gradient_checkpointing()
+            self.model.text.layers.gradient_checkpointing = True
         self.model_ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.modules = {"ldm": self.model, "ldm_ema": self.model_ema, "autoencoder": self.autoencoder}
         self.ema = {"ldm_ema": "ldm"}
@@ -213,7 +232,7 @@ class LdmFamily:
         log("sample grid prompts (columns): " + " | ".join(self.grid_prompts))
 
     def phases(self) -> list[Phase]:
-        params = [p for name, p in self.model.named_parameters() if not (self.net.text.frozen and name.startswith("text."))]
+        params = [p for p in self.model.parameters() if p.requires_grad]   # no frozen CLIP tower, no --train_text 0
         opt = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         schedule = warmup_cosine(self.cfg.warmup_kimg * 1000, self.loop.kimg * 1000, self.loop.batch)
         return [Phase("main", self.model, opt, lr_scale=schedule)]
@@ -242,17 +261,31 @@ class LdmFamily:
 
         return LdmPipeline(self.modules[module], self.autoencoder, self.tokenizer, self.diffusion, self.meta())
 
+    @contextlib.contextmanager
+    def autoencoder_on_device(self):
+        """With --offload_autoencoder, the autoencoder on the training device for the block, in CPU memory after."""
+        if self.cfg.offload_autoencoder:
+            self.autoencoder.to(self.device)
+        try:
+            yield self.autoencoder
+        finally:
+            if self.cfg.offload_autoencoder:
+                self.autoencoder.to("cpu")
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+
     @torch.no_grad()
     def sample_images(self) -> torch.Tensor:
         """4 seeds (rows) x the grid prompts (columns), DDIM 20 steps, guidance 4, from the EMA."""
         n = len(self.grid_prompts)
-        return self.pipeline()(self.grid_prompts * 4, [s for s in range(4) for _ in range(n)], steps=20,
-                               guidance=4.0, truncate=True)
+        with self.autoencoder_on_device():
+            return self.pipeline()(self.grid_prompts * 4, [s for s in range(4) for _ in range(n)], steps=20,
+                                   guidance=4.0, truncate=True)
 
     def real_images(self) -> torch.Tensor:
         from t2i.data.transforms import to_uint8
 
-        with torch.no_grad():
+        with torch.no_grad(), self.autoencoder_on_device():
             return to_uint8(self.autoencoder.decode(self.mean[:32, 0].to(self.device)).float().clamp(-1, 1).cpu())
 
     def meta(self) -> dict:
