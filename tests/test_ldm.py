@@ -370,3 +370,34 @@ def test_two_process_ldm_training_writes_one_run(shapes16, autoencoder_run, tmp_
     snap = load_snapshot(run, family="ldm")
     assert all(torch.isfinite(v).all() for v in snap.tensors.values())
     assert load_pipeline(run)(["a large red circle"], [0], steps=3).shape == (1, 3, 16, 16)
+
+
+def test_an_open_clip_text_tower_from_a_local_file_conditions(shapes16, autoencoder_run, tmp_path, one_thread):
+    import open_clip
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    clip = open_clip.create_model("ViT-B-32", pretrained=None).eval()
+    weights = tmp_path / "open_clip_model.safetensors"
+    save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, weights)
+    cli("train", "ldm", "--data", shapes16, "--autoencoder", autoencoder_run, "--preset", "test", "--clip",
+        f"ViT-B-32:{weights}", "--batch", 4, "--kimg", 0.008, "--tick_kimg", 0.008, "--outdir", tmp_path / "runs")
+    (run,) = (tmp_path / "runs").glob("*-ldm-test")
+    meta = json.loads((run / "snapshot-000008" / "config.json").read_text())
+    assert meta["net"]["text"]["open_clip"] == "ViT-B-32" and meta["net"]["unet"]["context_dim"] == 512
+    assert meta["tokenizer"] == {"open_clip": "ViT-B-32"}
+    saved = load_file(run / "snapshot-000008" / "model.safetensors")
+    assert torch.equal(saved["ldm.text.tower.token_embedding.weight"], clip.state_dict()["token_embedding.weight"])
+    pipe = load_pipeline(run)
+    prompts = ["a large red circle", ""]
+    ids, mask = pipe.text(prompts)
+    tokens = open_clip.get_tokenizer("ViT-B-32")(prompts)
+    assert torch.equal(ids.cpu(), tokens) and mask.sum(1).tolist() == [6, 2]      # <start> 4 words <end>; <start><end>
+    with torch.no_grad():                      # the context is open_clip's final-LayerNorm token states
+        x = clip.token_embedding(tokens) + clip.positional_embedding
+        expected = clip.ln_final(clip.transformer(x, attn_mask=clip.attn_mask))
+        torch.testing.assert_close(pipe.model.encode_text(ids, mask)[0], expected)
+        torch.testing.assert_close(pipe.model.encode_text(ids, mask)[1], clip.encode_text(tokens))
+    assert pipe(["a large red circle"], [0], steps=3).shape == (1, 3, 16, 16)
+    with pytest.raises(T2IError, match="reads at most 75"):
+        pipe.text([" ".join(["red"] * 80)])

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from t2i.models.ldm.text_encoder import TextConfig, TextEncoder
+from t2i.models.ldm.text_encoder import TextConfig, build_text_encoder
 from t2i.models.ldm.unet import UNet, UNetConfig
 
 
@@ -35,7 +35,7 @@ class LatentDiffusion(nn.Module):
         if cfg.unet.context_dim != cfg.text.width:
             raise ValueError(f"UNet context_dim {cfg.unet.context_dim} != text width {cfg.text.width}")
         self.cfg = cfg
-        self.text = TextEncoder(cfg.text)
+        self.text = build_text_encoder(cfg.text)
         self.unet = UNet(cfg.unet)
 
     def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

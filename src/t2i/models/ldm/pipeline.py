@@ -10,7 +10,7 @@ from t2i.models.first_stage.autoencoder_kl import KLAutoencoder, KLConfig
 from t2i.models.ldm.diffusion import DiffusionConfig
 from t2i.models.ldm.model import LatentDiffusion, LdmConfig
 from t2i.models.ldm.sampling import SAMPLERS, guided, initial_noise, sample
-from t2i.models.ldm.text_encoder import LdmTokenizer
+from t2i.models.ldm.text_encoder import LdmTokenizer, tokenizer_from_meta
 
 # Sampling options `t2i generate` / `t2i eval` pass through, with their defaults (LDM: DDIM 50, scale 7.5).
 OPTIONS = {"sampler": "ddim", "steps": 50, "guidance": 7.5, "eta": 0.0, "precision": "fp32"}
@@ -37,7 +37,7 @@ class LdmPipeline:
         autoencoder.load_state_dict(snap.state_dict("autoencoder"))
         return cls(model.to(device).eval().requires_grad_(False),
                    autoencoder.to(device).eval().requires_grad_(False),
-                   LdmTokenizer.from_meta(snap.meta["tokenizer"]), DiffusionConfig(**snap.meta["diffusion"]),
+                   tokenizer_from_meta(snap.meta["tokenizer"]), DiffusionConfig(**snap.meta["diffusion"]),
                    snap.meta)
 
     @property

@@ -8,7 +8,9 @@ from a textbook layer in three ways the config spells out, so that paper256 hold
 of 64 dimensions (attention width 512, not 1280), q/k/v without biases, and no padding mask (its [PAD]
 tokens are attended to). The alternative, a frozen CLIP text tower (t2i's small
 CLIP: the same pre-norm transformer), is this module holding the CLIP's weights with `frozen` set
-(`from_clip_text`): its token states, before CLIP's projection, are the context.
+(`from_clip_text`): its token states, before CLIP's projection, are the context. An open_clip model from a local
+file (`--clip ARCH:/path`) conditions through `OpenClipText`, open_clip's own text tower (causal, its BPE
+tokenizer), whose final-LayerNorm token states are the context, as in Stable Diffusion.
 
 Tokenizers: the paper's WordPiece of bert-base-uncased (tokenizers' BertWordPiece from a local vocab.txt) or
 the byte-level BPE t2i trains (`t2i.text.bpe`), both as one `tokenizers` JSON document that travels inside
@@ -42,6 +44,7 @@ class TextConfig:
     qkv_bias: bool = True       # biases on the q/k/v projections (CompVis' BERTEmbedder has none)
     mask_padding: bool = True   # pad tokens are not attended to (CompVis' BERTEmbedder attends to them)
     frozen: bool = False        # a frozen CLIP text tower: trained never, run without gradients
+    open_clip: str = ""         # an open_clip arch: the module is that arch's text tower (OpenClipText), frozen
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -134,6 +137,86 @@ def from_clip_text(clip) -> tuple[TextConfig, dict[str, torch.Tensor]]:
     sd = {rename.get(k.split(".", 1)[0], k.split(".", 1)[0]) + k[len(k.split(".", 1)[0]):]: v
           for k, v in clip.text.state_dict().items() if not k.startswith("proj.")}
     return cfg, sd
+
+
+# The text-tower weights of an open_clip CLIP's state dict (CustomTextCLIP nests them under "text.").
+OPEN_CLIP_TEXT_KEYS = ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection")
+
+
+class OpenClipText(nn.Module):
+    """open_clip's text tower of `cfg.open_clip` (built alone, without the vision tower), frozen: ids (B, T) ->
+    token states after the final LayerNorm (B, T, width) and the projected end-of-text state (B, embed_dim).
+    The mask is unused: the tower is causal, so states never read the padding after them."""
+
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        import open_clip
+        # open_clip's builder of one tower (a private name, stable since open_clip 2.x); the public
+        # create_model would build and initialise a vision tower that is thrown away.
+        from open_clip.model import _build_text_tower
+
+        arch = open_clip.get_model_config(cfg.open_clip)
+        if arch is None:
+            raise T2IError(f"open_clip arch {cfg.open_clip!r} is not known to the installed open_clip")
+        self.cfg = cfg
+        self.tower = _build_text_tower(arch["embed_dim"], {**arch["text_cfg"], "output_tokens": True},
+                                       arch.get("quick_gelu", False))
+        self.requires_grad_(False)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            pooled, tokens = self.tower(ids)
+        return tokens, pooled
+
+
+def from_open_clip(clip) -> tuple[TextConfig, dict[str, torch.Tensor]]:
+    """The frozen TextConfig and text-tower state_dict of an open_clip model (`t2i.clip.openclip.OpenClipModel`)."""
+    state = clip.model.state_dict()
+    if any(k.startswith("text.") for k in state):
+        state = {k[len("text."):]: v for k, v in state.items() if k.startswith("text.")}
+    tower = {k: v for k, v in state.items() if k.split(".", 1)[0] in OPEN_CLIP_TEXT_KEYS}
+    import open_clip
+
+    emb, text_cfg = tower["token_embedding.weight"], open_clip.get_model_config(clip.arch)["text_cfg"]
+    cfg = TextConfig(vocab_size=emb.shape[0], max_len=tower["positional_embedding"].shape[0], width=emb.shape[1],
+                     layers=text_cfg["layers"], heads=text_cfg["heads"], frozen=True, open_clip=clip.arch)
+    return cfg, {f"tower.{k}": v for k, v in tower.items()}
+
+
+def build_text_encoder(cfg: TextConfig) -> nn.Module:
+    """The text module a config describes: open_clip's tower, or t2i's BERT-like encoder (trained or a frozen
+    t2i CLIP's)."""
+    return OpenClipText(cfg) if cfg.open_clip else TextEncoder(cfg)
+
+
+class OpenClipTokenizer:
+    """open_clip's BPE tokenizer of an arch (shipped inside the open_clip package): texts -> (ids, mask)."""
+
+    def __init__(self, arch: str):
+        import open_clip
+
+        self.arch, self._tok = arch, open_clip.get_tokenizer(arch)
+        self.vocab_size = open_clip.get_model_config(arch)["text_cfg"].get("vocab_size", 49408)
+
+    def to_meta(self) -> dict:
+        return {"open_clip": self.arch}
+
+    def __call__(self, texts: list[str], length: int, truncate: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids, mask), each (B, length): <start> ids <end> then zeros; a text longer than length - 2 tokens is cut
+        (truncate) or a T2IError naming it (open_clip itself would cut it silently)."""
+        for text in texts:
+            n = len(self._tok.encode(text))
+            if n > length - 2 and not truncate:
+                short = text if len(text) <= 60 else text[:57] + "..."
+                raise T2IError(f"prompt {short!r} is {n} tokens; this model reads at most {length - 2}. "
+                               "Shorten the prompt.")
+        ids = self._tok(texts, context_length=length).long()
+        return ids, ids != 0
+
+
+def tokenizer_from_meta(meta: dict):
+    """The tokenizer a snapshot records: open_clip's of an arch, or a `tokenizers` document (LdmTokenizer)."""
+    return OpenClipTokenizer(meta["open_clip"]) if "open_clip" in meta else LdmTokenizer.from_meta(meta)
 
 
 class LdmTokenizer:

@@ -43,7 +43,7 @@ class LdmTrainConfig:
     autoencoder: str = ""        # `t2i train autoencoder` run or snapshot (latents and decoder)
     preset: str = "tiny"
     vocab: str = ""              # bert-base-uncased vocab.txt: WordPiece tokenizer (paper256 needs it)
-    clip: str = ""               # `t2i train clip` run: its frozen text tower instead of a trained encoder
+    clip: str = ""               # `t2i train clip` run or open_clip ARCH:/path: its frozen text tower instead
     bpe: str = ""                # `t2i train bpe` run; empty (and no --vocab) = train one here on the captions
     bpe_vocab: int = 1024        # vocabulary of a BPE trained here
     prediction: str = "eps"      # eps | v
@@ -70,8 +70,9 @@ HELP = {
     "preset": "network preset: test (for tests), tiny (16x16x4 latents of the tiny autoencoder on a CPU), paper256 "
               "(LDM text2img-large: 320 channels, mult 1,2,4,4, BERT-like encoder 1280-d x 32 layers; needs --vocab or --clip)",
     "vocab": "bert-base-uncased vocab.txt: tokenise with its WordPiece (a local file; paper256 needs it)",
-    "clip": "`t2i train clip` run: condition on its frozen text tower's token states (and its BPE) instead of "
-            "training a text encoder",
+    "clip": "frozen CLIP text tower instead of a trained text encoder: a `t2i train clip` run (its token states "
+            "and its BPE), or ARCH:/path/to/weights of an open_clip model (e.g. ViT-L-14:/models/open_clip.safetensors; "
+            "its final token states and its own tokenizer, as Stable Diffusion reads them)",
     "bpe": "`t2i train bpe` run (empty and no --vocab: train a BPE on the dataset's captions)",
     "bpe_vocab": "vocabulary size of a BPE trained here",
     "prediction": "what the UNet predicts: eps (LDM) or v (v-prediction)",
@@ -147,12 +148,12 @@ def load_autoencoder(cfg: LdmTrainConfig, device, init=None):
 def build_tokenizer(cfg: LdmTrainConfig, captions: list[list[str]], init=None, clip=None):
     """The snapshot's tokenizer when resuming, else the --clip's BPE, else WordPiece from --vocab, else the --bpe
     run's, else a BPE trained on the captions."""
-    from t2i.models.ldm.text_encoder import LdmTokenizer
+    from t2i.models.ldm.text_encoder import LdmTokenizer, OpenClipTokenizer, tokenizer_from_meta
 
     if init is not None:
-        return LdmTokenizer.from_meta(init.meta["tokenizer"])
+        return tokenizer_from_meta(init.meta["tokenizer"])
     if clip is not None:
-        return LdmTokenizer.from_bpe(clip.tokenizer)
+        return OpenClipTokenizer(clip.arch) if hasattr(clip, "arch") else LdmTokenizer.from_bpe(clip.tokenizer)
     if cfg.vocab:
         return LdmTokenizer.from_wordpiece(cfg.vocab)
     if cfg.bpe:
@@ -188,9 +189,9 @@ class LdmFamily:
         self.vocab = caption_vocabulary(c for caps in self.captions for c in caps)
         clip = None
         if cfg.clip and init is None:
-            from t2i.clip.trainer import load_clip_snapshot
+            from t2i.clip import load_clip
 
-            clip = load_clip_snapshot(cfg.clip)
+            clip = load_clip(cfg.clip)   # a t2i CLIP run, or ARCH:/path of open_clip weights
         self.tokenizer = build_tokenizer(cfg, self.captions, init, clip)
         with self.autoencoder_on_device():
             self.mean, self.logvar = load_or_encode_latents(dataset, self.autoencoder, 1, d.device, log)  # (N, A, C, h, w)
@@ -205,9 +206,9 @@ class LdmFamily:
             self.net.unet.latent_channels = self.autoencoder.cfg.latent_channels
             self.net.unet.sample_size = self.autoencoder.cfg.latent_side
             if clip is not None:
-                from t2i.models.ldm.text_encoder import from_clip_text
+                from t2i.models.ldm.text_encoder import from_clip_text, from_open_clip
 
-                self.net.text, clip_text = from_clip_text(clip)
+                self.net.text, clip_text = (from_open_clip if hasattr(clip, "arch") else from_clip_text)(clip)
                 self.net.unet.context_dim = self.net.text.width
         self.model = LatentDiffusion(self.net).to(d.device)
         if clip is not None:
@@ -216,7 +217,8 @@ class LdmFamily:
             self.model.text.requires_grad_(False)
         if cfg.grad_checkpointing:
             self.model.unet.net.enable_gradient_checkpointing()
-            self.model.text.layers.gradient_checkpointing = True
+            if not self.net.text.frozen:   # a frozen tower keeps no activations for backward
+                self.model.text.layers.gradient_checkpointing = True
         self.model_ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.modules = {"ldm": self.model, "ldm_ema": self.model_ema, "autoencoder": self.autoencoder}
         self.ema = {"ldm_ema": "ldm"}
