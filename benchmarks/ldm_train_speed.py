@@ -16,6 +16,7 @@ Nothing here is a test: the numbers depend on the machine and are reported.
 from __future__ import annotations
 
 import argparse
+import copy
 import re
 import statistics
 import time
@@ -45,9 +46,10 @@ def plain_diffusers_loop(args) -> float:
     captions = [caps[0] for caps in captions_by_image(dataset, "en")[:len(images)]]
     vae = load_autoencoder_snapshot(args.autoencoder).vae
     tokenizer = LdmTokenizer.from_bpe(train_bpe(captions, 1024))
-    cfg = PRESETS[args.preset]
+    cfg = copy.deepcopy(PRESETS[args.preset])
     cfg.text.vocab_size = tokenizer.vocab_size
     cfg.unet.sample_size = vae.config.sample_size // 2 ** (len(vae.config.block_out_channels) - 1)
+    cfg.unet.latent_channels = vae.config.latent_channels
     model = LatentDiffusion(cfg).train()
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                               beta_schedule="scaled_linear")
