@@ -120,10 +120,11 @@ class TextEncoder(nn.Module):
         self.norm = nn.LayerNorm(cfg.width)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.frozen):
-            h = self.token(ids) + self.position[:ids.shape[1]]                # (B, T, width)
-            attn_mask = mask[:, None, None, :] if self.cfg.mask_padding else None   # (B, 1, 1, T): keys attended
-            h = self.norm(self.layers(h, attn_mask))
+        # A frozen encoder (cfg.frozen, or --train_text 0) has requires_grad off, so no graph is built here; one
+        # that textual inversion extends still carries gradients to its new embedding rows.
+        h = self.token(ids) + self.position[:ids.shape[1]]                # (B, T, width)
+        attn_mask = mask[:, None, None, :] if self.cfg.mask_padding else None   # (B, 1, 1, T): keys attended
+        h = self.norm(self.layers(h, attn_mask))
         return h, h[:, 0]
 
 
@@ -164,8 +165,7 @@ class OpenClipText(nn.Module):
         self.requires_grad_(False)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.no_grad():
-            pooled, tokens = self.tower(ids)
+        pooled, tokens = self.tower(ids)   # frozen weights: no graph unless an extended embedding trains
         return tokens, pooled
 
 

@@ -213,7 +213,7 @@ class LdmFamily:
         self.model = LatentDiffusion(self.net).to(d.device)
         if clip is not None:
             self.model.text.load_state_dict(clip_text)
-        if not cfg.train_text:
+        if self.net.text.frozen or not cfg.train_text:
             self.model.text.requires_grad_(False)
         if cfg.grad_checkpointing:
             self.model.unet.net.enable_gradient_checkpointing()
