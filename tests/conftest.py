@@ -90,6 +90,25 @@ def dalle_run(shapes16, vqgan_run, session_runs) -> Path:
     return run
 
 
+@pytest.fixture(scope="session")
+def autoencoder_run(shapes16, session_runs) -> Path:
+    """`t2i train autoencoder --preset test`: 16px -> 8x8x4 latents."""
+    with single_thread():
+        cli("train", "autoencoder", "--data", shapes16, "--preset", "test", "--outdir", session_runs)
+    (run,) = session_runs.glob("*-autoencoder-test")
+    return run
+
+
+@pytest.fixture(scope="session")
+def ldm_run(shapes16, autoencoder_run, session_runs) -> Path:
+    """`t2i train ldm --preset test` on the test autoencoder, a BPE trained in the run, two snapshots."""
+    with single_thread():
+        cli("train", "ldm", "--data", shapes16, "--autoencoder", autoencoder_run, "--preset", "test",
+            "--bpe_vocab", 300, "--outdir", session_runs)
+    (run,) = session_runs.glob("*-ldm-test")
+    return run
+
+
 @pytest.fixture
 def cli_error(capsys):
     """Run `t2i ARGV...` in-process; require exit code 2 with a `t2i: error:` line and no traceback;

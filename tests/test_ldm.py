@@ -30,26 +30,6 @@ from t2i.models.ldm.unet import diffusers_config
 from t2i.training.snapshot import weights_identity
 
 
-@pytest.fixture(scope="module")
-def autoencoder_run(shapes16, tmp_path_factory):
-    """`t2i train autoencoder --preset test`: 16px -> 8x8x4 latents."""
-    out = tmp_path_factory.mktemp("ldm-runs")
-    with single_thread():
-        cli("train", "autoencoder", "--data", shapes16, "--preset", "test", "--outdir", out)
-    (run,) = out.glob("*-autoencoder-test")
-    return run
-
-
-@pytest.fixture(scope="module")
-def ldm_run(shapes16, autoencoder_run):
-    """`t2i train ldm --preset test` on the test autoencoder, a BPE trained in the run, two snapshots."""
-    with single_thread():
-        cli("train", "ldm", "--data", shapes16, "--autoencoder", autoencoder_run, "--preset", "test",
-            "--bpe_vocab", 300, "--outdir", autoencoder_run.parent)
-    (run,) = autoencoder_run.parent.glob("*-ldm-test")
-    return run
-
-
 # --- schedule and objective -------------------------------------------------------------------------------
 
 def test_schedule_is_compvis_linear_in_closed_form():

@@ -136,7 +136,10 @@ def run(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args.model, args.device)
     options = sampling_options(args, pipe, args.device)
     pipe.check_prompts(prompts, **options)  # a prompt the model cannot read fails now, not at its batch
-    if warning := vocabulary_warning(prompts, pipe.meta.get("vocab")):
+    vocab = pipe.meta.get("vocab")
+    if isinstance(vocab, list):   # the placeholders of --embeds are words it knows now
+        vocab = vocab + list(getattr(pipe.tokenizer, "expansions", {}))
+    if warning := vocabulary_warning(prompts, vocab):
         print(warning, file=sys.stderr)
     name = image_name_format(len(prompts), args.n, args.seed)
     kept = []  # the grid's images, only when there is a grid

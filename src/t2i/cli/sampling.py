@@ -30,6 +30,9 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", choices=["fp32", "bf16"], default=None,
                    help="LDM: bf16 runs the text encoder, UNet and decoder under bf16 autocast (less memory, faster "
                         "on GPUs and AMX CPUs; the sampler's own arithmetic stays fp32) (default fp32)")
+    g.add_argument("--embeds", action="append", default=[], metavar="FILE",
+                   help="a textual-inversion embedding (`t2i invert`'s learned_embeds.safetensors or its run "
+                        "folder) learned on this model; its placeholder word then works in prompts (repeatable)")
     g.add_argument("--rerank_clip", metavar="CLIP", help="DALL-E: CLIP that reranks the candidates "
                    "(a t2i CLIP run, or ARCH:/path for open_clip weights)")
 
@@ -44,5 +47,9 @@ def sampling_options(args: argparse.Namespace, pipe, device) -> dict:
         from t2i.clip import load_clip
 
         pipe.clip = load_clip(args.rerank_clip, device)
+    if getattr(args, "embeds", None):
+        from t2i.concepts.embeds import apply_embeds
+
+        apply_embeds(pipe, args.embeds)
     # An option not given takes the pipeline's own default (guidance: DALL-E 3, LDM 7.5).
     return {k: default if getattr(args, k, None) is None else getattr(args, k) for k, default in pipe.options.items()}

@@ -28,6 +28,8 @@ def add_parser(sub) -> None:
                        description="Train a model with the shared loop. Runs go to runs/NNNNN-<data>-<family>-<preset>/.")
     fam = p.add_subparsers(dest="family", required=True, metavar="FAMILY")
     for name in TRAINABLE:
+        if name not in HELP:   # a family with a command of its own (`t2i invert`)
+            continue
         fp = fam.add_parser(name, help=HELP[name], description=HELP[name],
                             formatter_class=HelpFormatter)
         mod = importlib.import_module(TRAINABLE[name])

@@ -30,6 +30,7 @@ TRAINABLE = {
     "autoencoder": "t2i.models.first_stage.autoencoder_trainer",
     "clip": "t2i.clip.trainer",
     "dalle": "t2i.models.dalle.trainer",
+    "invert": "t2i.concepts.invert",   # its own command, `t2i invert`
     "lafite": "t2i.models.lafite.trainer",
     "ldm": "t2i.models.ldm.trainer",
     "oracle": "t2i.metrics.oracle_trainer",

@@ -194,6 +194,8 @@ def write_snapshot(family: Family, phases: list[Phase], prog: Progress, cfg: Loo
         {**family.meta(), "kimg": kimg, "loop": asdict(cfg)},
         training_state(phases, prog),
     )
+    if hasattr(family, "on_snapshot"):   # files a family writes beside its snapshots (e.g. an inversion's embedding)
+        family.on_snapshot(path)
     fakes = family.sample_images()
     if fakes is not None:
         save_grid(fakes, run_dir / f"fakes-{int(round(kimg * 1000)):06d}.png", nrow=8)

@@ -1,0 +1,79 @@
+"""Learned concept embeddings on disk, and `--embeds` applying them to a pipeline.
+
+The file is Hugging Face's textual-inversion layout: `learned_embeds.safetensors` holding {placeholder: (n, width)}.
+Beside it, `learned_embeds.json` names the family, the base model and its fingerprint. An embedding is only
+meaningful in the token space it was learned in, so one learned on another base model is refused, with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from t2i.errors import T2IError
+
+EMBEDS_FILE = "learned_embeds.safetensors"
+EMBEDS_CONFIG = "learned_embeds.json"
+
+
+def write_embeds(folder: Path, placeholder: str, rows: torch.Tensor, config: dict) -> Path:
+    """Write the embedding and its config into `folder` (each file atomically); returns the embedding's path."""
+    from safetensors.torch import save_file
+
+    from t2i.io import atomic_path, write_json_atomic
+
+    path = Path(folder) / EMBEDS_FILE
+    with atomic_path(path) as tmp:
+        save_file({placeholder: rows.detach().float().cpu().contiguous()}, str(tmp))
+    write_json_atomic(path.with_name(EMBEDS_CONFIG), {**config, "placeholder": placeholder, "vectors": len(rows)})
+    return path
+
+
+def read_embeds(spec: str | Path) -> tuple[str, torch.Tensor, dict]:
+    """(placeholder, rows (n, width), config) of an embedding file, or of the `t2i invert` run folder holding one."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(spec)
+    if path.is_dir():
+        path = path / EMBEDS_FILE
+    if not path.is_file():
+        raise T2IError(f"--embeds {spec}: no {EMBEDS_FILE} there; give the file `t2i invert` wrote or its run folder")
+    config_path = path.with_name(EMBEDS_CONFIG)
+    if not config_path.is_file():
+        raise T2IError(f"--embeds {spec}: {config_path.name} is missing beside it; t2i needs it to check the "
+                       "embedding was learned on this model (re-run `t2i invert`)")
+    try:
+        tensors = load_file(path)
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise T2IError(f"--embeds {spec}: cannot be read ({e}); the file is damaged") from None
+    if len(tensors) != 1:
+        raise T2IError(f"--embeds {spec}: holds {len(tensors)} tensors; a textual-inversion file holds one, "
+                       "{placeholder: (n, width)}")
+    (placeholder, rows), = tensors.items()
+    return placeholder, rows.reshape(-1, rows.shape[-1]), config
+
+
+def apply_embeds(pipe, specs: list[str]) -> list[str]:
+    """Add each embedding's concept to `pipe` (its tokenizer and token table); returns the placeholders. One learned
+    on another base model or family is a T2IError that says which."""
+    from t2i.concepts.textside import text_side
+
+    if not specs:
+        return []
+    side = text_side(pipe)
+    placeholders = []
+    for spec in specs:
+        placeholder, rows, config = read_embeds(spec)
+        if config.get("family") != pipe.family or config.get("fingerprint") != side.fingerprint():
+            raise T2IError(f"--embeds {spec}: learned on {config.get('family')} model {config.get('base_model')!r} "
+                           f"(fingerprint {config.get('fingerprint')}), but this model is {pipe.family} "
+                           f"{side.fingerprint()}; an embedding only works on the model it was learned on: run "
+                           "`t2i invert --model` with this model")
+        side.add_concept(placeholder, nn.Parameter(rows, requires_grad=False))
+        placeholders.append(placeholder)
+    return placeholders

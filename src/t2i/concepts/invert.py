@@ -1,0 +1,191 @@
+"""`t2i invert`: textual inversion (Gal et al. 2022) on the shared loop, for every family with a text side.
+
+A placeholder word (`*`) gets `--vectors` new token embeddings, initialised from `--init_word`'s. Only those rows
+train, on the 3-5 concept images (`--images DIR`) with captions from templates ("a photo of a *", ...), through
+the family's own loss (`TextSide.inversion_loss`); the base model stays frozen and every other embedding row stays
+bit-identical (`textside.ExtendedEmbedding`). Snapshots hold the rows (module `embeds`); each one also writes
+`learned_embeds.safetensors` ({placeholder: (n, width)}, Hugging Face's layout) and `learned_embeds.json` (the base
+model and its fingerprint) into the run directory, which `t2i generate --embeds` reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from t2i.errors import T2IError
+from t2i.training.loop import Phase, warmup_cosine
+
+# Caption templates of the concept images, written for this project (the paper's list is of the same kind).
+TEMPLATES = ("a {}", "a picture of a {}", "an image of a {}", "a photo of a {}", "a rendering of a {}",
+             "a drawing of the {}", "a small picture of a {}", "the {}")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+
+
+@dataclass
+class InvertConfig:
+    """Options of `t2i invert`."""
+
+    model: str = ""              # the base model: a run directory or snapshot of a text-to-image family
+    images: str = ""             # folder of the concept's images (3-5 are typical)
+    placeholder: str = "*"       # the new word prompts use
+    init_word: str = ""          # its embedding starts from this word's
+    vectors: int = 1             # embedding vectors the placeholder stands for
+    lr: float = 5e-3             # Adam, with a short warm-up, cosine decay
+
+
+CONFIG = InvertConfig
+LOOP_DEFAULTS = {"kimg": 2.0, "batch": 4, "tick_kimg": 0.2, "snap": 5}   # 500 steps of 4 images
+
+HELP = {
+    "model": "the base model: a run directory or snapshot (LDM so far); it stays frozen",
+    "images": "folder of the concept's images (3-5 are typical); each is centre-cropped to the model's resolution",
+    "placeholder": "the new word, as prompts will write it (one word, e.g. '*' or '<my-cat>')",
+    "init_word": "a word the model knows whose embedding the new one starts from (one token, unless --vectors "
+                 "gives as many vectors as it has tokens)",
+    "vectors": "embedding vectors the placeholder stands for (more capture more detail, and follow prompts less)",
+    "lr": "Adam learning rate of the new embedding",
+}
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    defaults = InvertConfig()
+    for f in fields(InvertConfig):
+        p.add_argument(f"--{f.name}", type=type(getattr(defaults, f.name)), default=argparse.SUPPRESS,
+                       required=f.name in ("model", "images", "init_word"),
+                       help=f"{HELP[f.name]} (default {getattr(defaults, f.name)!r})")
+
+
+def validate(cfg: InvertConfig) -> None:
+    if not cfg.model or not cfg.images or not cfg.init_word:
+        raise T2IError("t2i invert needs --model RUN, --images DIR and --init_word WORD")
+    if cfg.vectors < 1:
+        raise T2IError(f"--vectors {cfg.vectors} must be at least 1")
+    if cfg.lr <= 0:
+        raise T2IError(f"--lr {cfg.lr} must be > 0")
+    concept_files(cfg.images)
+
+
+def describe(cfg: InvertConfig) -> str:
+    """Run-directory description, e.g. concept-invert."""
+    return f"{Path(cfg.images.rstrip('/')).name}-invert"
+
+
+def concept_files(folder: str) -> list[Path]:
+    """The image files of the concept folder, sorted; a T2IError when there are none."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise T2IError(f"--images {folder}: no such folder; give a folder holding the concept's 3-5 images")
+    files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise T2IError(f"--images {folder}: holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return files
+
+
+def load_concept_images(folder: str, resolution: int) -> torch.Tensor:
+    """uint8 (N, 3, R, R) of the concept images, centre-cropped and scaled; a T2IError names an unreadable one."""
+    from t2i.data.pack import Unusable, load_image
+    from t2i.data.transforms import pil_to_tensor
+
+    images = []
+    for path in concept_files(folder):
+        try:
+            images.append(pil_to_tensor(load_image(path, resolution, resolution, "center-crop")))
+        except (Unusable, OSError) as e:
+            raise T2IError(f"--images: {path} cannot be read ({e}); remove or replace it") from None
+    return torch.stack(images)
+
+
+class ConceptRows(nn.Module):
+    """The trained embedding rows (n, width): the only weights of an inversion run."""
+
+    def __init__(self, rows: torch.Tensor):
+        super().__init__()
+        self.rows = nn.Parameter(rows.clone())
+
+
+def initial_rows(side, word: str, vectors: int) -> torch.Tensor:
+    """(vectors, width) starting rows from the init word's token embeddings: its one token's in every vector, or
+    one token's per vector when it has as many tokens as vectors."""
+    ids = side.word_ids(word)
+    if len(ids) == 1 or len(ids) == vectors:
+        table = side.table().weight.detach()
+        return table[ids].float().repeat(vectors // len(ids), 1)
+    pieces = side.word_pieces(word)
+    raise T2IError(f"--init_word {word!r} is {len(ids)} tokens for this model ({' + '.join(pieces)}); give a "
+                   f"word that is one token, or --vectors {len(ids)} to start one vector from each")
+
+
+class InvertFamily:
+    """Modules `embeds` (ConceptRows, trained); the base pipeline is loaded from --model and stays frozen."""
+
+    name = "invert"
+    ema: dict[str, str] = {}
+
+    def __init__(self, cfg: InvertConfig, loop, d, log, init=None):
+        from t2i.concepts.textside import text_side
+        from t2i.models import load_pipeline
+
+        self.cfg, self.loop, self.device = cfg, loop, d.device
+        self.pipe = load_pipeline(cfg.model, d.device)
+        self.side = text_side(self.pipe)
+        self.images = load_concept_images(cfg.images, self.pipe.resolution)
+        rows = initial_rows(self.side, cfg.init_word, cfg.vectors)
+        self.concept = ConceptRows(rows).to(d.device)
+        self.ids = self.side.add_concept(cfg.placeholder, self.concept.rows)
+        self.modules = {"embeds": self.concept}
+        self.grid_prompts = [t.format(cfg.placeholder) for t in TEMPLATES[:4]]
+        log(f"textual inversion of {cfg.placeholder!r} ({cfg.vectors} vector(s) of {self.side.width}, ids "
+            f"{self.ids}, from {cfg.init_word!r}) on {len(self.images)} images of {cfg.images}; base "
+            f"{self.pipe.family} model {cfg.model} ({self.side.fingerprint()})")
+
+    def phases(self) -> list[Phase]:
+        opt = torch.optim.Adam(self.concept.parameters(), lr=self.cfg.lr)
+        schedule = warmup_cosine(0.05 * self.loop.kimg * 1000, self.loop.kimg * 1000, self.loop.batch)
+        return [Phase("main", self.concept, opt, lr_scale=schedule)]
+
+    def batches(self, step, batch, rank, world, seed):
+        from t2i.data.loader import step_batches
+        from t2i.data.transforms import to_model
+
+        def fetch(idx, g):
+            pick = torch.randint(len(TEMPLATES), (len(idx),), generator=g)
+            captions = [TEMPLATES[int(k)].format(self.cfg.placeholder) for k in pick]
+            return {"images": to_model(self.images[idx]), "captions": captions}
+        return step_batches(len(self.images), fetch, step, batch, seed, rank)
+
+    def loss(self, phase: Phase, batch: dict):
+        loss = self.side.inversion_loss(batch["images"], batch["captions"])
+        return loss, {"Loss/inversion": loss.detach()[None],
+                      "Embeds/norm": self.concept.rows.detach().norm(dim=1)}
+
+    @torch.no_grad()
+    def sample_images(self) -> torch.Tensor:
+        """4 seeds (rows) x the grid prompts (columns), with the family's default sampling options."""
+        n = len(self.grid_prompts)
+        return self.pipe(self.grid_prompts * 4, [s for s in range(4) for _ in range(n)], truncate=True)
+
+    def real_images(self) -> torch.Tensor:
+        return self.images
+
+    def concept_info(self) -> dict:
+        return {"family": self.pipe.family, "base_model": str(self.cfg.model), "fingerprint": self.side.fingerprint(),
+                "init_word": self.cfg.init_word}
+
+    def meta(self) -> dict:
+        return {"family": "invert", "config": asdict(self.cfg), "concept": self.concept_info()}
+
+    def on_snapshot(self, path: Path) -> None:
+        """The embedding file in the snapshot and in the run directory (there, always the newest rows)."""
+        from t2i.concepts.embeds import write_embeds
+
+        for folder in (path, path.parent):
+            write_embeds(folder, self.cfg.placeholder, self.concept.rows, self.concept_info())
+
+
+def build(cfg: InvertConfig, loop, d, log, init=None) -> InvertFamily:
+    return InvertFamily(cfg, loop, d, log, init)

@@ -1,0 +1,215 @@
+"""A family's text side, the one interface textual inversion (and what builds on it) is written against.
+
+`text_side(pipe)` wraps a loaded pipeline. A new concept is added in two places:
+- the tokenizer: the placeholder (e.g. `*`) becomes `vectors` new tokens. A prompt's placeholder is rewritten
+  to their token strings (`<concept:*:0> <concept:*:1> ...`) before tokenising, so it is always exactly those
+  tokens. A byte-level BPE already holds `*` as a byte token, whose row must not change;
+- the token-embedding table: `ExtendedEmbedding` appends the concept's rows to the frozen table. Ids below the
+  base vocabulary read the base table, which nothing ever updates, so every other row stays bit-identical
+  however the new rows train. A prompt without the placeholder tokenises as before and reads only base rows,
+  so it gives exactly the base model's images.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from t2i.errors import T2IError
+
+
+class ExtendedEmbedding(nn.Module):
+    """A frozen token-embedding table with concept rows appended: ids >= the base size read the rows, in the
+    order the concepts were added. The rows live in their own modules (an inversion run saves and trains
+    them), so they are referenced here, not registered."""
+
+    def __init__(self, base: nn.Embedding):
+        super().__init__()
+        self.base = base.requires_grad_(False)
+        self._rows: list[nn.Parameter] = []
+
+    def append(self, rows: nn.Parameter) -> int:
+        """Add (n, width) rows; returns the id of the first."""
+        first = self.num_embeddings
+        self._rows.append(rows)
+        return first
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.base.num_embeddings + sum(len(r) for r in self._rows)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        base = self.base.weight
+        return torch.cat([base, *(r.to(base.device, base.dtype) for r in self._rows)])
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.weight)
+
+
+class ExpandingTokenizer:
+    """A family's tokenizer that first rewrites each placeholder of a prompt into its concept's token strings;
+    everything else is the wrapped tokenizer's."""
+
+    def __init__(self, inner, expansions: dict[str, str]):
+        self.inner, self.expansions = inner, expansions
+
+    def expand(self, text: str) -> str:
+        # The space before a placeholder goes too: a byte-level BPE would make it a token of its own.
+        for placeholder, tokens in self.expansions.items():
+            text = re.sub(r"\s?" + re.escape(placeholder), tokens, text)
+        return text
+
+    def __call__(self, texts: list[str], *args, **kwargs):
+        return self.inner([self.expand(t) for t in texts], *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+class TextSide:
+    """What inversion needs of a family: `hf_tokenizer` (a `tokenizers.Tokenizer` to add tokens to), the token
+    table (`table` / `set_table`), `word_ids(word)`, `encode(prompts)`, `fingerprint()` and the family's
+    `inversion_loss(images, captions)`. Subclasses fill these in for one family."""
+
+    family = ""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+        self._fingerprint: str | None = None
+
+    # --- the family's part -----------------------------------------------------------------------------------
+    @property
+    def hf_tokenizer(self):
+        raise NotImplementedError
+
+    def table(self) -> nn.Module:
+        raise NotImplementedError
+
+    def set_table(self, module: nn.Module) -> None:
+        raise NotImplementedError
+
+    def base_model(self) -> nn.Module:
+        """The weights the fingerprint covers (everything that shapes the family's images from a prompt)."""
+        raise NotImplementedError
+
+    def encode(self, prompts: list[str]):
+        raise NotImplementedError
+
+    def inversion_loss(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
+        """The family's loss teaching the concept rows: images float (B, 3, R, R) in [-1, 1], captions with the
+        placeholder (randomness from torch's global generator, which the loop restores on resume)."""
+        raise NotImplementedError
+
+    # --- shared ------------------------------------------------------------------------------------------------
+    def fingerprint(self) -> str:
+        """`<family>:<hash>` of the base model's weights, taken before any concept is added."""
+        if self._fingerprint is None:
+            from t2i.training.snapshot import weights_identity
+
+            self._fingerprint = weights_identity(self.base_model(), self.family)
+        return self._fingerprint
+
+    def word_ids(self, word: str) -> list[int]:
+        """The token ids a word is written with (no start/end tokens)."""
+        return self.hf_tokenizer.encode(word, add_special_tokens=False).ids
+
+    def word_pieces(self, word: str) -> list[str]:
+        return self.hf_tokenizer.encode(word, add_special_tokens=False).tokens
+
+    @property
+    def width(self) -> int:
+        return self.table().weight.shape[1]
+
+    def add_concept(self, placeholder: str, rows: nn.Parameter) -> list[int]:
+        """Give `placeholder` len(rows) new tokens whose embeddings are `rows` (n, width); returns their ids."""
+        from tokenizers import AddedToken
+
+        self.fingerprint()   # of the base model, before the table changes
+        if not placeholder.strip() or any(c.isspace() for c in placeholder):
+            raise T2IError(f"placeholder {placeholder!r} must be one word without spaces, e.g. '*' or '<my-cat>'")
+        if rows.ndim != 2 or rows.shape[1] != self.width:
+            raise T2IError(f"the embedding of {placeholder!r} is {tuple(rows.shape)}; this model's token embeddings "
+                           f"are (n, {self.width})")
+        tokenizer = self.pipe.tokenizer
+        expansions = tokenizer.expansions if isinstance(tokenizer, ExpandingTokenizer) else {}
+        if placeholder in expansions:
+            raise T2IError(f"placeholder {placeholder!r} is given twice; give each concept its own placeholder")
+        table = self.table()
+        if not isinstance(table, ExtendedEmbedding):
+            table = ExtendedEmbedding(table)
+            self.set_table(table)
+        names = [f"<concept:{placeholder}:{i}>" for i in range(len(rows))]
+        hf = self.hf_tokenizer
+        if hf.get_vocab_size(with_added_tokens=True) != table.num_embeddings:
+            raise T2IError(f"the tokenizer has {hf.get_vocab_size(with_added_tokens=True)} tokens but the embedding "
+                           f"table {table.num_embeddings} rows; this model cannot take new tokens")
+        hf.add_tokens([AddedToken(n, normalized=False, single_word=False) for n in names])
+        ids = [hf.token_to_id(n) for n in names]
+        first = table.append(rows)
+        if ids != list(range(first, first + len(rows))):
+            raise T2IError(f"the tokenizer gave {placeholder!r} the ids {ids}, not the new rows {first}..")
+        if not isinstance(tokenizer, ExpandingTokenizer):
+            self.pipe.tokenizer = tokenizer = ExpandingTokenizer(tokenizer, {})
+        tokenizer.expansions[placeholder] = " ".join(names)
+        return ids
+
+
+class LdmTextSide(TextSide):
+    """LDM: the text encoder's token table (`model.text.token`) and the diffusion loss on the concept images'
+    latents with the template captions."""
+
+    family = "ldm"
+
+    def __init__(self, pipe):
+        super().__init__(pipe)
+        if not hasattr(pipe.model.text, "token"):
+            raise T2IError("this LDM reads an open_clip text tower, whose tokenizer cannot take new tokens; "
+                           "textual inversion needs a model with t2i's text encoder (trained or a t2i CLIP's)")
+        from t2i.models.ldm.diffusion import alphas_cumprod
+
+        self.alpha_bar = alphas_cumprod(pipe.diffusion)
+
+    @property
+    def hf_tokenizer(self):
+        tokenizer = self.pipe.tokenizer
+        return (tokenizer.inner if isinstance(tokenizer, ExpandingTokenizer) else tokenizer)._tok
+
+    def table(self) -> nn.Module:
+        return self.pipe.model.text.token
+
+    def set_table(self, module: nn.Module) -> None:
+        self.pipe.model.text.token = module
+
+    def base_model(self) -> nn.Module:
+        return self.pipe.model
+
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The UNet's context: token states (B, T, width) and the pooled state (B, width)."""
+        return self.pipe.model.encode_text(*self.pipe.text(prompts))
+
+    def inversion_loss(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
+        """The LDM training loss with the captions' text: z ~ q(z | image), uniform t, eps (or v) regression."""
+        from t2i.models.ldm.diffusion import diffusion_loss
+
+        pipe = self.pipe
+        device = next(pipe.model.parameters()).device
+        with torch.no_grad():
+            mean, logvar = pipe.autoencoder.moments(images.to(device))
+            z = (mean + (0.5 * logvar).exp() * torch.randn_like(mean)) * pipe.autoencoder.cfg.scale_factor
+        ids, mask = pipe.text(captions, truncate=True)
+        return diffusion_loss(pipe.model, z.float(), ids, mask, pipe.diffusion, self.alpha_bar)[0]
+
+
+SIDES = {"ldm": LdmTextSide}
+
+
+def text_side(pipe) -> TextSide:
+    """The text side of a loaded pipeline; a T2IError for a family inversion does not cover yet."""
+    if pipe.family not in SIDES:
+        raise T2IError(f"textual inversion covers {', '.join(sorted(SIDES))} so far; this model is "
+                       f"{pipe.family!r}")
+    return SIDES[pipe.family](pipe)

@@ -1,0 +1,117 @@
+"""Textual inversion (`t2i invert`, t2i.concepts) on the LDM `test` run: only the placeholder's row trains, every
+other row stays bit-identical, the Hugging Face file layout round-trips, `--embeds` refuses an embedding of another
+base model and leaves prompts without the placeholder exactly as the base model draws them."""
+
+import json
+import random
+
+import pytest
+import torch
+from conftest import cli
+from PIL import Image
+from safetensors.torch import load_file
+
+from t2i.concepts.embeds import apply_embeds, read_embeds
+from t2i.concepts.textside import ExtendedEmbedding, text_side
+from t2i.data.shapes import Scene, ShapeObject, render
+from t2i.models import load_pipeline
+
+
+@pytest.fixture(scope="module")
+def concept(tmp_path_factory):
+    """5 renders of a star: mixed colours, sizes and places."""
+    root = tmp_path_factory.mktemp("concept")
+    rng = random.Random(0)
+    for i in range(5):
+        star = ShapeObject("star", rng.choice(["red", "blue", "green"]), rng.choice(["small", "large"]),
+                           rng.choice(["left", "right", "top", "bottom", "center"]))
+        render(Scene([star], background="grey"), 16).save(root / f"star{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def inverted(ldm_run, concept, tmp_path_factory):
+    out = tmp_path_factory.mktemp("invert-runs")
+    # The test BPE (300 tokens) writes "small" as one token; "circle" takes five.
+    cli("invert", "--model", ldm_run, "--images", concept, "--placeholder", "*", "--init_word", "small",
+        "--steps", 6, "--batch", 2, "--lr", 0.05, "--snap", 1, "--tick_kimg", 0.006, "--outdir", out)
+    (run,) = out.glob("*-invert")
+    return run
+
+
+def test_only_the_placeholder_row_trains_and_the_file_is_hugging_faces_layout(ldm_run, inverted, one_thread):
+    tensors = load_file(inverted / "learned_embeds.safetensors")
+    assert list(tensors) == ["*"] and tensors["*"].shape == (1, 32)                  # {placeholder: (n, width)}
+    config = json.loads((inverted / "learned_embeds.json").read_text())
+    base = load_pipeline(ldm_run)
+    assert config["family"] == "ldm" and config["fingerprint"] == text_side(base).fingerprint()
+    assert config["placeholder"] == "*" and config["vectors"] == 1 and config["init_word"] == "small"
+    small = base.tokenizer._tok.encode("small", add_special_tokens=False).ids
+    start = base.model.text.token.weight[small].detach()
+    assert not torch.equal(tensors["*"], start)                                     # it learned
+    snap = load_file(sorted(inverted.glob("snapshot-*"))[-1] / "model.safetensors")
+    assert list(snap) == ["embeds.rows"] and torch.equal(snap["embeds.rows"], tensors["*"])
+
+    pipe = load_pipeline(ldm_run)
+    before = pipe.model.text.token.weight.detach().clone()
+    assert apply_embeds(pipe, [str(inverted)]) == ["*"]
+    table = pipe.model.text.token
+    assert isinstance(table, ExtendedEmbedding)
+    assert torch.equal(table.weight[:len(before)], before)                           # every other row, bit for bit
+    assert torch.equal(table.weight[len(before):], tensors["*"])
+    ids, mask = pipe.text(["a large red * on the left"])
+    n = int(mask.sum())
+    assert int((ids == len(before)).sum()) == 1 and len(before) in ids[0, :n].tolist()   # one new token
+
+
+def test_a_prompt_without_the_placeholder_draws_the_base_images(ldm_run, inverted, tmp_path):
+    plain, with_embeds = tmp_path / "plain.png", tmp_path / "embeds.png"
+    cli("generate", "a large red circle", "--model", ldm_run, "--steps", 4, "--n", 2, "--out", plain)
+    cli("generate", "a large red circle", "--model", ldm_run, "--steps", 4, "--n", 2, "--embeds", inverted,
+        "--out", with_embeds)
+    assert plain.read_bytes() == with_embeds.read_bytes()
+    star = tmp_path / "star.png"
+    cli("generate", "a large red *", "--model", ldm_run, "--steps", 4, "--n", 2, "--embeds",
+        inverted / "learned_embeds.safetensors", "--out", star)
+    assert Image.open(star).size == (32, 16)
+
+
+def test_an_embedding_of_another_base_model_is_refused(ldm_run, inverted, cli_error):
+    message = cli_error("generate", "a *", "--model", ldm_run / "snapshot-000016", "--steps", 2, "--embeds", inverted)
+    assert "learned on ldm model" in message and "t2i invert --model" in message
+
+
+def test_init_word_of_several_tokens_names_them_and_suggests_vectors(ldm_run, concept, tmp_path, cli_error):
+    message = cli_error("invert", "--model", ldm_run, "--images", concept, "--init_word", "zebra", "--steps", 1,
+                        "--outdir", tmp_path)
+    assert "'zebra' is" in message and "tokens" in message and "--vectors" in message
+    assert not list(tmp_path.iterdir())                                              # no run directory left behind
+
+
+def test_several_vectors_and_their_round_trip(ldm_run, concept, tmp_path, one_thread):
+    cli("invert", "--model", ldm_run, "--images", concept, "--placeholder", "<my-star>", "--init_word", "star",
+        "--vectors", 3, "--steps", 2, "--batch", 2, "--outdir", tmp_path)
+    (run,) = tmp_path.glob("*-invert")
+    placeholder, rows, config = read_embeds(run / "learned_embeds.safetensors")
+    assert placeholder == "<my-star>" and rows.shape == (3, 32) and config["vectors"] == 3
+    pipe = load_pipeline(ldm_run)
+    size = pipe.model.text.token.num_embeddings
+    apply_embeds(pipe, [str(run)])
+    ids, _ = pipe.text(["a small <my-star> at the top"])
+    assert [i for i in ids[0].tolist() if i >= size] == [size, size + 1, size + 2]
+
+
+def test_bad_input_is_named(ldm_run, dalle_run, concept, tmp_path, cli_error):
+    assert "no such folder" in cli_error("invert", "--model", ldm_run, "--images", tmp_path / "missing",
+                                         "--init_word", "small", "--outdir", tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "holds no images" in cli_error("invert", "--model", ldm_run, "--images", empty, "--init_word", "small",
+                                          "--outdir", tmp_path)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "a.png").write_bytes(b"not a png")
+    assert "a.png cannot be read" in cli_error("invert", "--model", ldm_run, "--images", broken, "--init_word",
+                                               "small", "--outdir", tmp_path)
+    assert "covers ldm so far" in cli_error("invert", "--model", dalle_run, "--images", concept, "--init_word",
+                                            "small", "--outdir", tmp_path)
