@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import cli, single_thread
+from conftest import cli
 from PIL import Image
 
 from t2i.data.dataset import ImageTextDataset
