@@ -1,4 +1,4 @@
-"""Textual inversion (`t2i invert`, t2i.concepts) on the LDM `test` run: only the placeholder's row trains, every
+"""Textual inversion (`t2i invert`, t2i.concepts) on the LDM and DALL-E `test` runs: only the placeholder's row trains, every
 other row stays bit-identical, the Hugging Face file layout round-trips, `--embeds` refuses an embedding of another
 base model and leaves prompts without the placeholder exactly as the base model draws them."""
 
@@ -101,7 +101,7 @@ def test_several_vectors_and_their_round_trip(ldm_run, concept, tmp_path, one_th
     assert [i for i in ids[0].tolist() if i >= size] == [size, size + 1, size + 2]
 
 
-def test_bad_input_is_named(ldm_run, dalle_run, concept, tmp_path, cli_error):
+def test_bad_input_is_named(ldm_run, lafite_run, concept, tmp_path, cli_error):
     assert "no such folder" in cli_error("invert", "--model", ldm_run, "--images", tmp_path / "missing",
                                          "--init_word", "small", "--outdir", tmp_path)
     empty = tmp_path / "empty"
@@ -113,5 +113,26 @@ def test_bad_input_is_named(ldm_run, dalle_run, concept, tmp_path, cli_error):
     (broken / "a.png").write_bytes(b"not a png")
     assert "a.png cannot be read" in cli_error("invert", "--model", ldm_run, "--images", broken, "--init_word",
                                                "small", "--outdir", tmp_path)
-    assert "covers ldm so far" in cli_error("invert", "--model", dalle_run, "--images", concept, "--init_word",
-                                            "small", "--outdir", tmp_path)
+    assert "covers dalle, ldm so far" in cli_error("invert", "--model", lafite_run, "--images", concept,
+                                                   "--init_word", "small", "--outdir", tmp_path)
+
+
+def test_dalle_learns_rows_after_its_joint_vocabulary(dalle_run, concept, tmp_path, one_thread):
+    cli("invert", "--model", dalle_run, "--images", concept, "--init_word", "small", "--steps", 3, "--batch", 2,
+        "--lr", 0.05, "--outdir", tmp_path / "runs")
+    (run,) = (tmp_path / "runs").glob("*-invert")
+    placeholder, rows, config = read_embeds(run)
+    assert placeholder == "*" and config["family"] == "dalle" and rows.shape == (1, 32)
+    pipe = load_pipeline(dalle_run)
+    vocab = pipe.model.cfg.vocab                                  # text ids, padding ids, <bos>, image ids
+    before = pipe.model.tok_emb.weight.detach().clone()
+    apply_embeds(pipe, [str(run)])
+    assert torch.equal(pipe.model.tok_emb.weight[:vocab], before)  # every other row, bit for bit
+    ids = pipe.text_ids(["a large red * on the left"])
+    assert ids.max() == vocab and int((ids == vocab).sum()) == 1  # the placeholder reads the appended row
+    assert torch.equal(pipe.text_ids(["a large red circle"]), load_pipeline(dalle_run).text_ids(["a large red circle"]))
+    plain, with_embeds = tmp_path / "plain.png", tmp_path / "embeds.png"
+    cli("generate", "a large red circle", "--model", dalle_run, "--n", 2, "--out", plain)
+    cli("generate", "a large red circle", "--model", dalle_run, "--n", 2, "--embeds", run, "--out", with_embeds)
+    assert plain.read_bytes() == with_embeds.read_bytes()
+    cli("generate", "a large red *", "--model", dalle_run, "--n", 2, "--embeds", run, "--out", tmp_path / "star.png")

@@ -47,15 +47,23 @@ class ExtendedEmbedding(nn.Module):
         return torch.cat([base, *(r.to(base.device, base.dtype) for r in self._rows)])
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return F.embedding(ids, self.weight)
+        # Base ids through the base table itself (no copy of it per call: DALL-E samples a token at a time).
+        n = self.base.num_embeddings
+        out = self.base(ids.clamp(max=n - 1))
+        new = ids >= n
+        if not new.any():
+            return out
+        rows = torch.cat([r.to(out.device, out.dtype) for r in self._rows])
+        return torch.where(new[..., None], F.embedding((ids - n).clamp(min=0), rows), out)
 
 
 class ExpandingTokenizer:
     """A family's tokenizer that first rewrites each placeholder of a prompt into its concept's token strings;
-    everything else is the wrapped tokenizer's."""
+    `remap` sends the concept tokens' ids to their table rows where those differ (DALL-E's table holds padding,
+    <bos> and image ids after the text ids). Everything else is the wrapped tokenizer's."""
 
-    def __init__(self, inner, expansions: dict[str, str]):
-        self.inner, self.expansions = inner, expansions
+    def __init__(self, inner):
+        self.inner, self.expansions, self.remap = inner, {}, {}
 
     def expand(self, text: str) -> str:
         # The space before a placeholder goes too: a byte-level BPE would make it a token of its own.
@@ -65,6 +73,10 @@ class ExpandingTokenizer:
 
     def __call__(self, texts: list[str], *args, **kwargs):
         return self.inner([self.expand(t) for t in texts], *args, **kwargs)
+
+    def ids(self, text: str, *args, **kwargs) -> list[int]:
+        """A BPE's ids of one text (t2i.text.bpe.BpeTokenizer.ids), concept tokens sent to their rows."""
+        return [self.remap.get(i, i) for i in self.inner.ids(self.expand(text), *args, **kwargs)]
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -76,6 +88,7 @@ class TextSide:
     `inversion_loss(images, captions)`. Subclasses fill these in for one family."""
 
     family = ""
+    rows_follow_tokens = True   # a new token's id is its table row (else ExpandingTokenizer.remap maps it)
 
     def __init__(self, pipe):
         self.pipe = pipe
@@ -144,18 +157,21 @@ class TextSide:
             self.set_table(table)
         names = [f"<concept:{placeholder}:{i}>" for i in range(len(rows))]
         hf = self.hf_tokenizer
-        if hf.get_vocab_size(with_added_tokens=True) != table.num_embeddings:
+        if self.rows_follow_tokens and hf.get_vocab_size(with_added_tokens=True) != table.num_embeddings:
             raise T2IError(f"the tokenizer has {hf.get_vocab_size(with_added_tokens=True)} tokens but the embedding "
                            f"table {table.num_embeddings} rows; this model cannot take new tokens")
         hf.add_tokens([AddedToken(n, normalized=False, single_word=False) for n in names])
         ids = [hf.token_to_id(n) for n in names]
         first = table.append(rows)
-        if ids != list(range(first, first + len(rows))):
+        row_ids = list(range(first, first + len(rows)))
+        if self.rows_follow_tokens and ids != row_ids:
             raise T2IError(f"the tokenizer gave {placeholder!r} the ids {ids}, not the new rows {first}..")
         if not isinstance(tokenizer, ExpandingTokenizer):
-            self.pipe.tokenizer = tokenizer = ExpandingTokenizer(tokenizer, {})
+            self.pipe.tokenizer = tokenizer = ExpandingTokenizer(tokenizer)
         tokenizer.expansions[placeholder] = " ".join(names)
-        return ids
+        if not self.rows_follow_tokens:
+            tokenizer.remap.update(zip(ids, row_ids))
+        return row_ids
 
 
 class LdmTextSide(TextSide):
@@ -204,7 +220,45 @@ class LdmTextSide(TextSide):
         return diffusion_loss(pipe.model, z.float(), ids, mask, pipe.diffusion, self.alpha_bar)[0]
 
 
-SIDES = {"ldm": LdmTextSide}
+class DalleTextSide(TextSide):
+    """DALL-E: the transformer's joint token table (`model.tok_emb`: text ids, padding ids, <bos>, image ids; a
+    concept's rows come after all of them) and the image-token cross-entropy of the concept images' VQGAN codes
+    after the caption (the text term is left out: the text head has no classes for the new tokens)."""
+
+    family = "dalle"
+    rows_follow_tokens = False
+
+    @property
+    def hf_tokenizer(self):
+        tokenizer = self.pipe.tokenizer
+        return (tokenizer.inner if isinstance(tokenizer, ExpandingTokenizer) else tokenizer)._tok
+
+    def table(self) -> nn.Module:
+        return self.pipe.model.tok_emb
+
+    def set_table(self, module: nn.Module) -> None:
+        self.pipe.model.tok_emb = module
+
+    def base_model(self) -> nn.Module:
+        return self.pipe.model
+
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        """The transformer's text input: the embeddings of [<bos>; caption ids] (B, 1 + text_len, dim)."""
+        model = self.pipe.model
+        text = self.pipe.text_ids(prompts).to(next(model.parameters()).device)
+        return model.tok_emb(model.sequence(text))
+
+    def inversion_loss(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
+        pipe, model = self.pipe, self.pipe.model
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            codes = pipe.vqgan.encode(images.to(device)).flatten(1)
+        text = pipe.text_ids(captions, truncate=True).to(device)
+        h = model.hidden(model.sequence(text, codes)[:, :-1])[:, model.cfg.text_len:]
+        return F.cross_entropy(model.image_logits(h).float().flatten(0, 1), codes.flatten())
+
+
+SIDES = {"ldm": LdmTextSide, "dalle": DalleTextSide}
 
 
 def text_side(pipe) -> TextSide:
