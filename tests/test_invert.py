@@ -101,7 +101,7 @@ def test_several_vectors_and_their_round_trip(ldm_run, concept, tmp_path, one_th
     assert [i for i in ids[0].tolist() if i >= size] == [size, size + 1, size + 2]
 
 
-def test_bad_input_is_named(ldm_run, lafite_run, concept, tmp_path, cli_error):
+def test_bad_input_is_named(ldm_run, vqgan_run, concept, tmp_path, cli_error):
     assert "no such folder" in cli_error("invert", "--model", ldm_run, "--images", tmp_path / "missing",
                                          "--init_word", "small", "--outdir", tmp_path)
     empty = tmp_path / "empty"
@@ -113,8 +113,8 @@ def test_bad_input_is_named(ldm_run, lafite_run, concept, tmp_path, cli_error):
     (broken / "a.png").write_bytes(b"not a png")
     assert "a.png cannot be read" in cli_error("invert", "--model", ldm_run, "--images", broken, "--init_word",
                                                "small", "--outdir", tmp_path)
-    assert "covers dalle, ldm so far" in cli_error("invert", "--model", lafite_run, "--images", concept,
-                                                   "--init_word", "small", "--outdir", tmp_path)
+    assert "not a text-to-image model" in cli_error("invert", "--model", vqgan_run, "--images", concept,
+                                                    "--init_word", "small", "--outdir", tmp_path)
 
 
 def test_dalle_learns_rows_after_its_joint_vocabulary(dalle_run, concept, tmp_path, one_thread):
@@ -136,3 +136,25 @@ def test_dalle_learns_rows_after_its_joint_vocabulary(dalle_run, concept, tmp_pa
     cli("generate", "a large red circle", "--model", dalle_run, "--n", 2, "--embeds", run, "--out", with_embeds)
     assert plain.read_bytes() == with_embeds.read_bytes()
     cli("generate", "a large red *", "--model", dalle_run, "--n", 2, "--embeds", run, "--out", tmp_path / "star.png")
+
+
+def test_lafite_learns_a_clip_token_towards_the_concepts_image_features(lafite_run, concept, tmp_path, one_thread):
+    import torch.nn.functional as F
+
+    from t2i.concepts.invert import load_concept_images
+    from t2i.data.transforms import to_model
+
+    cli("invert", "--model", lafite_run, "--images", concept, "--init_word", "small", "--steps", 20, "--batch", 5,
+        "--lr", 0.05, "--outdir", tmp_path / "runs")
+    (run,) = (tmp_path / "runs").glob("*-invert")
+    base = load_pipeline(lafite_run)
+    pipe = load_pipeline(lafite_run)
+    before = pipe.clip.text.token.weight.detach().clone()
+    apply_embeds(pipe, [str(run)])
+    assert torch.equal(pipe.clip.text.token.weight[:len(before)], before)
+    with torch.no_grad():
+        target = F.normalize(pipe.clip.encode_image(to_model(load_concept_images(str(concept), 16))), dim=-1).mean(0)
+        learned = (pipe.condition(["a photo of a *"]) @ target).item()
+        start = (base.condition(["a photo of a small"]) @ target).item()
+    assert learned > start                                                   # closer to the concept's images
+    assert torch.equal(pipe.condition(["a large red circle"]), base.condition(["a large red circle"]))

@@ -42,7 +42,7 @@ CONFIG = InvertConfig
 LOOP_DEFAULTS = {"kimg": 2.0, "batch": 4, "tick_kimg": 0.2, "snap": 5}   # 500 steps of 4 images
 
 HELP = {
-    "model": "the base model: a run directory or snapshot (LDM or DALL-E so far); it stays frozen",
+    "model": "the base model: a run directory or snapshot of LDM, DALL-E or LAFITE; it stays frozen",
     "images": "folder of the concept's images (3-5 are typical); each is centre-cropped to the model's resolution",
     "placeholder": "the new word, as prompts will write it (one word, e.g. '*' or '<my-cat>')",
     "init_word": "a word the model knows whose embedding the new one starts from (one token, unless --vectors "
@@ -167,7 +167,7 @@ class InvertFamily:
     def sample_images(self) -> torch.Tensor:
         """4 seeds (rows) x the grid prompts (columns), with the family's default sampling options."""
         n = len(self.grid_prompts)
-        return self.pipe(self.grid_prompts * 4, [s for s in range(4) for _ in range(n)], truncate=True)
+        return self.pipe(self.grid_prompts * 4, [s for s in range(4) for _ in range(n)])
 
     def real_images(self) -> torch.Tensor:
         return self.images

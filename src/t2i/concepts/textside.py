@@ -72,7 +72,14 @@ class ExpandingTokenizer:
         return text
 
     def __call__(self, texts: list[str], *args, **kwargs):
-        return self.inner([self.expand(t) for t in texts], *args, **kwargs)
+        out = self.inner([self.expand(t) for t in texts], *args, **kwargs)
+        if not self.remap:
+            return out
+        ids = out[0] if isinstance(out, tuple) else out      # (ids, mask) or ids
+        moved = ids.clone()
+        for token, row in self.remap.items():
+            moved[ids == token] = row
+        return (moved, *out[1:]) if isinstance(out, tuple) else moved
 
     def ids(self, text: str, *args, **kwargs) -> list[int]:
         """A BPE's ids of one text (t2i.text.bpe.BpeTokenizer.ids), concept tokens sent to their rows."""
@@ -95,9 +102,18 @@ class TextSide:
         self._fingerprint: str | None = None
 
     # --- the family's part -----------------------------------------------------------------------------------
+    def get_tokenizer(self):
+        """The tokenizer prompts go through (possibly an ExpandingTokenizer around the family's own)."""
+        return self.pipe.tokenizer
+
+    def set_tokenizer(self, tokenizer) -> None:
+        self.pipe.tokenizer = tokenizer
+
     @property
     def hf_tokenizer(self):
-        raise NotImplementedError
+        """The `tokenizers.Tokenizer` inside the family's tokenizer."""
+        tokenizer = self.get_tokenizer()
+        return (tokenizer.inner if isinstance(tokenizer, ExpandingTokenizer) else tokenizer)._tok
 
     def table(self) -> nn.Module:
         raise NotImplementedError
@@ -147,7 +163,7 @@ class TextSide:
         if rows.ndim != 2 or rows.shape[1] != self.width:
             raise T2IError(f"the embedding of {placeholder!r} is {tuple(rows.shape)}; this model's token embeddings "
                            f"are (n, {self.width})")
-        tokenizer = self.pipe.tokenizer
+        tokenizer = self.get_tokenizer()
         expansions = tokenizer.expansions if isinstance(tokenizer, ExpandingTokenizer) else {}
         if placeholder in expansions:
             raise T2IError(f"placeholder {placeholder!r} is given twice; give each concept its own placeholder")
@@ -167,7 +183,8 @@ class TextSide:
         if self.rows_follow_tokens and ids != row_ids:
             raise T2IError(f"the tokenizer gave {placeholder!r} the ids {ids}, not the new rows {first}..")
         if not isinstance(tokenizer, ExpandingTokenizer):
-            self.pipe.tokenizer = tokenizer = ExpandingTokenizer(tokenizer)
+            tokenizer = ExpandingTokenizer(tokenizer)
+            self.set_tokenizer(tokenizer)
         tokenizer.expansions[placeholder] = " ".join(names)
         if not self.rows_follow_tokens:
             tokenizer.remap.update(zip(ids, row_ids))
@@ -188,11 +205,6 @@ class LdmTextSide(TextSide):
         from t2i.models.ldm.diffusion import alphas_cumprod
 
         self.alpha_bar = alphas_cumprod(pipe.diffusion)
-
-    @property
-    def hf_tokenizer(self):
-        tokenizer = self.pipe.tokenizer
-        return (tokenizer.inner if isinstance(tokenizer, ExpandingTokenizer) else tokenizer)._tok
 
     def table(self) -> nn.Module:
         return self.pipe.model.text.token
@@ -228,11 +240,6 @@ class DalleTextSide(TextSide):
     family = "dalle"
     rows_follow_tokens = False
 
-    @property
-    def hf_tokenizer(self):
-        tokenizer = self.pipe.tokenizer
-        return (tokenizer.inner if isinstance(tokenizer, ExpandingTokenizer) else tokenizer)._tok
-
     def table(self) -> nn.Module:
         return self.pipe.model.tok_emb
 
@@ -258,7 +265,48 @@ class DalleTextSide(TextSide):
         return F.cross_entropy(model.image_logits(h).float().flatten(0, 1), codes.flatten())
 
 
-SIDES = {"ldm": LdmTextSide, "dalle": DalleTextSide}
+class LafiteTextSide(TextSide):
+    """LAFITE: the token table of its CLIP's text encoder (the generator reads the normalised CLIP text feature).
+    The loss pulls the CLIP text features of the template captions towards the concept images' CLIP image
+    features (1 - cosine), which is what the generator is conditioned to draw."""
+
+    family = "lafite"
+
+    def __init__(self, pipe):
+        super().__init__(pipe)
+        if not hasattr(pipe.clip, "text"):
+            raise T2IError("this LAFITE model reads an open_clip CLIP, whose tokenizer cannot take new tokens; "
+                           "textual inversion needs a model conditioned on a t2i CLIP")
+        self.rows_follow_tokens = pipe.clip.tokenizer.vocab_size == pipe.clip.text.token.num_embeddings
+
+    def get_tokenizer(self):
+        return self.pipe.clip.tokenizer
+
+    def set_tokenizer(self, tokenizer) -> None:
+        self.pipe.clip.tokenizer = tokenizer
+
+    def table(self) -> nn.Module:
+        return self.pipe.clip.text.token
+
+    def set_table(self, module: nn.Module) -> None:
+        self.pipe.clip.text.token = module
+
+    def base_model(self) -> nn.Module:
+        return nn.ModuleDict({"G": self.pipe.G, "clip": self.pipe.clip})
+
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        """The generator's condition: normalised CLIP text features (B, embed_dim)."""
+        return self.pipe.condition(prompts)
+
+    def inversion_loss(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
+        clip = self.pipe.clip
+        with torch.no_grad():
+            target = F.normalize(clip.encode_image(images.to(clip.logit_scale.device)).float(), dim=-1)
+        text = F.normalize(clip.encode_tokens(clip.tokenize(captions)).float(), dim=-1)
+        return (1 - (text * target).sum(-1)).mean()
+
+
+SIDES = {"ldm": LdmTextSide, "dalle": DalleTextSide, "lafite": LafiteTextSide}
 
 
 def text_side(pipe) -> TextSide:
