@@ -1,6 +1,7 @@
 """The package's import layers read straight: a module imports only from its own layer or below, lazy
 imports inside functions included. From the bottom: errors and io; the training loop's core (loop, runs,
-snapshots, distributed); data and text; metric functions; CLIP; model families; evaluation (samples
+snapshots, distributed); data and text; metric functions; CLIP; model families; new words for them (textual
+inversion); evaluation (samples
 models, hands images to metrics); the launcher; the CLI."""
 
 import ast
@@ -16,6 +17,7 @@ LAYERS = [
     {"metrics"},
     {"clip"},
     {"models"},
+    {"concepts"},
     {"evaluate"},
     {"training.launch"},
     {"cli", "__main__"},
