@@ -219,6 +219,7 @@ def test_bad_arguments(tmp_path):
 def test_cli_constants_match_the_library():
     assert cli_data.PACK_TRANSFORMS == pack_module.TRANSFORMS
     assert cli_data.SHAPES_SPLITS == shapes.SPLITS[:3]
+    assert cli_data.SHAPE_NAMES == shapes.SHAPES
 
 
 def test_cli_pack(tmp_path, messy, capsys):

@@ -18,6 +18,7 @@ from t2i.data.shapes import (
     COLOURS,
     HELDOUT,
     SEEN,
+    SHAPES,
     Scene,
     ShapeObject,
     captions,
@@ -205,6 +206,18 @@ def test_cli_shapes(tmp_path, capsys):
     assert main(args + ["--overwrite"]) == 0
     assert main(["data", "shapes", "--out", str(tmp_path / "x"), "--n", "0"]) == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_exclude_shape_keeps_a_shape_out_of_every_split(tmp_path):
+    for split in ("train", "test-heldout"):
+        out = tmp_path / split
+        assert main(["data", "shapes", "--out", str(out), "--n", "200", "--size", "16", "--split", split,
+                     "--exclude_shape", "star"]) == 0
+        scenes = [Scene.from_dict(r["attributes"]) for r in ImageTextDataset(out).records]
+        assert not [o for s in scenes for o in s.objects if o.shape == "star"]
+        assert {o.shape for s in scenes for o in s.objects} == set(SHAPES) - {"star"}
+    with pytest.raises(SystemExit):   # argparse names the choices
+        main(["data", "shapes", "--out", str(tmp_path / "y"), "--n", "2", "--exclude_shape", "hexagon"])
 
 
 def test_shape_object_rejects_unknown_names():

@@ -158,3 +158,13 @@ def test_lafite_learns_a_clip_token_towards_the_concepts_image_features(lafite_r
         start = (base.condition(["a photo of a small"]) @ target).item()
     assert learned > start                                                   # closer to the concept's images
     assert torch.equal(pipe.condition(["a large red circle"]), base.condition(["a large red circle"]))
+
+
+def test_eval_scores_a_learned_word_as_its_shape(ldm_run, inverted, tmp_path, cli_error):
+    cli("eval", ldm_run, "--metrics", "shapes_accuracy", "--embeds", inverted, "--concept", "*=star", "--n", 6,
+        "--steps", 2, "--out", tmp_path)
+    (line,) = (tmp_path / "metric-shapes_accuracy.jsonl").read_text().splitlines()
+    results = json.loads(line)["results"]
+    assert results["concept_images"] == 6 and 0 <= results["concept_shape"] <= 1 and "seen_all" not in results
+    assert "PLACEHOLDER=SHAPE" in cli_error("eval", ldm_run, "--embeds", inverted, "--concept", "*=hexagon",
+                                            "--n", 2, "--steps", 2, "--out", tmp_path)

@@ -9,6 +9,7 @@ extractor / CLIP and the number of images, so figures are never compared blindly
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,7 @@ class EvalOptions:
     seed: int = 0
     batch: int = 64
     sampling: dict = field(default_factory=dict)  # the pipeline's sampling options (guidance, ...)
+    concept: str | None = None     # shapes_accuracy of a learned word: "PLACEHOLDER=SHAPE", e.g. "*=star"
     # The last generated batch set, keyed by its prompts and seeds: fid, precision_recall, clip_score and
     # r_precision of one `t2i eval` call sample the same images once.
     cache: dict = field(default_factory=dict, repr=False, compare=False)
@@ -255,6 +257,9 @@ def shapes_accuracy(pipe, opts: EvalOptions, device) -> dict:
     def judge(images: torch.Tensor) -> list[dict]:
         return _oracle_predictions(oracle, images, opts.batch, device)
 
+    if opts.concept:
+        return concept_accuracy(pipe, opts, judge)
+
     for split, key in (("test-seen", "seen"), ("test-heldout", "heldout")):
         rng = random.Random(f"{opts.seed}-{split}")
         scenes = [shapes.sample_scene(rng, split) for _ in range(opts.n)]
@@ -278,6 +283,24 @@ def shapes_accuracy(pipe, opts: EvalOptions, device) -> dict:
     if unnamed:
         result["oracle_self_background"] = own["unnamed_background"]
     return result
+
+
+def concept_accuracy(pipe, opts: EvalOptions, judge) -> dict:
+    """shapes_accuracy of a learned word (`--concept '*=star'`): n one-object scenes of that shape in any colour,
+    size and place, prompted with the placeholder for the shape word ("a large red * on the left") and scored
+    as that shape."""
+    from t2i.data import shapes
+    from t2i.metrics import oracle as om
+
+    placeholder, _, shape = (opts.concept or "").partition("=")
+    if not placeholder or shape not in shapes.SHAPES:
+        raise T2IError(f"--concept {opts.concept!r}: give PLACEHOLDER=SHAPE with a shapes shape, e.g. '*=star' "
+                       f"({', '.join(shapes.SHAPES)})")
+    rng = random.Random(f"{opts.seed}-concept-{shape}")
+    scenes = [shapes.concept_scene(rng, shape) for _ in range(opts.n)]
+    prompts = [re.sub(rf"\b{shape}\b", placeholder, shapes.prompt(s)) for s in scenes]
+    preds = judge(generate(pipe, prompts, opts.seed, opts.batch, opts.sampling))
+    return {f"concept_{k}": v for k, v in om.score(preds, scenes).items()}
 
 
 def _oracle_predictions(oracle, images: torch.Tensor, batch: int, device) -> list[dict]:

@@ -10,10 +10,11 @@ from pathlib import Path
 from t2i.errors import T2IError
 
 # Spelled out rather than imported: the data modules import torch, and building the parser must stay
-# fast. tests/test_data_pack.py checks these match t2i.data.pack.TRANSFORMS and shapes.SPLITS,
+# fast. tests/test_data_pack.py checks these match t2i.data.pack.TRANSFORMS, shapes.SPLITS and shapes.SHAPES,
 # tests/test_data_cub.py that CUB_SPLITS matches t2i.data.cub.SPLITS.
 PACK_TRANSFORMS = ("center-crop", "center-crop-wide", "none")
 SHAPES_SPLITS = ("train", "test-seen", "test-heldout")
+SHAPE_NAMES = ("circle", "square", "triangle", "diamond", "star", "cross")   # t2i.data.shapes.SHAPES
 CUB_SPLITS = ("train", "test")
 # coco and cub; --min_size 0 there keeps every image of the split that papers report on.
 IMPORT_DEFAULTS = {"--width": 256, "--height": 256, "--transform": "center-crop", "--min_size": 0}
@@ -29,8 +30,10 @@ def cmd_shapes(args: argparse.Namespace) -> int:
         raise T2IError(f"--n {args.n}: the number of images must be at least 1")
     if args.size < 16:
         raise T2IError(f"--size {args.size}: shapes need at least 16 pixels to stay recognisable")
-    name = make_dataset(args.out, args.n, args.size, args.seed, args.split, overwrite=args.overwrite)
-    print(f"wrote {args.n} images ({name}, {args.split} split, seed {args.seed}) to {args.out}")
+    name = make_dataset(args.out, args.n, args.size, args.seed, args.split, overwrite=args.overwrite,
+                        exclude_shape=args.exclude_shape)
+    without = f", no {args.exclude_shape}" if args.exclude_shape else ""
+    print(f"wrote {args.n} images ({name}, {args.split} split, seed {args.seed}{without}) to {args.out}")
     return 0
 
 
@@ -81,6 +84,9 @@ def _add_shapes(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--split", choices=SHAPES_SPLITS, default="train",
                    help="test-heldout scenes contain held-out (shape, colour) pairs (default: %(default)s)")
+    p.add_argument("--exclude_shape", choices=SHAPE_NAMES, default=None,
+                   help="leave this shape out of every scene: data for a model that never sees it (the hard case "
+                        "of textual inversion)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing destination")
     p.set_defaults(func=cmd_shapes)
 

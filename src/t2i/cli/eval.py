@@ -36,6 +36,9 @@ def add_parser(sub) -> None:
     p.add_argument("--batch", type=int, default=64, help="generation / feature batch size")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", help="directory for metric-<name>.jsonl (default: the model's run directory)")
+    p.add_argument("--concept", metavar="PLACEHOLDER=SHAPE",
+                   help="shapes_accuracy of a learned word (with --embeds): prompts write the placeholder for the "
+                        "shape, e.g. '*=star' scores \"a large red * on the left\" as a large red star on the left")
     add_sampling_args(p)
     p.set_defaults(func=run)
 
@@ -62,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     pipe = load_pipeline(snapshot, args.device)
     opts = EvalOptions(data=args.data, n=args.n, clip=args.clip, inception=args.inception, oracle=args.oracle,
                        lpips=args.lpips, seeds_per_prompt=args.seeds_per_prompt, seed=args.seed, batch=args.batch,
-                       sampling=sampling_options(args, pipe, args.device))
+                       sampling=sampling_options(args, pipe, args.device), concept=args.concept)
     log = RunLog(out, tensorboard=False, log_file=False)
     kimg = float(pipe.meta.get("kimg", 0.0))
     rows = []

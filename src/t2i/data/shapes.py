@@ -122,6 +122,12 @@ def _sample_object(rng: random.Random, combo: tuple[str, str], slot: str) -> Sha
     return ShapeObject(shape=combo[0], colour=combo[1], size=size, slot=slot, **_jitter(rng))
 
 
+def concept_scene(rng: random.Random, shape: str) -> Scene:
+    """One object of `shape`, any colour, size and place (a concept's prompts: "a large red * on the left")."""
+    obj = _sample_object(rng, (shape, rng.choice(COLOUR_NAMES)), rng.choice(SLOTS))
+    return Scene([obj], rng.choice(tuple(BACKGROUNDS)))
+
+
 def resample_unnamed(scene: Scene, rng: random.Random) -> Scene:
     """The same named attributes (shapes, colours, sizes, slots, relation) with a fresh background and
     jitter: another image a caption of `scene` describes, drawn as the data draws them."""
@@ -129,8 +135,9 @@ def resample_unnamed(scene: Scene, rng: random.Random) -> Scene:
     return Scene(objects, rng.choice(tuple(BACKGROUNDS)), scene.relation)
 
 
-def sample_scene(rng: random.Random, split: str = "train") -> Scene:
-    """A random scene: train/test-seen avoid HELDOUT combos, test-heldout has at least one, all = any."""
+def sample_scene(rng: random.Random, split: str = "train", exclude_shape: str | None = None) -> Scene:
+    """A random scene: train/test-seen avoid HELDOUT combos, test-heldout has at least one, all = any;
+    `exclude_shape` keeps a shape out of every scene (data whose model never saw it)."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
     n_objects = rng.choice((1, 2))
@@ -140,9 +147,12 @@ def sample_scene(rng: random.Random, split: str = "train") -> Scene:
         relation = rng.choice(RELATIONS)
         slots = ["left", "right"] if relation == "left of" else ["top", "bottom"]
     pool = ALL_COMBOS if split in ("all", "test-heldout") else SEEN
+    heldout = HELDOUT
+    if exclude_shape is not None:
+        pool, heldout = (tuple(c for c in combos if c[0] != exclude_shape) for combos in (pool, HELDOUT))
     combos = [rng.choice(pool) for _ in slots]
     if split == "test-heldout":
-        combos[rng.randrange(len(combos))] = rng.choice(HELDOUT)
+        combos[rng.randrange(len(combos))] = rng.choice(heldout)
     objects = [_sample_object(rng, combo, slot) for combo, slot in zip(combos, slots)]
     return Scene(objects, rng.choice(tuple(BACKGROUNDS)), relation)
 
@@ -331,8 +341,9 @@ def dataset_name(size: int, split: str) -> str:
 
 
 def make_dataset(out, n: int, size: int = 64, seed: int = 0, split: str = "train",
-                 overwrite: bool = False, progress: bool = True) -> str:
-    """Render n random scenes of a split into a canonical dataset at `out`; returns its name."""
+                 overwrite: bool = False, progress: bool = True, exclude_shape: str | None = None) -> str:
+    """Render n random scenes of a split into a canonical dataset at `out` (none of `exclude_shape`); returns its
+    name."""
     from tqdm import tqdm
 
     from t2i.data.dataset import DatasetWriter
@@ -344,7 +355,7 @@ def make_dataset(out, n: int, size: int = 64, seed: int = 0, split: str = "train
     name = dataset_name(size, split)
     with DatasetWriter(out, name, (size, size), overwrite=overwrite) as writer:
         for _ in tqdm(range(n), desc=f"rendering {name}", unit="img", disable=not progress):
-            scene = sample_scene(rng, split)
+            scene = sample_scene(rng, split, exclude_shape)
             writer.add(render(scene, size), captions(scene, "en"), scene.to_dict(),
                        {"ko": captions(scene, "ko")})
     return name
