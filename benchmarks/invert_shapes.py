@@ -1,0 +1,111 @@
+"""Benchmark: textual inversion on the shapes domain, for every family given, through the real CLI.
+
+The concept is 5 renders of a star in mixed colours, sizes and places; the init word is deliberately another
+shape ("circle"). For each base model, `t2i invert` learns `*` from them, then prompts that write `*` for the
+shape ("a large red * on the left") are scored by the oracle as stars (`t2i eval --concept '*=star'`), and
+the textual-inversion paper's two measures are taken with a CLIP: image-image similarity of the samples to the
+concept images, and text-image similarity of the samples to their prompt with "star" for the placeholder.
+The same prompts with the word "star" itself give the base model's own figure beside it.
+
+    python benchmarks/invert_shapes.py --model ldm=RUN --model dalle=RUN --model lafite=src/t2i/assets/default-lafite \\
+        --clip src/t2i/assets/default-lafite --workdir /tmp/t2i-invert
+
+A base model trained on data without stars (`t2i data shapes --exclude_shape star`) is the hard case: give it
+as another --model (e.g. ldm-nostar=RUN). Nothing here is a test: the numbers depend on the machine and are
+reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+import torch
+
+from common import T2I, metric, sh
+
+
+def write_concept(folder: Path, n: int = 5, size: int = 64) -> None:
+    """n renders of a star: mixed colours, sizes and places."""
+    from t2i.data.shapes import BACKGROUNDS, COLOUR_NAMES, SIZES, SLOTS, Scene, ShapeObject, render
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(0)
+    for i in range(n):
+        star = ShapeObject("star", rng.choice(COLOUR_NAMES), rng.choice(SIZES), rng.choice(SLOTS))
+        render(Scene([star], background=rng.choice(tuple(BACKGROUNDS))), size).save(folder / f"star{i}.png")
+
+
+@torch.no_grad()
+def clip_measures(model: str, embeds: Path | None, concept: Path, clip_spec: str, n: int, options: list) -> dict:
+    """The paper's measures on n prompts: mean CLIP cosine of the samples to the concept images (image-image) and
+    to the prompt with "star" for the placeholder (text-image)."""
+    import torch.nn.functional as F
+
+    from t2i.clip import load_clip
+    from t2i.concepts.embeds import apply_embeds
+    from t2i.concepts.invert import load_concept_images
+    from t2i.data import shapes
+    from t2i.data.transforms import to_model
+    from t2i.models import load_pipeline
+
+    pipe = load_pipeline(model)
+    word = "*" if embeds is not None else "star"
+    if embeds is not None:
+        apply_embeds(pipe, [str(embeds)])
+    rng = random.Random("clip-measures")
+    scenes = [shapes.concept_scene(rng, "star") for _ in range(n)]
+    prompts = [shapes.prompt(s) for s in scenes]
+    given = {k.lstrip("-"): v for k, v in zip(options[::2], options[1::2])}
+    kwargs = {k: (float if pipe.options[k] is None else type(pipe.options[k]))(v) for k, v in given.items()
+              if k in pipe.options}   # each family takes its own options
+    images = pipe([p.replace("star", word) for p in prompts], list(range(n)), **kwargs)
+    clip = load_clip(clip_spec)
+    fake = F.normalize(clip.encode_image(to_model(images)).float(), dim=-1)
+    real = F.normalize(clip.encode_image(to_model(load_concept_images(str(concept), pipe.resolution))).float(), dim=-1)
+    text = F.normalize(clip.encode_text(prompts).float(), dim=-1)
+    return {"image_image": float((fake @ real.T).mean()), "text_image": float((fake * text).sum(-1).mean())}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", action="append", required=True, metavar="NAME=RUN", help="a base model (repeatable)")
+    p.add_argument("--clip", required=True, help="CLIP of the paper's measures (a t2i CLIP run, e.g. the default model)")
+    p.add_argument("--workdir", default="/tmp/t2i-invert", help="where the concept, runs and logs go")
+    p.add_argument("--init_word", default="circle", help="the init word (deliberately another shape)")
+    p.add_argument("--steps", type=int, default=500, help="inversion steps (batch 4)")
+    p.add_argument("--n", type=int, default=200, help="prompts scored per model")
+    p.add_argument("--sampling", default="", help="sampling options for every model, e.g. '--sampler dpm++ --steps 20 "
+                   "--guidance 4' (each family ignores the others')")
+    args = p.parse_args()
+    work = Path(args.workdir)
+    concept = work / "concept"
+    write_concept(concept)
+    options = args.sampling.split()
+    rows = []
+    for spec in args.model:
+        name, _, model = spec.partition("=")
+        runs = work / f"runs-{name}"
+        wall = sh(T2I + ["invert", "--model", model, "--images", concept, "--placeholder", "*", "--init_word",
+                         args.init_word, "--steps", args.steps, "--outdir", runs], work / f"invert-{name}.log")
+        run = sorted(runs.glob("*-invert"))[-1]
+        for label, extra in (("*", ["--embeds", run, "--concept", "*=star"]), ("star", ["--concept", "star=star"])):
+            out = work / f"eval-{name}-{'star' if label == 'star' else 'placeholder'}"
+            sh(T2I + ["eval", model, "--metrics", "shapes_accuracy", "--n", args.n, "--out", out, *extra, *options],
+               work / f"{out.name}.log")
+            acc = metric(out, "shapes_accuracy")
+            clip = clip_measures(model, run if label == "*" else None, concept, args.clip, min(args.n, 100), options)
+            rows.append((name, label, acc, clip, wall if label == "*" else None))
+    print(f"{'model':<14} {'prompt':<6} {'shape=star':>10} {'colour':>7} {'size':>6} {'position':>8} {'all':>6} "
+          f"{'img-img':>8} {'txt-img':>8} {'invert s':>9}")
+    for name, label, acc, clip, wall in rows:
+        print(f"{name:<14} {label:<6} {acc['concept_shape']:>10.3f} {acc['concept_colour']:>7.3f} "
+              f"{acc['concept_size']:>6.3f} {acc['concept_position']:>8.3f} {acc['concept_all']:>6.3f} "
+              f"{clip['image_image']:>8.3f} {clip['text_image']:>8.3f} {wall if wall is not None else '-':>9}")
+    (work / "results.json").write_text(json.dumps(rows, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
