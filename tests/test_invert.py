@@ -168,3 +168,34 @@ def test_eval_scores_a_learned_word_as_its_shape(ldm_run, inverted, tmp_path, cl
     assert results["concept_images"] == 6 and 0 <= results["concept_shape"] <= 1 and "seen_all" not in results
     assert "PLACEHOLDER=SHAPE" in cli_error("eval", ldm_run, "--embeds", inverted, "--concept", "*=hexagon",
                                             "--n", 2, "--steps", 2, "--out", tmp_path)
+
+
+def test_the_adapter_starts_as_the_identity_in_every_family(ldm_run, dalle_run, lafite_run, one_thread):
+    from t2i.concepts.adapter import AdapterConfig, TextAdapter, adapter_heads
+
+    x = torch.randn(3, 5, 32)
+    assert torch.equal(TextAdapter(AdapterConfig(32, adapter_heads(32)))(x), x)
+    for run, opts in ((ldm_run, {"steps": 3}), (dalle_run, {}), (lafite_run, {})):
+        base = load_pipeline(run)
+        pipe = load_pipeline(run)
+        side = text_side(pipe)
+        width = side.condition_width()
+        side.adapt(TextAdapter(AdapterConfig(width, adapter_heads(width))).eval())
+        prompts = ["a large red circle", "a small blue star on the left"]
+        assert torch.equal(pipe(prompts, [0, 1], **opts), base(prompts, [0, 1], **opts)), run.name
+
+
+def test_invert_with_an_adapter_saves_it_and_applies_it(ldm_run, concept, tmp_path, one_thread):
+    cli("invert", "--model", ldm_run, "--images", concept, "--init_word", "small", "--adapter", 1, "--steps", 4,
+        "--batch", 2, "--lr", 0.05, "--outdir", tmp_path / "runs")
+    (run,) = (tmp_path / "runs").glob("*-invert")
+    config = json.loads((run / "learned_embeds.json").read_text())
+    weights = load_file(run / "adapter.safetensors")
+    assert config["adapter"]["width"] == 32 and weights["layer.linear2.weight"].abs().sum() > 0   # it trained
+    pipe = load_pipeline(ldm_run)
+    apply_embeds(pipe, [str(run)])
+    assert type(pipe.model.text).__name__ == "AdaptedText"
+    out = tmp_path / "adapted.png"
+    cli("generate", "a large red * on the left", "--model", ldm_run, "--steps", 3, "--n", 2, "--embeds", run,
+        "--out", out)
+    assert Image.open(out).size == (32, 16)

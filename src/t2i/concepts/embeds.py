@@ -17,10 +17,13 @@ from t2i.errors import T2IError
 
 EMBEDS_FILE = "learned_embeds.safetensors"
 EMBEDS_CONFIG = "learned_embeds.json"
+ADAPTER_FILE = "adapter.safetensors"   # `t2i invert --adapter`: beside the embedding, named in its config
 
 
-def write_embeds(folder: Path, placeholder: str, rows: torch.Tensor, config: dict) -> Path:
-    """Write the embedding and its config into `folder` (each file atomically); returns the embedding's path."""
+def write_embeds(folder: Path, placeholder: str, rows: torch.Tensor, config: dict, adapter: nn.Module | None = None
+                 ) -> Path:
+    """Write the embedding, its adapter if any, and their config into `folder` (each file atomically); returns the
+    embedding's path."""
     from safetensors.torch import save_file
 
     from t2i.io import atomic_path, write_json_atomic
@@ -28,6 +31,9 @@ def write_embeds(folder: Path, placeholder: str, rows: torch.Tensor, config: dic
     path = Path(folder) / EMBEDS_FILE
     with atomic_path(path) as tmp:
         save_file({placeholder: rows.detach().float().cpu().contiguous()}, str(tmp))
+    if adapter is not None:
+        with atomic_path(path.with_name(ADAPTER_FILE)) as tmp:
+            save_file({k: v.detach().float().cpu().contiguous() for k, v in adapter.state_dict().items()}, str(tmp))
     write_json_atomic(path.with_name(EMBEDS_CONFIG), {**config, "placeholder": placeholder, "vectors": len(rows)})
     return path
 
@@ -75,5 +81,22 @@ def apply_embeds(pipe, specs: list[str]) -> list[str]:
                            f"{side.fingerprint()}; an embedding only works on the model it was learned on: run "
                            "`t2i invert --model` with this model")
         side.add_concept(placeholder, nn.Parameter(rows, requires_grad=False))
+        if "adapter" in config:
+            side.adapt(load_adapter(Path(spec), config["adapter"]).to(side.table().weight.device))
         placeholders.append(placeholder)
     return placeholders
+
+
+def load_adapter(spec: Path, config: dict) -> nn.Module:
+    """The frozen text adapter saved beside an embedding."""
+    from safetensors.torch import load_file
+
+    from t2i.concepts.adapter import AdapterConfig, TextAdapter
+
+    path = (spec if spec.is_dir() else spec.parent) / ADAPTER_FILE
+    if not path.is_file():
+        raise T2IError(f"--embeds {spec}: its config names an adapter, but {path} is missing; copy it beside the "
+                       "embedding (or re-run `t2i invert --adapter 1`)")
+    adapter = TextAdapter(AdapterConfig(**config))
+    adapter.load_state_dict(load_file(path))
+    return adapter.eval().requires_grad_(False)

@@ -36,6 +36,7 @@ class InvertConfig:
     init_word: str = ""          # its embedding starts from this word's
     vectors: int = 1             # embedding vectors the placeholder stands for
     lr: float = 5e-3             # Adam, with a short warm-up, cosine decay
+    adapter: bool = False        # also train a text adapter over the frozen encoder's output (the seed's v1)
 
 
 CONFIG = InvertConfig
@@ -48,14 +49,17 @@ HELP = {
     "init_word": "a word the model knows whose embedding the new one starts from (one token, unless --vectors "
                  "gives as many vectors as it has tokens)",
     "vectors": "embedding vectors the placeholder stands for (more capture more detail, and follow prompts less)",
-    "lr": "Adam learning rate of the new embedding",
+    "lr": "Adam learning rate of the new embedding (and the adapter's)",
+    "adapter": "also train a small residual adapter + one transformer layer over the frozen text encoder's output, "
+               "zero-initialised (the identity at the start), saved beside the embedding and applied with it (1/0)",
 }
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
     defaults = InvertConfig()
     for f in fields(InvertConfig):
-        p.add_argument(f"--{f.name}", type=type(getattr(defaults, f.name)), default=argparse.SUPPRESS,
+        kind = type(getattr(defaults, f.name))
+        p.add_argument(f"--{f.name}", type=(lambda s: bool(int(s))) if kind is bool else kind, default=argparse.SUPPRESS,
                        required=f.name in ("model", "images", "init_word"),
                        help=f"{HELP[f.name]} (default {getattr(defaults, f.name)!r})")
 
@@ -138,15 +142,24 @@ class InvertFamily:
         self.concept = ConceptRows(rows).to(d.device)
         self.ids = self.side.add_concept(cfg.placeholder, self.concept.rows)
         self.modules = {"embeds": self.concept}
+        self.adapter = None
+        if cfg.adapter:
+            from t2i.concepts.adapter import AdapterConfig, TextAdapter, adapter_heads
+
+            width = self.side.condition_width()
+            self.adapter = TextAdapter(AdapterConfig(width, adapter_heads(width))).to(d.device)
+            self.side.adapt(self.adapter)
+            self.modules["adapter"] = self.adapter
         self.grid_prompts = [t.format(cfg.placeholder) for t in TEMPLATES[:4]]
         log(f"textual inversion of {cfg.placeholder!r} ({cfg.vectors} vector(s) of {self.side.width}, ids "
             f"{self.ids}, from {cfg.init_word!r}) on {len(self.images)} images of {cfg.images}; base "
             f"{self.pipe.family} model {cfg.model} ({self.side.fingerprint()})")
 
     def phases(self) -> list[Phase]:
-        opt = torch.optim.Adam(self.concept.parameters(), lr=self.cfg.lr)
+        trained = nn.ModuleDict(self.modules)
+        opt = torch.optim.Adam(trained.parameters(), lr=self.cfg.lr)
         schedule = warmup_cosine(0.05 * self.loop.kimg * 1000, self.loop.kimg * 1000, self.loop.batch)
-        return [Phase("main", self.concept, opt, lr_scale=schedule)]
+        return [Phase("main", trained, opt, lr_scale=schedule)]
 
     def batches(self, step, batch, rank, world, seed):
         from t2i.data.loader import step_batches
@@ -173,8 +186,9 @@ class InvertFamily:
         return self.images
 
     def concept_info(self) -> dict:
-        return {"family": self.pipe.family, "base_model": str(self.cfg.model), "fingerprint": self.side.fingerprint(),
+        info = {"family": self.pipe.family, "base_model": str(self.cfg.model), "fingerprint": self.side.fingerprint(),
                 "init_word": self.cfg.init_word}
+        return info | ({"adapter": self.adapter.cfg.to_dict()} if self.adapter is not None else {})
 
     def meta(self) -> dict:
         return {"family": "invert", "config": asdict(self.cfg), "concept": self.concept_info()}
@@ -184,7 +198,7 @@ class InvertFamily:
         from t2i.concepts.embeds import write_embeds
 
         for folder in (path, path.parent):
-            write_embeds(folder, self.cfg.placeholder, self.concept.rows, self.concept_info())
+            write_embeds(folder, self.cfg.placeholder, self.concept.rows, self.concept_info(), self.adapter)
 
 
 def build(cfg: InvertConfig, loop, d, log, init=None) -> InvertFamily:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from t2i.concepts.adapter import AdaptedFeature, AdaptedText, AdaptedTextEmbedding
 from t2i.errors import T2IError
 
 
@@ -125,6 +126,14 @@ class TextSide:
         """The weights the fingerprint covers (everything that shapes the family's images from a prompt)."""
         raise NotImplementedError
 
+    def condition_width(self) -> int:
+        """The width of the conditioning `encode` returns (what a text adapter works on)."""
+        raise NotImplementedError
+
+    def install_adapter(self, adapter: nn.Module) -> None:
+        """Route the family's conditioning through a `t2i.concepts.adapter.TextAdapter`."""
+        raise NotImplementedError
+
     def encode(self, prompts: list[str]):
         raise NotImplementedError
 
@@ -148,6 +157,11 @@ class TextSide:
 
     def word_pieces(self, word: str) -> list[str]:
         return self.hf_tokenizer.encode(word, add_special_tokens=False).tokens
+
+    def adapt(self, adapter: nn.Module) -> None:
+        """Install a text adapter (after taking the base model's fingerprint)."""
+        self.fingerprint()
+        self.install_adapter(adapter)
 
     @property
     def width(self) -> int:
@@ -206,14 +220,25 @@ class LdmTextSide(TextSide):
 
         self.alpha_bar = alphas_cumprod(pipe.diffusion)
 
+    def text(self) -> nn.Module:
+        """The text encoder itself (inside an adapter, once one is installed)."""
+        text = self.pipe.model.text
+        return text.inner if isinstance(text, AdaptedText) else text
+
     def table(self) -> nn.Module:
-        return self.pipe.model.text.token
+        return self.text().token
 
     def set_table(self, module: nn.Module) -> None:
-        self.pipe.model.text.token = module
+        self.text().token = module
 
     def base_model(self) -> nn.Module:
         return self.pipe.model
+
+    def condition_width(self) -> int:
+        return self.pipe.model.cfg.text.width
+
+    def install_adapter(self, adapter: nn.Module) -> None:
+        self.pipe.model.text = AdaptedText(self.text(), adapter)
 
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """The UNet's context: token states (B, T, width) and the pooled state (B, width)."""
@@ -241,13 +266,24 @@ class DalleTextSide(TextSide):
     rows_follow_tokens = False
 
     def table(self) -> nn.Module:
-        return self.pipe.model.tok_emb
+        table = self.pipe.model.tok_emb
+        return table.inner if isinstance(table, AdaptedTextEmbedding) else table
 
     def set_table(self, module: nn.Module) -> None:
-        self.pipe.model.tok_emb = module
+        table = self.pipe.model.tok_emb
+        if isinstance(table, AdaptedTextEmbedding):
+            table.inner = module
+        else:
+            self.pipe.model.tok_emb = module
 
     def base_model(self) -> nn.Module:
         return self.pipe.model
+
+    def condition_width(self) -> int:
+        return self.pipe.model.cfg.dim
+
+    def install_adapter(self, adapter: nn.Module) -> None:
+        self.pipe.model.tok_emb = AdaptedTextEmbedding(self.table(), adapter, 1 + self.pipe.model.cfg.text_len)
 
     def encode(self, prompts: list[str]) -> torch.Tensor:
         """The transformer's text input: the embeddings of [<bos>; caption ids] (B, 1 + text_len, dim)."""
@@ -285,14 +321,24 @@ class LafiteTextSide(TextSide):
     def set_tokenizer(self, tokenizer) -> None:
         self.pipe.clip.tokenizer = tokenizer
 
+    def text(self) -> nn.Module:
+        text = self.pipe.clip.text
+        return text.inner if isinstance(text, AdaptedFeature) else text
+
     def table(self) -> nn.Module:
-        return self.pipe.clip.text.token
+        return self.text().token
 
     def set_table(self, module: nn.Module) -> None:
-        self.pipe.clip.text.token = module
+        self.text().token = module
 
     def base_model(self) -> nn.Module:
         return nn.ModuleDict({"G": self.pipe.G, "clip": self.pipe.clip})
+
+    def condition_width(self) -> int:
+        return self.pipe.clip.embed_dim
+
+    def install_adapter(self, adapter: nn.Module) -> None:
+        self.pipe.clip.text = AdaptedFeature(self.text(), adapter)
 
     def encode(self, prompts: list[str]) -> torch.Tensor:
         """The generator's condition: normalised CLIP text features (B, embed_dim)."""
