@@ -50,7 +50,9 @@ PRESETS: dict[str, LdmConfig] = {
     "test": LdmConfig(UNetConfig(sample_size=8, block_out_channels=(16, 32), attention_levels=(1,),
                                  layers_per_block=1, heads=2, context_dim=32, norm_groups=8),
                       TextConfig(max_len=48, width=32, layers=1, heads=2)),
-    # CPU, shapes at 64px: 16x16x4 latents of the tiny autoencoder, attention at 8x8 and 4x4.
+    # CPU, shapes at 64px: 16x16x4 latents of the tiny autoencoder, attention at 8x8 and 4x4; 6.6M parameters.
+    # Widths 64,128,128 rather than 32,64,64 (1.7M): 4x the parameters for 1.7x the time a step (bf16, batch 32,
+    # this CPU: 13.2 against 7.7 s/kimg for the UNet alone); attention at 16x16 as well would double it.
     "tiny": LdmConfig(UNetConfig(sample_size=16, block_out_channels=(64, 128, 128), attention_levels=(1, 2),
                                  layers_per_block=1, heads=4, context_dim=64, norm_groups=16),
                       TextConfig(max_len=32, width=64, layers=2, heads=4)),
