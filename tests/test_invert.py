@@ -138,7 +138,8 @@ def test_dalle_learns_rows_after_its_joint_vocabulary(dalle_run, concept, tmp_pa
     cli("generate", "a large red *", "--model", dalle_run, "--n", 2, "--embeds", run, "--out", tmp_path / "star.png")
 
 
-def test_lafite_learns_a_clip_token_towards_the_concepts_image_features(lafite_run, concept, tmp_path, one_thread):
+def test_lafite_learns_a_clip_token_towards_the_concepts_image_features(lafite_run, concept, tmp_path, one_thread,
+                                                                         capsys):
     import torch.nn.functional as F
 
     from t2i.concepts.invert import load_concept_images
@@ -158,6 +159,9 @@ def test_lafite_learns_a_clip_token_towards_the_concepts_image_features(lafite_r
         start = (base.condition(["a photo of a small"]) @ target).item()
     assert learned > start                                                   # closer to the concept's images
     assert torch.equal(pipe.condition(["a large red circle"]), base.condition(["a large red circle"]))
+    capsys.readouterr()
+    cli("generate", "a small *", "--model", lafite_run, "--embeds", run, "--n", 2, "--out", tmp_path / "star.png")
+    assert "never saw" not in capsys.readouterr().err                          # the placeholder is a known word now
 
 
 def test_eval_scores_a_learned_word_as_its_shape(ldm_run, inverted, tmp_path, cli_error):

@@ -137,8 +137,10 @@ def run(args: argparse.Namespace) -> int:
     options = sampling_options(args, pipe, args.device)
     pipe.check_prompts(prompts, **options)  # a prompt the model cannot read fails now, not at its batch
     vocab = pipe.meta.get("vocab")
-    if isinstance(vocab, list):   # the placeholders of --embeds are words it knows now
-        vocab = vocab + list(getattr(pipe.tokenizer, "expansions", {}))
+    if isinstance(vocab, list) and args.embeds:   # the placeholders of --embeds are words it knows now
+        from t2i.concepts.textside import text_side
+
+        vocab = vocab + list(text_side(pipe).get_tokenizer().expansions)
     if warning := vocabulary_warning(prompts, vocab):
         print(warning, file=sys.stderr)
     name = image_name_format(len(prompts), args.n, args.seed)
