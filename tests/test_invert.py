@@ -8,12 +8,14 @@ import random
 import pytest
 import torch
 from conftest import cli
+from torch import nn
 from PIL import Image
 from safetensors.torch import load_file
 
 from t2i.concepts.embeds import apply_embeds, read_embeds
 from t2i.concepts.textside import ExtendedEmbedding, text_side
 from t2i.data.shapes import Scene, ShapeObject, render
+from t2i.errors import T2IError
 from t2i.models import load_pipeline
 
 
@@ -54,6 +56,9 @@ def test_only_the_placeholder_row_trains_and_the_file_is_hugging_faces_layout(ld
 
     pipe = load_pipeline(ldm_run)
     before = pipe.model.text.token.weight.detach().clone()
+    with pytest.raises(T2IError, match="two embeddings use the placeholder '\\*'"):
+        apply_embeds(pipe, [str(inverted), str(inverted)])
+    assert isinstance(pipe.model.text.token, nn.Embedding)                         # checked before any change
     assert apply_embeds(pipe, [str(inverted)]) == ["*"]
     table = pipe.model.text.token
     assert isinstance(table, ExtendedEmbedding)
@@ -199,6 +204,8 @@ def test_invert_with_an_adapter_saves_it_and_applies_it(ldm_run, concept, tmp_pa
     pipe = load_pipeline(ldm_run)
     apply_embeds(pipe, [str(run)])
     assert type(pipe.model.text).__name__ == "AdaptedText"
+    with pytest.raises(T2IError, match="both bring a text adapter"):
+        apply_embeds(load_pipeline(ldm_run), [str(run), str(run)])
     out = tmp_path / "adapted.png"
     cli("generate", "a large red * on the left", "--model", ldm_run, "--steps", 3, "--n", 2, "--embeds", run,
         "--out", out)

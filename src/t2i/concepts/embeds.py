@@ -65,26 +65,34 @@ def read_embeds(spec: str | Path) -> tuple[str, torch.Tensor, dict]:
 
 
 def apply_embeds(pipe, specs: list[str]) -> list[str]:
-    """Add each embedding's concept to `pipe` (its tokenizer and token table); returns the placeholders. One learned
-    on another base model or family is a T2IError that says which."""
+    """Add each embedding's concept to `pipe` (its tokenizer and token table, and its adapter if it has one);
+    returns the placeholders. Every file is checked before the pipeline changes: one learned on another base model
+    or family, or a second adapter, is a T2IError that says which."""
     from t2i.concepts.textside import text_side
 
     if not specs:
         return []
     side = text_side(pipe)
-    placeholders = []
-    for spec in specs:
-        placeholder, rows, config = read_embeds(spec)
+    loaded = [(spec, *read_embeds(spec)) for spec in specs]
+    for spec, _, _, config in loaded:
         if config.get("family") != pipe.family or config.get("fingerprint") != side.fingerprint():
             raise T2IError(f"--embeds {spec}: learned on {config.get('family')} model {config.get('base_model')!r} "
                            f"(fingerprint {config.get('fingerprint')}), but this model is {pipe.family} "
                            f"{side.fingerprint()}; an embedding only works on the model it was learned on: run "
                            "`t2i invert --model` with this model")
+    adapted = [spec for spec, _, _, config in loaded if "adapter" in config]
+    if len(adapted) > 1:   # each adapter was trained alone over the encoder's output
+        raise T2IError(f"--embeds {adapted[0]} and {adapted[1]} both bring a text adapter; one model reads one "
+                       "adapter: give one of them, or embeddings learned without --adapter")
+    names = [placeholder for _, placeholder, _, _ in loaded]
+    if len(set(names)) < len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise T2IError(f"--embeds: two embeddings use the placeholder {twice!r}; one word, one concept")
+    for spec, placeholder, rows, config in loaded:
         side.add_concept(placeholder, nn.Parameter(rows, requires_grad=False))
         if "adapter" in config:
             side.adapt(load_adapter(Path(spec), config["adapter"]).to(side.table().weight.device))
-        placeholders.append(placeholder)
-    return placeholders
+    return names
 
 
 def load_adapter(spec: Path, config: dict) -> nn.Module:
