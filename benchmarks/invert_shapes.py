@@ -103,7 +103,7 @@ def main() -> None:
     for name, label, acc, clip, wall in rows:
         print(f"{name:<14} {label:<6} {acc['concept_shape']:>10.3f} {acc['concept_colour']:>7.3f} "
               f"{acc['concept_size']:>6.3f} {acc['concept_position']:>8.3f} {acc['concept_all']:>6.3f} "
-              f"{clip['image_image']:>8.3f} {clip['text_image']:>8.3f} {wall if wall is not None else '-':>9}")
+              f"{clip['image_image']:>8.3f} {clip['text_image']:>8.3f} {f'{wall:.0f}' if wall is not None else '-':>9}")
     (work / "results.json").write_text(json.dumps(rows, indent=2, default=str))
 
 
