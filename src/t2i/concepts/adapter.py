@@ -52,8 +52,8 @@ class TextAdapter(nn.Module):
         return self.layer(x, src_key_padding_mask=pad).to(dtype)
 
 
-class AdaptedText(nn.Module):
-    """LDM: a text encoder whose token states pass through the adapter (the pooled state stays the encoder's)."""
+class _AroundText(nn.Module):
+    """A text module with an adapter around it; attributes it lacks are the wrapped module's."""
 
     def __init__(self, text: nn.Module, adapter: TextAdapter):
         super().__init__()
@@ -64,6 +64,10 @@ class AdaptedText(nn.Module):
             return super().__getattr__(name)
         except AttributeError:
             return getattr(self.inner, name)
+
+
+class AdaptedText(_AroundText):
+    """LDM: a text encoder whose token states pass through the adapter (the pooled state stays the encoder's)."""
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         states, pooled = self.inner(ids, mask)
@@ -94,18 +98,8 @@ class AdaptedTextEmbedding(nn.Module):
         return torch.cat([self.adapter(x[:, :n]), x[:, n:]], 1)
 
 
-class AdaptedFeature(nn.Module):
+class AdaptedFeature(_AroundText):
     """LAFITE: a CLIP text tower whose projected feature (B, D) passes through the adapter as a one-token sequence."""
-
-    def __init__(self, text: nn.Module, adapter: TextAdapter):
-        super().__init__()
-        self.inner, self.adapter = text, adapter
-
-    def __getattr__(self, name):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self.inner, name)
 
     def forward(self, *args) -> torch.Tensor:
         return self.adapter(self.inner(*args)[:, None])[:, 0]
