@@ -35,6 +35,7 @@ class EvalOptions:
     batch: int = 64
     sampling: dict = field(default_factory=dict)  # the pipeline's sampling options (guidance, ...)
     concept: str | None = None     # shapes_accuracy of a learned word: "PLACEHOLDER=SHAPE", e.g. "*=star"
+    lang: str = "en"               # shapes_accuracy: the language of its prompts (en, ko)
     # The last generated batch set, keyed by its prompts and seeds: fid, precision_recall, clip_score and
     # r_precision of one `t2i eval` call sample the same images once.
     cache: dict = field(default_factory=dict, repr=False, compare=False)
@@ -263,7 +264,7 @@ def shapes_accuracy(pipe, opts: EvalOptions, device) -> dict:
     for split, key in (("test-seen", "seen"), ("test-heldout", "heldout")):
         rng = random.Random(f"{opts.seed}-{split}")
         scenes = [shapes.sample_scene(rng, split) for _ in range(opts.n)]
-        prompts = [shapes.prompt(s) for s in scenes]
+        prompts = [shapes.prompt(s, opts.lang) for s in scenes]
         preds = judge(generate(pipe, prompts, opts.seed, opts.batch, opts.sampling))
         result |= {f"{key}_{k}": v for k, v in om.score(preds, scenes).items()}
         if not unnamed:

@@ -39,6 +39,8 @@ def add_parser(sub) -> None:
     p.add_argument("--concept", metavar="PLACEHOLDER=SHAPE",
                    help="shapes_accuracy of a learned word (with --embeds): prompts write the placeholder for the "
                         "shape, e.g. '*=star' scores \"a large red * on the left\" as a large red star on the left")
+    p.add_argument("--lang", default="en", help="shapes_accuracy: the language its prompts are written in (en or "
+                   "ko); with --aligner, prompts in the aligner's language go through it")
     add_sampling_args(p)
     p.set_defaults(func=run)
 
@@ -50,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
     unknown = [m for m in names if m not in METRICS]
     if unknown or not names:
         raise T2IError(f"unknown metric(s) {unknown}; choose from {', '.join(METRICS)}")
+    if args.lang not in ("en", "ko"):
+        raise T2IError(f"--lang {args.lang!r}: shapes prompts are written in en or ko")
     if not 1 <= args.n <= 100_000:
         raise T2IError(f"--n {args.n} must be between 1 and 100000")
     import torch
@@ -65,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     pipe = load_pipeline(snapshot, args.device)
     opts = EvalOptions(data=args.data, n=args.n, clip=args.clip, inception=args.inception, oracle=args.oracle,
                        lpips=args.lpips, seeds_per_prompt=args.seeds_per_prompt, seed=args.seed, batch=args.batch,
-                       sampling=sampling_options(args, pipe, args.device), concept=args.concept)
+                       sampling=sampling_options(args, pipe, args.device), concept=args.concept,
+                       lang=args.lang)
     log = RunLog(out, tensorboard=False, log_file=False)
     kimg = float(pipe.meta.get("kimg", 0.0))
     rows = []

@@ -47,6 +47,9 @@ def add_parser(sub) -> None:
                    f"(NNNN: the prompt's number from 0000); up to {MAX_IMAGES:,} images, in constant memory")
     p.add_argument("--batch", type=int, default=64, help="images per forward pass")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--lang", default="auto", help="with --aligner: the prompts' language; auto = each prompt's, "
+                   "from its script (Hangul is Korean, Latin script the model's own English), a language code "
+                   "(e.g. ko) = every prompt's")
     add_sampling_args(p)
     p.set_defaults(func=run)
 
@@ -141,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         from t2i.concepts.textside import text_side
 
         vocab = vocab + list(text_side(pipe).get_tokenizer().expansions)
-    if warning := vocabulary_warning(prompts, vocab):
+    if warning := vocabulary_warning(pipe.text_prompts(prompts), vocab):   # an aligner's prompts are not its words
         print(warning, file=sys.stderr)
     name = image_name_format(len(prompts), args.n, args.seed)
     kept = []  # the grid's images, only when there is a grid

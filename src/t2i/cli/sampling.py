@@ -33,6 +33,9 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--embeds", action="append", default=[], metavar="FILE",
                    help="a textual-inversion embedding (`t2i invert`'s learned_embeds.safetensors or its run "
                         "folder) learned on this model; its placeholder word then works in prompts (repeatable)")
+    g.add_argument("--aligner", metavar="RUN",
+                   help="a `t2i train aligner` run trained on this model: prompts in its language (Korean) go "
+                        "through its multilingual sentence encoder and aligner instead of the model's text encoder")
     g.add_argument("--rerank_clip", metavar="CLIP", help="DALL-E: CLIP that reranks the candidates "
                    "(a t2i CLIP run, or ARCH:/path for open_clip weights)")
 
@@ -51,5 +54,9 @@ def sampling_options(args: argparse.Namespace, pipe, device) -> dict:
         from t2i.concepts.embeds import apply_embeds
 
         apply_embeds(pipe, args.embeds)
+    if getattr(args, "aligner", None):
+        from t2i.concepts.aligner import apply_aligner
+
+        apply_aligner(pipe, args.aligner, getattr(args, "lang", "auto"))
     # An option not given takes the pipeline's own default (guidance: DALL-E 3, LDM 7.5).
     return {k: default if getattr(args, k, None) is None else getattr(args, k) for k, default in pipe.options.items()}

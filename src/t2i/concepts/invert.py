@@ -178,9 +178,9 @@ class InvertFamily:
 
     @torch.no_grad()
     def sample_images(self) -> torch.Tensor:
-        """4 seeds (rows) x the grid prompts (columns), with the family's default sampling options."""
+        """4 seeds (rows) x the grid prompts (columns), with the family's preview sampling options."""
         n = len(self.grid_prompts)
-        return self.pipe(self.grid_prompts * 4, [s for s in range(4) for _ in range(n)])
+        return self.pipe(self.grid_prompts * 4, [s for s in range(4) for _ in range(n)], **self.pipe.preview)
 
     def real_images(self) -> torch.Tensor:
         return self.images

@@ -134,7 +134,9 @@ class TextSide:
         """Route the family's conditioning through a `t2i.concepts.adapter.TextAdapter`."""
         raise NotImplementedError
 
-    def encode(self, prompts: list[str]):
+    def encode(self, prompts: list[str], truncate: bool = False):
+        """The conditioning the family consumes; truncate cuts prompts longer than the model reads (training
+        captions, as its trainer does) instead of refusing them."""
         raise NotImplementedError
 
     def inversion_loss(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
@@ -240,9 +242,9 @@ class LdmTextSide(TextSide):
     def install_adapter(self, adapter: nn.Module) -> None:
         self.pipe.model.text = AdaptedText(self.text(), adapter)
 
-    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, prompts: list[str], truncate: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """The UNet's context: token states (B, T, width) and the pooled state (B, width)."""
-        return self.pipe.model.encode_text(*self.pipe.text(prompts))
+        return self.pipe.text_condition(prompts, truncate)
 
     def inversion_loss(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
         """The LDM training loss with the captions' text: z ~ q(z | image), uniform t, eps (or v) regression."""
@@ -285,11 +287,9 @@ class DalleTextSide(TextSide):
     def install_adapter(self, adapter: nn.Module) -> None:
         self.pipe.model.tok_emb = AdaptedTextEmbedding(self.table(), adapter, 1 + self.pipe.model.cfg.text_len)
 
-    def encode(self, prompts: list[str]) -> torch.Tensor:
+    def encode(self, prompts: list[str], truncate: bool = False) -> torch.Tensor:
         """The transformer's text input: the embeddings of [<bos>; caption ids] (B, 1 + text_len, dim)."""
-        model = self.pipe.model
-        text = self.pipe.text_ids(prompts).to(next(model.parameters()).device)
-        return model.tok_emb(model.sequence(text))
+        return self.pipe.text_condition(prompts, truncate)
 
     def inversion_loss(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
         pipe, model = self.pipe, self.pipe.model
@@ -340,9 +340,9 @@ class LafiteTextSide(TextSide):
     def install_adapter(self, adapter: nn.Module) -> None:
         self.pipe.clip.text = AdaptedFeature(self.text(), adapter)
 
-    def encode(self, prompts: list[str]) -> torch.Tensor:
-        """The generator's condition: normalised CLIP text features (B, embed_dim)."""
-        return self.pipe.condition(prompts)
+    def encode(self, prompts: list[str], truncate: bool = False) -> torch.Tensor:
+        """The generator's condition: normalised CLIP text features (B, embed_dim) (its CLIP reads whole prompts)."""
+        return self.pipe.text_condition(prompts)
 
     def inversion_loss(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
         clip = self.pipe.clip

@@ -265,9 +265,9 @@ def captions(scene: Scene, lang: str = "en") -> list[str]:
     return [t.format(**fields) for t in templates]
 
 
-def prompt(scene: Scene) -> str:
-    """The canonical English caption of a scene (its first template)."""
-    return captions(scene, "en")[0]
+def prompt(scene: Scene, lang: str = "en") -> str:
+    """The canonical caption of a scene in `en` or `ko` (its first template)."""
+    return captions(scene, lang)[0]
 
 
 def _template_regex(template: str) -> re.Pattern:

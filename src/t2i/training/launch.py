@@ -27,6 +27,7 @@ from t2i.training.loop import LoopConfig
 # Family name -> module with CONFIG (a dataclass type), PRESETS, add_args(parser), build(cfg, loop, d, log),
 # describe(cfg) and, optionally, evaluate(name, snapshot_path, cfg).
 TRAINABLE = {
+    "aligner": "t2i.concepts.aligner",
     "autoencoder": "t2i.models.first_stage.autoencoder_trainer",
     "clip": "t2i.clip.trainer",
     "dalle": "t2i.models.dalle.trainer",

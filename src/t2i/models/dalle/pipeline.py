@@ -9,12 +9,13 @@ import torch.nn.functional as F
 from t2i.models.dalle.sampling import generate
 from t2i.models.dalle.transformer import DalleConfig, DalleTransformer
 from t2i.models.first_stage.vqgan import VQGAN, VQGANConfig
+from t2i.models.routing import PromptRouting
 
 # Sampling options `t2i generate` / `t2i eval` pass through, with their defaults.
 OPTIONS = {"guidance": 3.0, "top_k": 0, "top_p": 1.0, "temperature": 1.0, "candidates": 1}
 
 
-class DallePipeline:
+class DallePipeline(PromptRouting):
     """Text-to-image with a DALL-E snapshot: `pipe(prompts, seeds, **options) -> uint8 (N, 3, R, R)`."""
 
     family = "dalle"
@@ -46,11 +47,22 @@ class DallePipeline:
 
         return fixed_length_ids(self.tokenizer, prompts, self.model.cfg.text_len, truncate=truncate)
 
+    def text_condition(self, prompts: list[str], truncate: bool = False) -> torch.Tensor:
+        """The transformer's text input: embeddings (N, 1 + text_len, dim) of [<bos>; prompt ids]."""
+        model = self.model
+        return model.tok_emb(model.sequence(self.text_ids(prompts, truncate).to(next(model.parameters()).device)))
+
     def check_prompts(self, prompts: list[str], truncate: bool = False, candidates: int = 1, **options) -> None:
         """T2IError naming the first prompt the transformer (or the reranking CLIP) cannot read, before any
         image is made."""
-        self.text_ids(prompts, truncate)
+        from t2i.errors import T2IError
+
+        if text := self.text_prompts(prompts):
+            self.text_ids(text, truncate)
         if candidates > 1 and self.clip is not None:
+            if len(text) < len(prompts):
+                raise T2IError("--candidates > 1 reranks with a CLIP that reads the model's own language, not the "
+                               "prompts the aligner takes; sample them with --candidates 1")
             self.clip.tokenize(prompts)
 
     @torch.no_grad()
@@ -81,9 +93,13 @@ class DallePipeline:
         images = []
         for b in range(0, len(rows), batch):
             chunk = rows[b:b + batch]
-            text = self.text_ids([p for p, _, _ in chunk], truncate).to(device)
+            texts = [p for p, _, _ in chunk]
+            taken = self.routed(texts)
+            # A routed prompt's ids are never read (its input embeddings come from the route): the empty caption's.
+            text = self.text_ids(["" if t else p for p, t in zip(texts, taken)], truncate).to(device)
+            prefix = self.condition(texts, truncate=truncate) if any(taken) else None
             gens = [torch.Generator().manual_seed(int(s) * 1_000_003 + j) for _, s, j in chunk]
-            codes = generate(self.model, text, temperature, k, top_p, guidance, generator=gens)
+            codes = generate(self.model, text, temperature, k, top_p, guidance, generator=gens, prefix=prefix)
             images.append(self.vqgan.decode_ids(codes.view(-1, side, side)).float().clamp(-1, 1))
         return torch.cat(images).view(len(prompts), n, *images[0].shape[1:])
 

@@ -43,16 +43,22 @@ def sample(logits: torch.Tensor, generator=None) -> torch.Tensor:
 @torch.no_grad()
 def generate(model: DalleTransformer, text: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None, guidance_scale: float = 1.0, use_cache: bool = True,
-             generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
+             generator: torch.Generator | list[torch.Generator] | None = None,
+             prefix: torch.Tensor | None = None) -> torch.Tensor:
     """Image codes (B, image_len) for text ids (B, text_len), one token at a time (`generator`: one
-    for the batch, or one per row; see `sample`)."""
+    for the batch, or one per row; see `sample`). `prefix` (B, 1 + text_len, dim), when given, replaces the
+    embeddings of [<bos>; text] (an aligner's output for prompts the text ids cannot carry)."""
     cfg = model.cfg
     B, first = len(text), cfg.text_vocab + 1
     if guidance_scale != 1.0:  # one batch [text; null text], combined per step
         text = torch.cat([text, null_text(cfg, B, text.device)])
     seq = model.sequence(text)                                            # (B', 1 + text_len)
     caches = [{} for _ in model.blocks] if use_cache else None
-    logits = model.image_logits(model.hidden(seq, caches)[:, -1])        # (B', image_vocab)
+    embeds = None
+    if prefix is not None:
+        embeds = model.tok_emb(seq)
+        embeds[:B] = prefix.to(embeds.dtype)
+    logits = model.image_logits(model.hidden(seq, caches, embeds=embeds)[:, -1])        # (B', image_vocab)
     pos, out = seq.shape[1], []
     for i in range(cfg.image_len):
         step = guided(logits, guidance_scale) if guidance_scale != 1.0 else logits.float()

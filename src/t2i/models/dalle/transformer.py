@@ -199,10 +199,12 @@ class DalleTransformer(nn.Module):
         grid = (self.row_emb[:, None] + self.col_emb[None, :]).flatten(0, 1)    # (image_len, dim)
         return torch.cat([self.pos_emb, grid[:self.cfg.image_len - 1]])[start:start + T]
 
-    def hidden(self, tokens: torch.Tensor, caches: list[dict] | None = None, start: int = 0) -> torch.Tensor:
-        """Final hidden states (B, T, dim) of tokens (B, T) at positions start..start+T-1."""
+    def hidden(self, tokens: torch.Tensor, caches: list[dict] | None = None, start: int = 0,
+               embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Final hidden states (B, T, dim) of tokens (B, T) at positions start..start+T-1; `embeds` (B, T, dim)
+        are their input embeddings when given (else the token table's)."""
         T = tokens.shape[1]
-        x = self.tok_emb(tokens) + self.positions(start, T)
+        x = (self.tok_emb(tokens) if embeds is None else embeds) + self.positions(start, T)
         for i, block in enumerate(self.blocks):
             x = block(x, caches[i] if caches is not None else None)
         return self.ln_f(x)

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from t2i.models.lafite.networks import Generator, LafiteNetConfig
+from t2i.models.routing import PromptRouting
 
 
 def load_condition_clip(spec: str, init=None, device="cpu"):
@@ -29,7 +30,7 @@ def load_condition_clip(spec: str, init=None, device="cpu"):
     return clip, meta
 
 
-class LafitePipeline:
+class LafitePipeline(PromptRouting):
     """Text-to-image with a LAFITE snapshot: `pipe(prompts, seeds) -> uint8 (N, 3, R, R)`."""
 
     family = "lafite"
@@ -55,12 +56,18 @@ class LafitePipeline:
 
     def check_prompts(self, prompts: list[str], **options) -> None:
         """T2IError naming the first prompt the text encoder cannot read, before any image is made."""
-        self.clip.tokenize(prompts)
+        if text := self.text_prompts(prompts):
+            self.clip.tokenize(text)
+
+    @torch.no_grad()
+    def text_condition(self, prompts: list[str]) -> torch.Tensor:
+        """(N, c_dim) unit CLIP text features of prompts."""
+        return F.normalize(self.clip.encode_text(prompts).float(), dim=-1)
 
     @torch.no_grad()
     def condition(self, prompts: list[str]) -> torch.Tensor:
-        """(N, c_dim) unit CLIP text features of prompts."""
-        return F.normalize(self.clip.encode_text(prompts).float(), dim=-1)
+        """(N, c_dim) unit conditions: CLIP text features, or the prompt route's."""
+        return F.normalize(super().condition(prompts).float(), dim=-1)
 
     @torch.no_grad()
     def __call__(self, prompts: list[str], seeds: list[int], truncation: float | None = None,

@@ -11,17 +11,19 @@ from t2i.models.ldm.diffusion import DiffusionConfig
 from t2i.models.ldm.model import LatentDiffusion, LdmConfig
 from t2i.models.ldm.sampling import SAMPLERS, guided, initial_noise, sample
 from t2i.models.ldm.text_encoder import LdmTokenizer, tokenizer_from_meta
+from t2i.models.routing import PromptRouting
 
 # Sampling options `t2i generate` / `t2i eval` pass through, with their defaults (LDM: DDIM 50, scale 7.5).
 OPTIONS = {"sampler": "ddim", "steps": 50, "guidance": 7.5, "eta": 0.0, "precision": "fp32"}
 PRECISIONS = ("fp32", "bf16")
 
 
-class LdmPipeline:
+class LdmPipeline(PromptRouting):
     """Text-to-image with an LDM snapshot: `pipe(prompts, seeds, **options) -> uint8 (N, 3, R, R)`."""
 
     family = "ldm"
     options = OPTIONS
+    preview = {"sampler": "dpm++", "steps": 20, "guidance": 4.0}
 
     def __init__(self, model: LatentDiffusion, autoencoder: KLAutoencoder, tokenizer: LdmTokenizer,
                  diffusion: DiffusionConfig, meta: dict):
@@ -50,6 +52,10 @@ class LdmPipeline:
         ids, mask = self.tokenizer(prompts, self.model.cfg.text.max_len, truncate)
         return ids.to(device), mask.to(device)
 
+    def text_condition(self, prompts: list[str], truncate: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """The text encoder's token states (N, max_len, width) and pooled state (N, width)."""
+        return self.model.encode_text(*self.text(prompts, truncate))
+
     def check_prompts(self, prompts: list[str], sampler: str = "ddim", steps: int = 50, guidance: float = 7.5,
                       eta: float = 0.0, truncate: bool = False, precision: str = "fp32", **_) -> None:
         """T2IError naming the first prompt or option the model cannot take, before any image is made."""
@@ -66,7 +72,8 @@ class LdmPipeline:
         for p in prompts:
             if not p.strip():
                 raise T2IError('a prompt is empty; describe the image, e.g. "a large red circle on the left"')
-        self.text(prompts, truncate)
+        if text := self.text_prompts(prompts):
+            self.text(text, truncate)
 
     @torch.no_grad()
     def __call__(self, prompts: list[str], seeds: list[int], sampler: str = "ddim", steps: int = 50,
@@ -89,10 +96,8 @@ class LdmPipeline:
     def model_fns(self, prompts: list[str], truncate: bool = False):
         """(conditional, unconditional) model functions (x_t, t) -> prediction; the unconditional one reads the
         empty caption, LDM's null condition."""
-        ids, mask = self.text(prompts, truncate)
-        null_ids, null_mask = self.text([""] * len(prompts))
-        context = self.model.encode_text(ids, mask)[0]
-        null_context = self.model.encode_text(null_ids, null_mask)[0]
+        context = self.condition(prompts, truncate=truncate)[0]
+        null_context = self.text_condition([""] * len(prompts))[0]
         return (lambda x, t: self.model.unet(x, t, context)), (lambda x, t: self.model.unet(x, t, null_context))
 
     def sample_latents(self, prompts: list[str], seeds: list[int], sampler: str = "ddim", steps: int = 50,

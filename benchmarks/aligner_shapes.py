@@ -1,0 +1,83 @@
+"""Benchmark: Korean prompts through the multilingual aligner, on the shapes domain, through the real CLI.
+
+For each base model given (trained on English captions only), `t2i train aligner` learns the map from multilingual
+USE v3 vectors of the train split's Korean captions onto the model's English conditioning; then the oracle scores
+the test splits' prompts (seen and held-out compositions) three ways with the same seeds: English prompts (the
+model as it is), Korean prompts through the aligner, and Korean prompts straight into the model's own text encoder
+(no aligner: what a Korean user gets today). The figure the issue asks for is Korean-through-aligner accuracy over
+English accuracy, per split.
+
+    python benchmarks/aligner_shapes.py --data /work/exp/align/shapes64 --workdir /work/exp/align/bench \\
+        --model ldm=/work/exp/ldmbench/seed0/00001-shapes64-ldm-tiny --model lafite=RUN --n 300 \\
+        --sampling '--sampler dpm++ --steps 20 --guidance 4'
+
+A finished aligner run in the work directory is reused, not retrained. Nothing here is a test: the numbers are
+reported, not asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+from common import T2I, finished, metric, sh
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", action="append", required=True, metavar="NAME=RUN", help="a base model (repeatable)")
+    p.add_argument("--data", required=True, help="the shapes dataset with captions_ko (the base models' train data)")
+    p.add_argument("--workdir", default="/tmp/t2i-aligner", help="where the aligner runs, evals and logs go")
+    p.add_argument("--kimg", type=float, default=100, help="aligner training length (batch 64)")
+    p.add_argument("--n", type=int, default=300, help="prompts per split")
+    p.add_argument("--sampling", default="", help="sampling options for every model, e.g. '--sampler dpm++ --steps 20 "
+                   "--guidance 4' (each family ignores the others')")
+    p.add_argument("--train", default="--precision bf16", help="extra options of `t2i train aligner`")
+    args = p.parse_args()
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    options = args.sampling.split()
+    rows = []
+    for spec in args.model:
+        name, _, model = spec.partition("=")
+        runs = work / f"runs-{name}"
+        aligner = finished(runs, "-aligner-ko")
+        if aligner is None:
+            sh(T2I + ["train", "aligner", "--model", model, "--data", args.data, "--lang", "ko", "--kimg", args.kimg,
+                      *args.train.split(), "--outdir", runs], work / f"aligner-{name}.log")
+            aligner = finished(runs, "-aligner-ko")
+        done = re.findall(r"^done: [\d.]+ kimg in ([\d.]+)s", (aligner / "log.txt").read_text(), re.M)
+        wall = sum(map(float, done))   # over every resumed part
+        result = {}
+        for label, extra in (("english", ["--lang", "en"]), ("korean, aligner", ["--lang", "ko", "--aligner", aligner]),
+                             ("korean, no aligner", ["--lang", "ko"])):
+            out = work / f"eval-{name}-{label.replace(', ', '-').replace(' ', '-')}"
+            if not (out / "metric-shapes_accuracy.jsonl").is_file():
+                try:
+                    sh(T2I + ["eval", model, "--metrics", "shapes_accuracy", "--n", args.n, "--out", out, *extra,
+                              *options], work / f"{out.name}.log")
+                except SystemExit:   # e.g. Korean prompts too long for an English BPE: the model cannot read them
+                    refusal = (work / f"{out.name}.log").read_text().rsplit("t2i: error: ", 1)[-1].strip()
+                    print(f"{name}, {label}: refused ({refusal})")
+                    continue
+            result[label] = metric(out, "shapes_accuracy")
+        rows.append((name, result, wall))
+    print(f"{'model':<10} {'prompts':<20} {'seen all':>9} {'held-out all':>13} {'seen colour':>12} {'seen shape':>11} "
+          f"{'ratio seen':>11} {'ratio held-out':>15} {'aligner s':>10}")
+    for name, result, wall in rows:
+        en = result.get("english")
+        if en is None:
+            continue
+        for label, acc in result.items():
+            ratios = (f"{acc['seen_all'] / en['seen_all']:>11.3f} {acc['heldout_all'] / en['heldout_all']:>15.3f}"
+                      if label != "english" and en["seen_all"] and en["heldout_all"] else f"{'-':>11} {'-':>15}")
+            print(f"{name:<10} {label:<20} {acc['seen_all']:>9.3f} {acc['heldout_all']:>13.3f} "
+                  f"{acc['seen_colour']:>12.3f} {acc['seen_shape']:>11.3f} {ratios} "
+                  f"{f'{wall:.0f}' if label == 'korean, aligner' else '-':>10}")
+    (work / "results.json").write_text(json.dumps(rows, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
