@@ -226,7 +226,7 @@ def train(family: Family, cfg: LoopConfig, run_dir: Path, d: Dist, resume_state:
     for m in family.modules.values():
         distributed.broadcast_module(m)
     if d.main and not (run_dir / "reals.png").exists():
-        save_grid(family.real_images(), run_dir / "reals.png")
+        save_grid(family.real_images(), run_dir / "reals.png", nrow=8)   # as the fakes
     batch_rank = cfg.batch // d.world
     total = int(cfg.kimg * 1000)
     tick_nimg = max(1, int(cfg.tick_kimg * 1000))
