@@ -87,8 +87,8 @@ def test_pairs_from_a_dataset_and_a_tsv_and_their_errors(shapes16, tmp_path):
 def lafite_aligner(lafite_run, shapes16, tmp_path_factory):
     out = tmp_path_factory.mktemp("aligner")
     with single_thread():
-        cli("train", "aligner", "--model", lafite_run, "--data", shapes16, "--lang", "ko", "--kimg", 9.6,
-            "--batch", 32, "--tick_kimg", 3.2, "--width", 128, "--lr", 3e-3, "--outdir", out)
+        cli("train", "aligner", "--model", lafite_run, "--data", shapes16, "--lang", "ko", "--kimg", 19.2,
+            "--batch", 32, "--tick_kimg", 6.4, "--width", 128, "--lr", 1e-3, "--outdir", out)
     (run,) = out.glob("*-aligner-ko")
     return run
 
@@ -190,3 +190,15 @@ def test_a_local_sentence_transformers_model_is_an_encoder_too(lafite_run, shape
     pipe = load_pipeline(lafite_run)
     route = apply_aligner(pipe, str(run))
     assert route.encoder.dim == 32 and pipe.condition([KO]).shape == text_side(pipe).encode([EN]).shape
+
+
+def test_the_word_reader_reads_words_in_order_and_ignores_padding():
+    torch.manual_seed(0)
+    a = Aligner(8, [[4]], False, width=32, layers=1, words=3)
+    a.set_scales(torch.ones(1, 4))
+    v, w = torch.randn(2, 8), torch.randn(2, 3, 8)
+    mask = torch.tensor([[True, True, False]] * 2)
+    other = w.clone()
+    other[:, 2] = torch.randn(2, 8)                   # a padded word's vector
+    assert torch.allclose(a(v, w, mask), a(v, other, mask), atol=1e-6)
+    assert not torch.allclose(a(v, w, mask), a(v, w[:, [1, 0, 2]], mask))   # two words swapped

