@@ -6,6 +6,7 @@ from PIL import Image
 
 import t2i.models
 from t2i.cli import main
+from t2i.models.routing import PromptRouting
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -144,8 +145,8 @@ def test_batch_size_does_not_change_the_images(tmp_path, lafite_run):
                          "0000-seed11.png"]  # seeds padded to one width: files sort in generation order
 
 
-class FakePipeline:
-    """A pipeline that paints each image with its seed and prompt (8px), counting calls and keeping weak
+class FakePipeline(PromptRouting):
+    """A pipeline (with the routing every pipeline has) that paints each image with its seed and prompt (8px), counting calls and keeping weak
     references to every batch it returned, to tell which are still alive."""
 
     family, options, resolution, meta = "fake", {}, 8, {}

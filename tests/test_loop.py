@@ -184,7 +184,7 @@ def test_run_directory_contents(tmp_path):
     assert "done: 0.096 kimg" in log
 
     with Image.open(run / "reals.png") as reals:
-        assert reals.size == (16, 16)  # 4 images of 8px in a 2 x 2 grid
+        assert reals.size == (32, 8)  # 4 images of 8px in one row (up to 8 a row, as the fakes)
     snap = load_snapshot(run / "snapshot-000064")
     assert snap.meta["kimg"] == 0.064 and snap.meta["loop"]["batch"] == 16 and snap.meta["family"] == "linear"
     assert load_training_state(snap.path)["progress"] == {"step": 4, "nimg": 64, "tick": 2}

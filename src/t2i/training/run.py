@@ -63,7 +63,7 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None) -> None
     from PIL import Image
 
     n, c, h, w = images.shape
-    nrow = nrow or max(1, int(n ** 0.5 + 0.999))
+    nrow = min(nrow or max(1, int(n ** 0.5 + 0.999)), n)
     rows = (n + nrow - 1) // nrow
     grid = torch.zeros(c, rows * h, nrow * w, dtype=torch.uint8)
     for i in range(n):
