@@ -14,15 +14,16 @@ English accuracy, per split.
 A finished aligner run in the work directory is reused, not retrained. Nothing here is a test: the numbers are
 reported, not asserted.
 
-Measured on the 2-core CPU (aligner 100 kimg, batch 64, bf16, `--words 16`; Korean over English accuracy, seen /
-held-out; the session note of 2026-11-30 has the full tables):
+Measured on the 2-core CPU (aligner batch 64, bf16, `--words 16`, LAFITE 100 kimg, LDM 300; Korean over English
+accuracy, seen / held-out; the session note of 2026-11-30 has the full tables):
 - LAFITE, n = 1000 per split. The embedded model: 97.1% / 93.0% Korean against 96.7% / 93.3% English, ratios
   1.004 / 0.997 (aligner seed 0) and 1.004 / 0.992 (seed 1). Its own bilingual CLIP reading Korean directly: 0.898 /
   0.864. A LAFITE on an English-only CLIP (40 kimg, 25% accurate): 0.992 / 1.008, Korean refused without the aligner.
 - The sentence vector alone (`--words 0`) on the embedded model: 51.5% / 51.1% (colour 63%), ratios 0.53 / 0.55.
 - LDM (last session's seed-0 benchmark model, DPM++ 20, guidance 4, n = 200): the sentence vector alone at 100 kimg
   0.911 / 0.904, at 300 kimg 0.927 / 0.979; with the words at 100 kimg 0.911 / 0.979. At n = 200 these differ within
-  noise (a split's standard error is near 3.5 points).
+  noise (a split's standard error is near 3.5 points). With the words at 300 kimg, n = 500: 58.2% / 51.4% Korean
+  against 57.8% / 51.8% English, ratios 1.007 / 0.992 (aligner seed 0).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def main() -> None:
     p.add_argument("--model", action="append", required=True, metavar="NAME=RUN", help="a base model (repeatable)")
     p.add_argument("--data", required=True, help="the shapes dataset with captions_ko (the base models' train data)")
     p.add_argument("--workdir", default="/tmp/t2i-aligner", help="where the aligner runs, evals and logs go")
-    p.add_argument("--kimg", type=float, default=100, help="aligner training length (batch 64)")
+    p.add_argument("--kimg", type=float, default=300, help="aligner training length (batch 64; LAFITE needs 100)")
     p.add_argument("--n", type=int, default=300, help="prompts per split")
     p.add_argument("--sampling", default="", help="sampling options for every model, e.g. '--sampler dpm++ --steps 20 "
                    "--guidance 4' (each family ignores the others')")

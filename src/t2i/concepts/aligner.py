@@ -43,7 +43,7 @@ class AlignerConfig:
 
 
 CONFIG = AlignerConfig
-LOOP_DEFAULTS = {"kimg": 200.0, "batch": 64, "tick_kimg": 10.0, "snap": 5}
+LOOP_DEFAULTS = {"kimg": 300.0, "batch": 64, "tick_kimg": 10.0, "snap": 5}   # the LDM benchmark's length
 
 HELP = {
     "model": "the base model (a LAFITE, LDM or DALL-E run or snapshot); it stays frozen",
