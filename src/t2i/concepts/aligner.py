@@ -357,9 +357,8 @@ class AlignerFamily:
         self.modules = {"aligner": self.aligner}
         self.grid_pairs = self.pairs[:: max(1, len(self.pairs) // 4)][:4]
         log(f"aligner {cfg.lang} -> {self.pipe.family} model {cfg.model} ({self.side.fingerprint()}): "
-            f"{len(self.pairs)} pairs ({len(foreign)} distinct {cfg.lang} captions, {len(self.words.index)} distinct words), encoder "
-            f"{self.encoder.identity} "
-            f"({self.encoder.dim}-d), outputs {self.outputs}, "
+            f"{len(self.pairs)} pairs ({len(foreign)} distinct {cfg.lang} captions, {len(self.words.index)} distinct "
+            f"words), encoder {self.encoder.identity} ({self.encoder.dim}-d), outputs {self.outputs}, "
             f"{sum(p.numel() for p in self.aligner.parameters()) / 1e6:.2f}M parameters")
 
     def phases(self) -> list[Phase]:
