@@ -109,6 +109,15 @@ def ldm_run(shapes16, autoencoder_run, session_runs) -> Path:
     return run
 
 
+@pytest.fixture(scope="session")
+def damsm_run(shapes16, session_runs) -> Path:
+    """`t2i train damsm --preset test`: 16px CNN, 4x4 regions, batch 8, a snapshot per tick."""
+    with single_thread():
+        cli("train", "damsm", "--data", shapes16, "--preset", "test", "--metrics", "r_at_1", "--outdir", session_runs)
+    (run,) = session_runs.glob("*-damsm-test")
+    return run
+
+
 @pytest.fixture
 def cli_error(capsys):
     """Run `t2i ARGV...` in-process; require exit code 2 with a `t2i: error:` line and no traceback;

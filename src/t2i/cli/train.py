@@ -14,6 +14,8 @@ HELP = {
     "autoencoder": "train a KL autoencoder (latent diffusion's first stage: Gaussian latents, L1 + LPIPS + KL + "
                    "patch-GAN; diffusers' AutoencoderKL)",
     "bpe": "train a byte-level BPE tokenizer (with BPE-dropout) on a dataset's captions",
+    "damsm": "train AttnGAN's DAMSM: a bi-LSTM text encoder and an image encoder (regions + global) matched word by "
+             "word with attention; writes attention maps at every snapshot",
     "dalle": "train the DALL-E transformer over BPE text tokens and VQGAN image tokens (--vqgan RUN)",
     "clip": "train t2i's small CLIP (image + text encoders, contrastive) on a dataset",
     "lafite": "train LAFITE (StyleGAN2-style generator conditioned on CLIP features)",

@@ -30,6 +30,7 @@ TRAINABLE = {
     "aligner": "t2i.concepts.aligner",
     "autoencoder": "t2i.models.first_stage.autoencoder_trainer",
     "clip": "t2i.clip.trainer",
+    "damsm": "t2i.models.attngan.damsm_trainer",
     "dalle": "t2i.models.dalle.trainer",
     "invert": "t2i.concepts.invert",   # its own command, `t2i invert`
     "lafite": "t2i.models.lafite.trainer",

@@ -1,0 +1,98 @@
+"""AttnGAN's objective: the DAMSM matching losses (Sec. 3.3 of arXiv 1711.10485), used to pretrain the encoders
+and, frozen, as the generator's L_DAMSM term.
+
+Shapes: words (B, T, D) with lengths (B,), regions (B, D, h, w), sentence and global features (B, D).
+Score matrices are (images, captions): entry [i, j] scores image i against caption j.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class DamsmWeights:
+    """The smoothing factors of the DAMSM loss (AttnGAN's CUB values)."""
+
+    gamma1: float = 4.0          # attention sharpness over regions (Eq. 9)
+    gamma2: float = 5.0          # how much the best-matching words dominate R(Q, D) (Eq. 10)
+    gamma3: float = 10.0         # posterior smoothing (Eq. 11)
+
+
+def word_mask(lengths: torch.Tensor, T: int) -> torch.Tensor:
+    """(B, T) True at real words, False at padding."""
+    return torch.arange(T, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def word_region_attention(words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor, gamma1: float
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every (image i, caption j): each word's attention over image i's regions and its region-context vector.
+
+    s = e^T v (Eq. 7); normalised over the caption's words (Eq. 8); alpha = softmax_regions(gamma1 * s) (Eq. 9);
+    c = sum_r alpha_r v_r. Returns context (Bi, Bj, T, D) and alpha (Bi, Bj, T, h*w).
+    """
+    v = regions.flatten(2)                                               # (Bi, D, R)
+    s = torch.einsum("jtd,idr->ijtr", words, v)                          # (Bi, Bj, T, R)
+    real = word_mask(lengths, words.shape[1])[None, :, :, None]          # (1, Bj, T, 1)
+    s = s.masked_fill(~real, float("-inf")).softmax(dim=2).masked_fill(~real, 0.0)
+    alpha = (gamma1 * s).softmax(dim=3)
+    context = torch.einsum("ijtr,idr->ijtd", alpha, v)                   # (Bi, Bj, T, D)
+    return context, alpha
+
+
+def word_scores(words: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor, w: DamsmWeights
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """R(Q_i, D_j) = log(sum_t exp(gamma2 cos(c_t, e_t)))^(1 / gamma2) over caption j's real words (Eq. 10):
+    scores (Bi, Bj), and alpha (Bi, Bj, T, R). The paper's 1/gamma2 is kept (AttnGAN's code drops it, which only
+    rescales the logits by gamma2); rankings are the same either way."""
+    context, alpha = word_region_attention(words, lengths, regions, w.gamma1)
+    cos = F.cosine_similarity(context, words[None].expand_as(context), dim=-1, eps=1e-8)   # (Bi, Bj, T)
+    real = word_mask(lengths, words.shape[1])[None]                                       # (1, Bj, T)
+    scores = torch.logsumexp((w.gamma2 * cos).masked_fill(~real, float("-inf")), dim=2) / w.gamma2
+    return scores, alpha
+
+
+def sentence_scores(global_features: torch.Tensor, sentence: torch.Tensor) -> torch.Tensor:
+    """cos(image i's global feature, caption j's sentence feature): (Bi, Bj)."""
+    return F.normalize(global_features, dim=-1, eps=1e-8) @ F.normalize(sentence, dim=-1, eps=1e-8).t()
+
+
+def negatives_mask(class_ids: torch.Tensor | None, same_caption: torch.Tensor | None, B: int,
+                   device) -> torch.Tensor:
+    """(B, B) True where a pair i != j must not count as a negative: the same class (AttnGAN masks those), or
+    the same caption text (duplicates in a batch are not mismatches)."""
+    mask = torch.zeros(B, B, dtype=torch.bool, device=device)
+    if class_ids is not None:
+        mask |= class_ids[:, None] == class_ids[None, :]
+    if same_caption is not None:
+        mask |= same_caption
+    return mask & ~torch.eye(B, dtype=torch.bool, device=device)
+
+
+def matching_loss(scores: torch.Tensor, gamma3: float, masked: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 11-13 both ways on matched pairs (i, i): -log P(D_i | Q_i) over captions (image -> text) and
+    -log P(Q_i | D_i) over images (text -> image), masked pairs excluded from the softmax."""
+    logits = gamma3 * scores
+    if masked is not None:
+        logits = logits.masked_fill(masked, float("-inf"))
+    target = torch.arange(len(scores), device=scores.device)
+    return F.cross_entropy(logits, target), F.cross_entropy(logits.t(), target)
+
+
+def damsm_loss(words: torch.Tensor, sentence: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor,
+               global_features: torch.Tensor, w: DamsmWeights, masked: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """L_DAMSM = L1^w + L2^w + L1^s + L2^s (Eq. 13-14) for a batch of matched (image, caption) pairs; the stats
+    dict holds each term and the batch's word-level image->text top-1 accuracy."""
+    ws, _ = word_scores(words.float(), lengths, regions.float(), w)
+    ss = sentence_scores(global_features.float(), sentence.float())
+    w0, w1 = matching_loss(ws, w.gamma3, masked)
+    s0, s1 = matching_loss(ss, w.gamma3, masked)
+    hit = ws.masked_fill(masked, float("-inf")) if masked is not None else ws
+    acc = (hit.argmax(1) == torch.arange(len(ws), device=ws.device)).float().mean()
+    stats = {"Loss/damsm_w0": w0.detach(), "Loss/damsm_w1": w1.detach(), "Loss/damsm_s0": s0.detach(),
+             "Loss/damsm_s1": s1.detach(), "Damsm/batch_top1": acc}
+    return w0 + w1 + s0 + s1, stats
