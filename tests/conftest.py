@@ -118,6 +118,15 @@ def damsm_run(shapes16, session_runs) -> Path:
     return run
 
 
+@pytest.fixture(scope="session")
+def attngan_run(shapes16, damsm_run, session_runs) -> Path:
+    """`t2i train attngan --preset test` on the test DAMSM: stages 8/16, batch 8, a snapshot per tick."""
+    with single_thread():
+        cli("train", "attngan", "--data", shapes16, "--damsm", damsm_run, "--preset", "test", "--outdir", session_runs)
+    (run,) = session_runs.glob("*-attngan-test")
+    return run
+
+
 @pytest.fixture
 def cli_error(capsys):
     """Run `t2i ARGV...` in-process; require exit code 2 with a `t2i: error:` line and no traceback;

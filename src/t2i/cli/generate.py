@@ -26,6 +26,7 @@ MAX_IMAGES = 1_000_000  # a sanity check on one call (a typo's extra zeros), not
 GRID_MAX = 4096         # images in one grid, which is assembled in memory
 GRID_AUTO = 256         # with --outdir, the grid is written without --out up to this many images
 DEFAULT_GRID = "out.png"
+ATTENTION_MAX = 64      # rows of the --attention picture
 
 
 def add_parser(sub) -> None:
@@ -46,6 +47,8 @@ def add_parser(sub) -> None:
     p.add_argument("--outdir", help="write every image into this folder as it is made, as NNNN-seedSEED.png "
                    f"(NNNN: the prompt's number from 0000); up to {MAX_IMAGES:,} images, in constant memory")
     p.add_argument("--batch", type=int, default=64, help="images per forward pass")
+    p.add_argument("--attention", metavar="OUT.png", help="AttnGAN: also write each image's word attention maps "
+                   f"(the last attention stage), a row per image, for the first {ATTENTION_MAX} images")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--lang", default="auto", help="with --aligner: the prompts' language; auto = each prompt's, "
                    "from its script (Hangul is Korean, Latin script the model's own English), a language code "
@@ -129,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
     outdir = prepare_output(args.outdir, "the image folder --outdir", directory=True) if args.outdir else None
     if grid is not None:
         prepare_output(grid, "the grid --out")
+    if args.attention:
+        prepare_output(args.attention, "the attention picture --attention")
     import torch
     from tqdm import tqdm
 
@@ -139,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args.model, args.device)
     options = sampling_options(args, pipe, args.device)
     pipe.check_prompts(prompts, **options)  # a prompt the model cannot read fails now, not at its batch
+    if args.attention and not hasattr(pipe, "attention_picture"):
+        raise T2IError(f"--attention: {pipe.family} models have no word attention maps; only AttnGAN models do")
     vocab = pipe.meta.get("vocab")
     if isinstance(vocab, list) and args.embeds:   # the placeholders of --embeds are words it knows now
         from t2i.concepts.textside import text_side
@@ -159,6 +166,10 @@ def run(args: argparse.Namespace) -> int:
     if grid is not None:
         save_grid(torch.cat(kept), grid, nrow=args.n)
     wrote = ([str(grid)] if grid is not None else []) + ([f"{count} images into {outdir}/"] if outdir else [])
+    if args.attention:
+        pairs = [(p, args.seed + k) for p in prompts for k in range(args.n)][:ATTENTION_MAX]
+        pipe.attention_picture([p for p, _ in pairs], [s for _, s in pairs]).save(args.attention)
+        wrote.append(f"the attention maps {args.attention}")
     note = "" if grid is not None else f"; no grid for over {GRID_AUTO} images unless --out asks for one"
     print(f"wrote {' and '.join(wrote)} ({len(prompts)} prompt(s) x {args.n} images, {pipe.resolution}px){note}")
     return 0

@@ -11,6 +11,8 @@ from t2i.training.launch import TRAINABLE, add_loop_args
 HELP = {
     "aligner": "train an aligner that maps prompts in another language (Korean), through a frozen multilingual "
                "sentence encoder, into a trained model's English conditioning (--model RUN --data PAIRS --lang ko)",
+    "attngan": "train AttnGAN's multi-stage generator with word attention, one discriminator per stage, on a frozen "
+               "DAMSM (--damsm RUN)",
     "autoencoder": "train a KL autoencoder (latent diffusion's first stage: Gaussian latents, L1 + LPIPS + KL + "
                    "patch-GAN; diffusers' AutoencoderKL)",
     "bpe": "train a byte-level BPE tokenizer (with BPE-dropout) on a dataset's captions",

@@ -8,7 +8,8 @@ from pathlib import Path
 from t2i.errors import T2IError
 
 # family -> "module:Class" of its sampling pipeline
-PIPELINES = {"lafite": "t2i.models.lafite.pipeline:LafitePipeline",
+PIPELINES = {"attngan": "t2i.models.attngan.pipeline:AttnGanPipeline",
+             "lafite": "t2i.models.lafite.pipeline:LafitePipeline",
              "dalle": "t2i.models.dalle.pipeline:DallePipeline",
              "ldm": "t2i.models.ldm.pipeline:LdmPipeline"}
 

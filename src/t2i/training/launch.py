@@ -28,6 +28,7 @@ from t2i.training.loop import LoopConfig
 # describe(cfg) and, optionally, evaluate(name, snapshot_path, cfg).
 TRAINABLE = {
     "aligner": "t2i.concepts.aligner",
+    "attngan": "t2i.models.attngan.trainer",
     "autoencoder": "t2i.models.first_stage.autoencoder_trainer",
     "clip": "t2i.clip.trainer",
     "damsm": "t2i.models.attngan.damsm_trainer",

@@ -19,6 +19,7 @@ from torch import nn
 from t2i.data.loader import data_name, load_images, require_dataset, step_batches
 from t2i.data.transforms import to_model
 from t2i.errors import T2IError
+from t2i.models.attngan.captions import CaptionedImages
 from t2i.models.attngan.damsm import PRESETS, DamsmConfig, TextEncoder, image_encoder
 from t2i.models.attngan.objective import DamsmWeights, damsm_loss, negatives_mask, sentence_scores, word_scores
 from t2i.models.attngan.vocab import WordVocab, words_per_caption
@@ -147,25 +148,18 @@ class DamsmFamily:
     name = "damsm"
 
     def __init__(self, cfg: DamsmTrainConfig, d, log, init=None):
-        from t2i.data.dataset import ImageTextDataset
-
         self.cfg, self.device = cfg, d.device
-        dataset = ImageTextDataset(cfg.data)
-        dataset.require_captions("t2i train damsm")
-        n = len(dataset) if cfg.subset <= 0 else min(cfg.subset, len(dataset))
+        self.data = data = CaptionedImages(cfg.data, cfg.subset, "t2i train damsm", log, cfg.class_mask)
         if init is not None:   # resuming or fine-tuning: the snapshot's vocabulary, words and architecture
             meta = init.meta["damsm"]
             arch, vocab, words = DamsmConfig.from_dict(meta["arch"]), WordVocab(meta["vocab"]), int(meta["words"])
         else:
-            vocab = WordVocab.build(c for i in range(n) for c in dataset.records[i]["captions"])
+            vocab = WordVocab.build(c for caps in data.all_captions for c in caps)
             arch = replace(PRESETS[cfg.preset], vocab_size=len(vocab))
             if arch.image_encoder == "cnn":
-                arch = replace(arch, resolution=dataset.resolution[0])
-            words = cfg.words or words_per_caption((c for i in range(n) for c in dataset.records[i]["captions"]), vocab)
-        self.captions = [[c for c in dataset.records[i]["captions"] if vocab.ids(c)] for i in range(n)]
-        if empty := [dataset.records[i]["file"] for i in range(n) if not self.captions[i]]:
-            raise T2IError(f"{len(empty)} image(s) of {cfg.data} have no caption with a known word (first: "
-                           f"{empty[0]}); fix their captions or leave them out")
+                arch = replace(arch, resolution=data.dataset.resolution[0])
+            words = cfg.words or words_per_caption((c for caps in data.all_captions for c in caps), vocab)
+        data.keep_known(vocab)
         self.damsm = Damsm(arch, vocab, words).to(d.device)
         if init is None and arch.image_encoder == "inception":
             if cfg.inception == "none":
@@ -174,37 +168,20 @@ class DamsmFamily:
                 self.damsm.image_encoder.load_trunk(cfg.inception)
         self.modules = {"damsm": self.damsm}
         self.ema = {}
-        self.images = load_images(dataset, n)
-        self.class_ids = self._class_ids(dataset, n, log) if cfg.class_mask else None
         self.test_images, self.test_captions = first_captions(cfg.test_data or cfg.data, MAP_SAMPLES)
-        lengths = torch.tensor([len(vocab.ids(c)) for caps in self.captions for c in caps])
+        lengths = torch.tensor([len(vocab.ids(c)) for caps in data.captions for c in caps])
         log(f"DAMSM {cfg.preset}: {sum(p.numel() for p in self.damsm.parameters() if p.requires_grad) / 1e6:.2f}M "
-            f"trained parameters, {n} images, {len(lengths)} captions, vocabulary {len(vocab)} words, words per "
+            f"trained parameters, {data.n} images, {len(lengths)} captions, vocabulary {len(vocab)} words, words per "
             f"caption {words}" + (" (the 95th percentile of the training captions' lengths; longest "
                                   f"{int(lengths.max())})" if not cfg.words and init is None else ""))
-
-    @staticmethod
-    def _class_ids(dataset, n: int, log) -> torch.Tensor | None:
-        ids = [(dataset.records[i].get("attributes") or {}).get("class_id") for i in range(n)]
-        if any(not isinstance(c, int) for c in ids):
-            return None
-        log(f"class ids: {len(set(ids))} classes; same-class pairs are not negatives")
-        return torch.tensor(ids)
 
     def phases(self) -> list[Phase]:
         params = [p for p in self.damsm.parameters() if p.requires_grad]
         return [Phase("damsm", self.damsm, torch.optim.Adam(params, lr=self.cfg.lr, betas=(0.5, 0.999)))]
 
     def batches(self, step, batch, rank, world, seed):
-        def fetch(idx, g):
-            pick = [self.captions[int(i)][int(torch.randint(len(self.captions[int(i)]), (), generator=g))]
-                    for i in idx]
-            ids, lengths = self.damsm.vocab.encode(pick, self.damsm.words, g)
-            out = {"image": self.images[idx], "ids": ids, "lengths": lengths}
-            if self.class_ids is not None:
-                out["class_id"] = self.class_ids[idx]
-            return out
-        return step_batches(len(self.images), fetch, step, batch, seed, rank)
+        fetch = lambda idx, g: self.data.fetch(idx, g, self.damsm.vocab, self.damsm.words)  # noqa: E731
+        return step_batches(self.data.n, fetch, step, batch, seed, rank)
 
     def loss(self, phase, batch):
         ids, lengths = batch["ids"].to(self.device), batch["lengths"].to(self.device)
@@ -219,7 +196,7 @@ class DamsmFamily:
         return None
 
     def real_images(self):
-        return self.images[:64]
+        return self.data.images[:64]
 
     @torch.no_grad()
     def on_snapshot(self, path: Path) -> None:

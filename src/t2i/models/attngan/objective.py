@@ -96,3 +96,35 @@ def damsm_loss(words: torch.Tensor, sentence: torch.Tensor, lengths: torch.Tenso
     stats = {"Loss/damsm_w0": w0.detach(), "Loss/damsm_w1": w1.detach(), "Loss/damsm_s0": s0.detach(),
              "Loss/damsm_s1": s1.detach(), "Damsm/batch_top1": acc}
     return w0 + w1 + s0 + s1, stats
+
+
+# ---- the GAN (Sec. 3.1 and Eq. 3-5): per-stage D and G losses, CA's KL, and L_DAMSM on the last stage ----
+
+def kl_loss(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, sigma^2) || N(0, I)) of conditioning augmentation, averaged over elements (AttnGAN's KL_loss)."""
+    return -0.5 * torch.mean(1 + logvar - mu.pow(2) - logvar.exp())
+
+
+def bce(logits: torch.Tensor, target: float) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+
+
+def d_stage_loss(D, real: torch.Tensor, fake: torch.Tensor, sentence: torch.Tensor, wrong: torch.Tensor
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One stage's D loss: (real + cond_real) / 2 + (fake + cond_fake + cond_wrong) / 3, binary cross-entropy.
+    Mismatched pairs are real image k with caption k + 1, where `wrong` (B - 1,) says the captions differ."""
+    h_real, h_fake = D(real), D(fake.detach())
+    cond_real = bce(D.COND_DNET(h_real, sentence), 1.0)
+    cond_fake = bce(D.COND_DNET(h_fake, sentence), 0.0)
+    wrong_logits = D.COND_DNET(h_real[:-1], sentence[1:])
+    cond_wrong = (F.binary_cross_entropy_with_logits(wrong_logits, torch.zeros_like(wrong_logits), reduction="none")
+                  * wrong).sum() / wrong.sum().clamp(min=1)
+    uncond_real, uncond_fake = bce(D.UNCOND_DNET(h_real), 1.0), bce(D.UNCOND_DNET(h_fake), 0.0)
+    loss = (uncond_real + cond_real) / 2 + (uncond_fake + cond_fake + cond_wrong) / 3
+    return loss, {"cond_real": cond_real.detach(), "cond_fake": cond_fake.detach(), "cond_wrong": cond_wrong.detach()}
+
+
+def g_stage_loss(D, fake: torch.Tensor, sentence: torch.Tensor) -> torch.Tensor:
+    """One stage's adversarial G loss: unconditional + conditional logits of the fakes towards 'real'."""
+    h = D(fake)
+    return bce(D.UNCOND_DNET(h), 1.0) + bce(D.COND_DNET(h, sentence), 1.0)

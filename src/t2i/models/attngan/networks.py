@@ -1,0 +1,279 @@
+"""AttnGAN's generator and discriminators (Sec. 3.1-3.2 of arXiv 1711.10485), architecture only.
+
+G: conditioning augmentation (CA) of the DAMSM sentence feature, an initial stage from (z, c) at 4x4 upsampled
+to the first resolution, then per further resolution a stage with word-level attention (each region attends
+over the DAMSM word features), residual blocks and a 2x upsampling; every stage has its own image head.
+One discriminator per resolution, each with an unconditional and a sentence-conditional logit.
+
+Module names follow AttnGAN's G_NET / D_NET64-256 (`ca_net`, `h_net1`, `img_net2`, `att.conv_context`,
+`img_code_s16`, `COND_DNET.jointConv`), so its published `netG_epoch_600.pth` loads by name. ControlGAN's
+word-level channel-wise attention (Li et al. 2019) is an option beside the spatial one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from t2i.errors import T2IError
+
+
+@dataclass
+class AttnGanConfig:
+    """Generator and discriminator sizes (stored in snapshots; `embed_dim` follows the DAMSM)."""
+
+    resolutions: list[int] = field(default_factory=lambda: [64, 128, 256])   # one per stage, doubling
+    z_dim: int = 100
+    c_dim: int = 100             # CA output (AttnGAN's GAN.CONDITION_DIM)
+    embed_dim: int = 256         # DAMSM feature size
+    gf: int = 32                 # generator channels at the stages (GAN.GF_DIM)
+    df: int = 64                 # discriminator base channels (GAN.DF_DIM)
+    res_blocks: int = 2          # residual blocks per attention stage (GAN.R_NUM)
+    channel_attention: bool = False  # ControlGAN's word-level channel-wise attention beside the spatial one
+
+    def __post_init__(self):
+        r = self.resolutions
+        if not r or r[0] < 8 or r[0] & (r[0] - 1) or any(b != 2 * a for a, b in zip(r, r[1:])) or r[-1] > 256:
+            raise T2IError(f"AttnGAN resolutions {r}: give doubling powers of two from 8 up to 256, e.g. 64,128,256")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS = {
+    "test": AttnGanConfig(resolutions=[8, 16], z_dim=8, c_dim=8, embed_dim=16, gf=8, df=8, res_blocks=1),
+    "tiny": AttnGanConfig(resolutions=[16, 32, 64], z_dim=64, c_dim=64, embed_dim=128, gf=16, df=32),
+    # AttnGAN's CUB networks (netG, netD0/1/2): 64, 128, 256.
+    "paper": AttnGanConfig(),
+}
+
+
+class WordCondition(NamedTuple):
+    """What G reads from a caption: the DAMSM sentence feature (B, D), word features (B, T, D), lengths (B,)."""
+
+    sentence: torch.Tensor
+    words: torch.Tensor
+    lengths: torch.Tensor
+
+
+class GOutput(NamedTuple):
+    images: list[torch.Tensor]       # per stage (B, 3, r, r) in [-1, 1]
+    attention: list[torch.Tensor]    # per attention stage (B, T, r/2, r/2): each region's weights over words
+    mu: torch.Tensor                 # CA mean (B, c_dim)
+    logvar: torch.Tensor             # CA log-variance (B, c_dim)
+
+
+class GLU(nn.Module):
+    """Gated linear unit over channels: a * sigmoid(b) for the two halves."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = x.chunk(2, dim=1)
+        return a * torch.sigmoid(b)
+
+
+def conv3x3(cin: int, cout: int) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, 1, 1, bias=False)
+
+
+def up_block(cin: int, cout: int) -> nn.Sequential:
+    """Nearest 2x upsampling, 3x3 conv, batch norm, GLU."""
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), conv3x3(cin, cout * 2),
+                         nn.BatchNorm2d(cout * 2), GLU())
+
+
+class ResBlock(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.block = nn.Sequential(conv3x3(c, c * 2), nn.BatchNorm2d(c * 2), GLU(), conv3x3(c, c), nn.BatchNorm2d(c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x)
+
+
+class CANet(nn.Module):
+    """Conditioning augmentation: sentence (B, D) -> (mu, logvar) (B, c_dim) each."""
+
+    def __init__(self, embed_dim: int, c_dim: int):
+        super().__init__()
+        self.fc = nn.Linear(embed_dim, c_dim * 4)
+        self.glu = GLU()
+
+    def forward(self, sentence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.glu(self.fc(sentence)).chunk(2, dim=1)
+
+
+class InitStage(nn.Module):
+    """(z, c) -> (B, gf, r0, r0): a linear layer to 4x4 at gf * 2^k channels, then k upsamplings."""
+
+    def __init__(self, in_dim: int, gf: int, ups: int):
+        super().__init__()
+        self.c0 = gf * 2 ** ups
+        self.fc = nn.Sequential(nn.Linear(in_dim, self.c0 * 16 * 2, bias=False), nn.BatchNorm1d(self.c0 * 16 * 2), GLU())
+        for i in range(1, ups + 1):
+            setattr(self, f"upsample{i}", up_block(self.c0 // 2 ** (i - 1), self.c0 // 2 ** i))
+        self.ups = ups
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        h = self.fc(torch.cat([c, z], 1)).view(len(z), self.c0, 4, 4)
+        for i in range(1, self.ups + 1):
+            h = getattr(self, f"upsample{i}")(h)
+        return h
+
+
+class WordAttention(nn.Module):
+    """Each region (query) attends over the words (Eq. 2): words projected to the region channels by a 1x1
+    convolution (`conv_context`), softmax over real words. h (B, C, H, W) -> context (B, C, H, W), attn (B, T, H, W)."""
+
+    def __init__(self, channels: int, embed_dim: int):
+        super().__init__()
+        self.conv_context = nn.Conv2d(embed_dim, channels, 1, bias=False)
+
+    def forward(self, h: torch.Tensor, cond: WordCondition) -> tuple[torch.Tensor, torch.Tensor]:
+        B, C, H, W = h.shape
+        e = F.linear(cond.words, self.conv_context.weight.flatten(1))                  # (B, T, C)
+        s = torch.einsum("bcq,btc->bqt", h.flatten(2), e)                              # (B, HW, T)
+        pad = torch.arange(e.shape[1], device=h.device)[None, :] >= cond.lengths.to(h.device)[:, None]
+        attn = s.masked_fill(pad[:, None, :], float("-inf")).softmax(-1)
+        context = torch.einsum("bqt,btc->bcq", attn, e).reshape(B, C, H, W)
+        return context, attn.transpose(1, 2).reshape(B, -1, H, W)
+
+
+class ChannelAttention(nn.Module):
+    """ControlGAN's word-level channel-wise attention: words projected to the H*W positions, each channel
+    attends over the words, so a word can select feature channels. h (B, C, H, W) -> (B, C, H, W)."""
+
+    def __init__(self, side: int, embed_dim: int):
+        super().__init__()
+        self.conv_context = nn.Conv2d(embed_dim, side * side, 1, bias=False)
+
+    def forward(self, h: torch.Tensor, cond: WordCondition) -> torch.Tensor:
+        B, C, H, W = h.shape
+        m = F.linear(cond.words, self.conv_context.weight.flatten(1))                  # (B, T, HW)
+        s = torch.einsum("bcq,btq->bct", h.flatten(2), m)                              # (B, C, T)
+        pad = torch.arange(m.shape[1], device=h.device)[None, :] >= cond.lengths.to(h.device)[:, None]
+        beta = s.masked_fill(pad[:, None, :], float("-inf")).softmax(-1)
+        return torch.einsum("bct,btq->bcq", beta, m).reshape(B, C, H, W)
+
+
+class NextStage(nn.Module):
+    """(h, words) -> 2x larger h: word attention, concatenation, residual blocks, upsampling."""
+
+    def __init__(self, cfg: AttnGanConfig, side: int):
+        super().__init__()
+        self.att = WordAttention(cfg.gf, cfg.embed_dim)
+        self.channel_att = ChannelAttention(side, cfg.embed_dim) if cfg.channel_attention else None
+        width = cfg.gf * (3 if cfg.channel_attention else 2)
+        self.residual = nn.Sequential(*[ResBlock(width) for _ in range(cfg.res_blocks)])
+        self.upsample = up_block(width, cfg.gf)
+
+    def forward(self, h: torch.Tensor, cond: WordCondition) -> tuple[torch.Tensor, torch.Tensor]:
+        context, attn = self.att(h, cond)
+        parts = [h, context] + ([self.channel_att(h, cond)] if self.channel_att is not None else [])
+        return self.upsample(self.residual(torch.cat(parts, 1))), attn
+
+
+class ImageHead(nn.Module):
+    def __init__(self, gf: int):
+        super().__init__()
+        self.img = nn.Sequential(conv3x3(gf, 3), nn.Tanh())
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.img(h)
+
+
+class Generator(nn.Module):
+    """G(z, cond, ca_noise) -> GOutput; `ca_noise` (B, c_dim) is CA's epsilon (drawn when None)."""
+
+    def __init__(self, cfg: AttnGanConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.ca_net = CANet(cfg.embed_dim, cfg.c_dim)
+        self.h_net1 = InitStage(cfg.z_dim + cfg.c_dim, cfg.gf, int(math.log2(cfg.resolutions[0] // 4)))
+        self.img_net1 = ImageHead(cfg.gf)
+        for k, r in enumerate(cfg.resolutions[1:], start=2):
+            setattr(self, f"h_net{k}", NextStage(cfg, r // 2))
+            setattr(self, f"img_net{k}", ImageHead(cfg.gf))
+
+    def forward(self, z: torch.Tensor, cond: WordCondition, ca_noise: torch.Tensor | None = None) -> GOutput:
+        mu, logvar = self.ca_net(cond.sentence)
+        eps = torch.randn_like(mu) if ca_noise is None else ca_noise
+        c = mu + torch.exp(0.5 * logvar) * eps
+        h = self.h_net1(z, c)
+        images, attention = [self.img_net1(h)], []
+        for k in range(2, len(self.cfg.resolutions) + 1):
+            h, attn = getattr(self, f"h_net{k}")(h, cond)
+            images.append(getattr(self, f"img_net{k}")(h))
+            attention.append(attn)
+        return GOutput(images, attention, mu, logvar)
+
+
+def leaky_block(cin: int, cout: int) -> nn.Sequential:
+    """3x3 conv, batch norm, leaky ReLU (AttnGAN's Block3x3_leakRelu)."""
+    return nn.Sequential(conv3x3(cin, cout), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2))
+
+
+def down_block(cin: int, cout: int, norm: bool = True) -> list[nn.Module]:
+    """4x4 stride-2 conv (+ batch norm), leaky ReLU."""
+    return [nn.Conv2d(cin, cout, 4, 2, 1, bias=False), *([nn.BatchNorm2d(cout)] if norm else []), nn.LeakyReLU(0.2)]
+
+
+class Logits(nn.Module):
+    """4x4 features (B, 8df, 4, 4) [+ sentence] -> one logit per image (AttnGAN's D_GET_LOGITS, no sigmoid:
+    the losses take logits)."""
+
+    def __init__(self, df: int, embed_dim: int, conditional: bool):
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.jointConv = leaky_block(df * 8 + embed_dim, df * 8) if conditional else None
+        self.outlogits = nn.Sequential(nn.Conv2d(df * 8, 1, kernel_size=4, stride=4))
+
+    def forward(self, h: torch.Tensor, sentence: torch.Tensor | None = None) -> torch.Tensor:
+        if self.jointConv is not None:
+            h = self.jointConv(torch.cat([h, sentence[:, :, None, None].expand(-1, -1, *h.shape[-2:])], 1))
+        return self.outlogits(h).view(-1)
+
+
+class StageDiscriminator(nn.Module):
+    """D for one resolution: images (B, 3, r, r) -> features (B, 8df, 4, 4); `UNCOND_DNET` and `COND_DNET` give
+    the logits. AttnGAN's D_NET64/128/256 layouts; below 64, fewer stride-2 convolutions ending at 8df."""
+
+    def __init__(self, resolution: int, df: int, embed_dim: int):
+        super().__init__()
+        k = int(math.log2(resolution // 4))
+        first = min(k, 4)
+        chans = [df * 8 // 2 ** (first - 1 - i) for i in range(first)]
+        layers = down_block(3, chans[0], norm=False)
+        for a, b in zip(chans, chans[1:]):
+            layers += down_block(a, b)
+        self.img_code_s16 = nn.Sequential(*layers)
+        if k == 5:        # 128: D_NET128
+            self.img_code_s32 = nn.Sequential(*down_block(df * 8, df * 16))
+            self.img_code_s32_1 = leaky_block(df * 16, df * 8)
+        elif k == 6:      # 256: D_NET256
+            self.img_code_s32 = nn.Sequential(*down_block(df * 8, df * 16))
+            self.img_code_s64 = nn.Sequential(*down_block(df * 16, df * 32))
+            self.img_code_s64_1 = leaky_block(df * 32, df * 16)
+            self.img_code_s64_2 = leaky_block(df * 16, df * 8)
+        self.tail = [n for n in ("img_code_s32", "img_code_s64", "img_code_s32_1", "img_code_s64_1", "img_code_s64_2")
+                     if hasattr(self, n)]
+        self.UNCOND_DNET = Logits(df, embed_dim, conditional=False)
+        self.COND_DNET = Logits(df, embed_dim, conditional=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.img_code_s16(x)
+        for name in self.tail:
+            h = getattr(self, name)(h)
+        return h
+
+
+class Discriminators(nn.Module):
+    """One StageDiscriminator per resolution (`netsD` in AttnGAN)."""
+
+    def __init__(self, cfg: AttnGanConfig):
+        super().__init__()
+        self.stages = nn.ModuleList(StageDiscriminator(r, cfg.df, cfg.embed_dim) for r in cfg.resolutions)

@@ -1,0 +1,227 @@
+"""`t2i train attngan --damsm RUN`: AttnGAN's multi-stage generator on the shared loop (phases D, then G).
+
+The DAMSM of `--damsm` is frozen: its text encoder gives the sentence and word features G and D read, and its
+image encoder scores the last stage's images for L_DAMSM. The stages' resolutions follow the data: the last is
+the data's side, each earlier one half the next (the preset says how many). At every snapshot the run writes
+the sample grid (8 seeds x 8 prompts, last stage), `stages-<kimg>.png` (every stage of the grid's prompts at
+seed 0, one row per stage) and `attention-<kimg>.png` (the last attention stage's word maps for them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from dataclasses import asdict, dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+from t2i.data.loader import data_name, require_dataset, step_batches
+from t2i.data.transforms import to_model, to_uint8
+from t2i.errors import T2IError
+from t2i.models.attngan.captions import CaptionedImages
+from t2i.models.attngan.damsm_trainer import load_damsm
+from t2i.models.attngan.networks import PRESETS, AttnGanConfig, Discriminators, Generator, WordCondition
+from t2i.models.attngan.objective import (DamsmWeights, d_stage_loss, damsm_loss, g_stage_loss, kl_loss,
+                                          negatives_mask)
+from t2i.training.loop import Phase
+from t2i.training.run import grid_picks, save_grid
+
+
+@dataclass
+class AttnGanTrainConfig(DamsmWeights):
+    """Options of `t2i train attngan` (the DAMSM gammas of L_DAMSM inherited from DamsmWeights)."""
+
+    data: str = ""
+    damsm: str = ""              # `t2i train damsm` run or snapshot (frozen)
+    preset: str = "tiny"
+    g_lr: float = 0.0002
+    d_lr: float = 0.0002
+    damsm_weight: float = 5.0    # lambda of L_DAMSM (AttnGAN: 5 on CUB, 50 on COCO)
+    kl_weight: float = 1.0       # weight of CA's KL term
+    channel_attention: bool = False  # ControlGAN's word-level channel-wise attention beside the spatial one
+    class_mask: bool = True      # same-class pairs are not negatives in L_DAMSM (with attributes.class_id)
+    subset: int = 0              # train on the first N images only (0 = all)
+
+
+CONFIG = AttnGanTrainConfig
+PRESET_LOOP_DEFAULTS = {
+    "test": {"batch": 8, "kimg": 0.032, "tick_kimg": 0.016, "snap": 1, "ema_kimg": 0.01},
+    "tiny": {"batch": 32, "kimg": 60.0, "tick_kimg": 4.0, "snap": 5, "ema_kimg": 1.0},
+    # AttnGAN's CUB run: 600 epochs of 8855 images, batch 20; its G average (0.999 a step) halves every 14 kimg.
+    "paper": {"batch": 20, "kimg": 5313.0, "tick_kimg": 10.0, "snap": 50, "ema_kimg": 14.0},
+}
+HELP = {
+    "data": "training dataset folder or zip (t2i format, with captions); the last stage makes images of its side",
+    "damsm": "the frozen DAMSM: a `t2i train damsm` run or snapshot (or AttnGAN's original encoders, converted "
+             "with `t2i convert attngan`)",
+    "preset": "network sizes and number of stages: test (2 stages), tiny (3 stages, shapes), paper (AttnGAN's CUB "
+              "networks, 64/128/256)",
+    "g_lr": "generator Adam learning rate (betas 0.5, 0.999)", "d_lr": "discriminators' Adam learning rate",
+    "damsm_weight": "lambda of the DAMSM term in G's loss (AttnGAN: 5 for CUB, 50 for COCO)",
+    "kl_weight": "weight of conditioning augmentation's KL term",
+    "channel_attention": "1/0: add ControlGAN's word-level channel-wise attention to each attention stage",
+    "class_mask": "1/0: same-class pairs are not negatives in the DAMSM term (needs attributes.class_id)",
+    "subset": "train on the first N images only (0 = all)",
+    "gamma1": "DAMSM term: attention sharpness over regions", "gamma2": "DAMSM term: word-score sharpness",
+    "gamma3": "DAMSM term: posterior smoothing",
+}
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    """Options of `t2i train attngan`."""
+    from t2i.models.first_stage.trainer import add_config_args
+
+    add_config_args(p, AttnGanTrainConfig, HELP, PRESETS)
+
+
+def validate(cfg: AttnGanTrainConfig) -> None:
+    """Reject options that cannot work, before anything heavy runs."""
+    if cfg.preset not in PRESETS:
+        raise T2IError(f"unknown AttnGAN preset {cfg.preset!r}; choose from {sorted(PRESETS)}")
+    if not cfg.data or not cfg.damsm:
+        raise T2IError("t2i train attngan needs --data DATASET and --damsm RUN (train one with `t2i train damsm`)")
+    require_dataset(cfg.data, "t2i train attngan")
+    if cfg.g_lr <= 0 or cfg.d_lr <= 0 or cfg.damsm_weight < 0 or cfg.kl_weight < 0:
+        raise T2IError(f"--g_lr {cfg.g_lr}, --d_lr {cfg.d_lr}, --damsm_weight {cfg.damsm_weight}, --kl_weight "
+                       f"{cfg.kl_weight}: learning rates must be positive and weights non-negative")
+
+
+def describe(cfg: AttnGanTrainConfig) -> str:
+    """Run-directory description, e.g. shapes64-attngan-tiny."""
+    return f"{data_name(cfg.data)}-attngan-{cfg.preset}"
+
+
+def stage_resolutions(preset: AttnGanConfig, side: int, data: str) -> list[int]:
+    """The preset's number of stages, ending at the data's side."""
+    n = len(preset.resolutions)
+    out = [side // 2 ** (n - 1 - k) for k in range(n)]
+    if side & (side - 1) or out[0] < 8 or side > 256:
+        raise T2IError(f"{data} has {side}px images; AttnGAN's {n} stages need a power of two from {8 * 2 ** (n - 1)} "
+                       "to 256 (`t2i data pack --size` makes one)")
+    return out
+
+
+class AttnGanFamily:
+    """Modules G, G_ema, D (one per stage) and the frozen DAMSM; phases D then G, as AttnGAN steps them."""
+
+    name = "attngan"
+
+    def __init__(self, cfg: AttnGanTrainConfig, d, log, init=None):
+        from t2i.models.attngan.damsm_trainer import damsm_from_meta
+
+        self.cfg, self.device = cfg, d.device
+        self.damsm = (damsm_from_meta(init.meta["damsm"], init.state_dict("damsm"), d.device) if init is not None
+                      else load_damsm(cfg.damsm, d.device))
+        self.data = CaptionedImages(cfg.data, cfg.subset, "t2i train attngan", log, cfg.class_mask)
+        self.data.keep_known(self.damsm.vocab)
+        if init is not None:
+            net = AttnGanConfig(**init.meta["net"])
+        else:
+            preset = PRESETS[cfg.preset]
+            net = replace(preset, resolutions=stage_resolutions(preset, self.data.dataset.resolution[0], cfg.data),
+                          embed_dim=self.damsm.arch.embed_dim, channel_attention=cfg.channel_attention)
+        if net.resolutions[-1] != self.data.dataset.resolution[0]:
+            raise T2IError(f"{cfg.data} has {self.data.dataset.resolution[0]}px images, the snapshot's G makes "
+                           f"{net.resolutions[-1]}px; fine-tune on data of its size")
+        self.net = net
+        self.G = Generator(net).to(d.device)
+        self.D = Discriminators(net).to(d.device)
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        self.modules = {"G": self.G, "D": self.D, "G_ema": self.G_ema, "damsm": self.damsm}
+        self.ema = {"G_ema": "G"}
+        grid = grid_picks(self.data.n)
+        self.grid_prompts = [caps[0] for caps in self.data.captions[grid][:8]]
+        count = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
+        log(f"AttnGAN {cfg.preset}: stages {'/'.join(map(str, net.resolutions))}, G {count(self.G):.2f}M, D "
+            f"{count(self.D):.2f}M parameters; {self.data.n} images; DAMSM vocabulary {len(self.damsm.vocab)} words, "
+            f"{self.damsm.words} words per caption")
+        log("sample grid prompts (columns): " + " | ".join(self.grid_prompts))
+
+    def phases(self) -> list[Phase]:
+        adam = lambda m, lr: torch.optim.Adam(m.parameters(), lr=lr, betas=(0.5, 0.999))  # noqa: E731
+        return [Phase("D", self.D, adam(self.D, self.cfg.d_lr)), Phase("G", self.G, adam(self.G, self.cfg.g_lr))]
+
+    def batches(self, step, batch, rank, world, seed):
+        fetch = lambda idx, g: self.data.fetch(idx, g, self.damsm.vocab, self.damsm.words)  # noqa: E731
+        return step_batches(self.data.n, fetch, step, batch, seed, rank)
+
+    @torch.no_grad()
+    def condition(self, ids: torch.Tensor, lengths: torch.Tensor) -> WordCondition:
+        """The frozen DAMSM text encoder's features of a batch of captions."""
+        words, sentence = self.damsm.text_encoder(ids.to(self.device), lengths.to(self.device))
+        return WordCondition(sentence, words, lengths.to(self.device))
+
+    def loss(self, phase: Phase, batch: dict):
+        cond = self.condition(batch["ids"], batch["lengths"])
+        z = torch.randn(len(cond.sentence), self.net.z_dim, device=self.device)
+        if phase.name == "D":
+            with torch.no_grad():
+                fakes = self.G(z, cond).images
+            real = to_model(batch["image"].to(self.device))
+            ids = batch["ids"]
+            wrong = (ids[:-1] != ids[1:]).any(-1).float().to(self.device)    # mismatched pairs (k, k + 1)
+            total, stats = 0.0, {}
+            for k, (D, fake) in enumerate(zip(self.D.stages, fakes)):
+                r = real if real.shape[-1] == fake.shape[-1] else F.interpolate(real, size=fake.shape[-2:], mode="area")
+                loss, parts = d_stage_loss(D, r, fake, cond.sentence, wrong)
+                total = total + loss
+                stats |= {f"D{k}/{name}": v for name, v in parts.items()}
+            return total, {"Loss/D": total.detach(), **stats}
+        out = self.G(z, cond)
+        adv = sum(g_stage_loss(D, fake, cond.sentence) for D, fake in zip(self.D.stages, out.images))
+        regions, glob = self.damsm.image_encoder(out.images[-1])
+        ids = batch["ids"].to(self.device)
+        same = (ids[:, None, :] == ids[None, :, :]).all(-1)
+        class_id = batch["class_id"].to(self.device) if "class_id" in batch else None
+        masked = negatives_mask(class_id, same, len(ids), self.device)
+        match, parts = damsm_loss(cond.words, cond.sentence, cond.lengths, regions, glob, self.cfg, masked)
+        kl = kl_loss(out.mu, out.logvar)
+        total = adv + self.cfg.damsm_weight * match + self.cfg.kl_weight * kl
+        return total, {"Loss/G_adv": adv.detach(), "Loss/G_damsm": match.detach(), "Loss/G_kl": kl.detach(),
+                       "Damsm/fake_top1": parts["Damsm/batch_top1"]}
+
+    @torch.no_grad()
+    def _grid(self, seeds: int):
+        """G_ema's output for the grid prompts (columns) x seeds (rows), and the prompts' words and lengths."""
+        ids, lengths = self.damsm.vocab.encode(self.grid_prompts, self.damsm.words)
+        cond = self.condition(ids, lengths)
+        n = len(self.grid_prompts)
+        g = torch.Generator().manual_seed(0)
+        z = torch.randn(seeds, self.net.z_dim, generator=g).repeat_interleave(n, 0).to(self.device)
+        eps = torch.randn(seeds, self.net.c_dim, generator=g).repeat_interleave(n, 0).to(self.device)
+        rep = WordCondition(*(t.repeat(seeds, *[1] * (t.dim() - 1)) for t in cond))
+        return self.G_ema(z, rep, eps), ids, lengths
+
+    def sample_images(self) -> torch.Tensor:
+        """8 seeds (rows) x 8 grid prompts (columns), the last stage of G_ema."""
+        out, _, _ = self._grid(8)
+        return to_uint8(out.images[-1].float().cpu())
+
+    def on_snapshot(self, path) -> None:
+        """stages-<kimg>.png (a row per stage) and attention-<kimg>.png beside the snapshot."""
+        from t2i.models.attngan.maps import attention_rows
+
+        out, ids, lengths = self._grid(1)
+        side = self.net.resolutions[-1]
+        rows = [F.interpolate(img.float(), size=(side, side), mode="nearest") for img in out.images]
+        kimg = path.name.split("-")[-1]
+        save_grid(to_uint8(torch.cat(rows).cpu()), path.parent / f"stages-{kimg}.png", nrow=len(self.grid_prompts))
+        if out.attention:
+            last = out.attention[-1].float().cpu()
+            words = [self.damsm.vocab.decode(ids[k], int(lengths[k])) for k in range(len(ids))]
+            maps = [last[k, :int(lengths[k])] for k in range(len(ids))]
+            attention_rows(to_uint8(out.images[-1].float().cpu()), words, maps).save(
+                path.parent / f"attention-{kimg}.png")
+
+    def real_images(self) -> torch.Tensor:
+        return self.data.images[:64]
+
+    def meta(self) -> dict:
+        return {"family": "attngan", "config": asdict(self.cfg), "net": self.net.to_dict(),
+                "damsm": self.damsm.meta(), "vocab": sorted(self.damsm.vocab.words[1:])}
+
+
+def build(cfg: AttnGanTrainConfig, loop, d, log, init=None) -> AttnGanFamily:
+    """The AttnGAN family object for the shared loop."""
+    return AttnGanFamily(cfg, d, log, init)

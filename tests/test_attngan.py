@@ -1,0 +1,168 @@
+"""AttnGAN: stage shapes, the word attention, CA's KL, the D and G loss terms, `t2i train attngan`, generate."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import cli
+from t2i.errors import T2IError
+from t2i.models.attngan.networks import (PRESETS, AttnGanConfig, Discriminators, Generator, WordAttention,
+                                         WordCondition)
+from t2i.models.attngan.objective import d_stage_loss, g_stage_loss, kl_loss
+
+
+def condition(cfg: AttnGanConfig, lengths=(5, 3)) -> WordCondition:
+    B = len(lengths)
+    return WordCondition(torch.randn(B, cfg.embed_dim), torch.randn(B, max(lengths), cfg.embed_dim),
+                         torch.tensor(lengths))
+
+
+@pytest.mark.parametrize("resolutions", [[8, 16], [8, 16, 32], [16, 32, 64]])
+def test_stage_shapes(resolutions):
+    cfg = replace(PRESETS["test"], resolutions=resolutions)
+    G, Ds = Generator(cfg), Discriminators(cfg)
+    out = G(torch.randn(2, cfg.z_dim), condition(cfg))
+    assert [tuple(x.shape) for x in out.images] == [(2, 3, r, r) for r in resolutions]
+    assert [tuple(a.shape) for a in out.attention] == [(2, 5, r // 2, r // 2) for r in resolutions[1:]]
+    assert out.mu.shape == out.logvar.shape == (2, cfg.c_dim)
+    assert all(x.abs().max() <= 1 for x in out.images)
+    for D, x in zip(Ds.stages, out.images):
+        h = D(x)
+        assert h.shape == (2, cfg.df * 8, 4, 4)
+        assert D.COND_DNET(h, torch.randn(2, cfg.embed_dim)).shape == D.UNCOND_DNET(h).shape == (2,)
+
+
+def test_paper_layout_keys():
+    """The paper preset has AttnGAN's G_NET and D_NET256 module names."""
+    keys = Generator(PRESETS["paper"]).state_dict().keys()
+    for k in ("ca_net.fc.weight", "h_net1.fc.0.weight", "h_net1.upsample4.1.weight", "h_net2.att.conv_context.weight",
+              "h_net3.residual.1.block.3.weight", "h_net3.upsample.2.running_var", "img_net3.img.0.weight"):
+        assert k in keys
+    d256 = Discriminators(PRESETS["paper"]).stages[2].state_dict().keys()
+    for k in ("img_code_s16.0.weight", "img_code_s64_2.0.weight", "COND_DNET.jointConv.0.weight",
+              "COND_DNET.outlogits.0.bias", "UNCOND_DNET.outlogits.0.weight"):
+        assert k in d256
+    assert Generator(PRESETS["paper"]).h_net1.fc[0].weight.shape == (32 * 16 * 4 * 4 * 2, 200)
+
+
+def test_config_round_trip_and_bad_resolutions():
+    cfg = PRESETS["tiny"]
+    assert AttnGanConfig(**json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(T2IError, match="doubling"):
+        AttnGanConfig(resolutions=[16, 64])
+
+
+def test_word_attention_sums_to_one_over_real_words():
+    att = WordAttention(6, 4)
+    cond = WordCondition(torch.randn(2, 4), torch.randn(2, 5, 4), torch.tensor([5, 2]))
+    context, attn = att(torch.randn(2, 6, 3, 3), cond)
+    assert context.shape == (2, 6, 3, 3) and attn.shape == (2, 5, 3, 3)
+    assert torch.allclose(attn.sum(1), torch.ones(2, 3, 3), atol=1e-6)
+    assert attn[1, 2:].abs().sum() == 0                       # padding words get no attention
+
+
+def test_channel_attention_option():
+    cfg = replace(PRESETS["test"], channel_attention=True)
+    G = Generator(cfg)
+    assert G.h_net2.channel_att is not None and G.h_net2.residual[0].block[0].in_channels == cfg.gf * 3
+    assert G(torch.randn(2, cfg.z_dim), condition(cfg)).images[-1].shape == (2, 3, 16, 16)
+
+
+def test_kl_loss():
+    assert kl_loss(torch.zeros(3, 4), torch.zeros(3, 4)).item() == pytest.approx(0.0)
+    mu, logvar = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, math.log(2.0)]])
+    by_hand = -0.5 * ((1 + 0 - 1 - 1) + (1 + math.log(2) - 0 - 2)) / 2
+    assert kl_loss(mu, logvar).item() == pytest.approx(by_hand)
+
+
+class ScriptedD(nn.Module):
+    """A discriminator whose logits are set by hand: features = the input's mean per image."""
+
+    def __init__(self, cond_logit, uncond_logit):
+        super().__init__()
+        self.COND_DNET = cond_logit
+        self.UNCOND_DNET = uncond_logit
+
+    def forward(self, x):
+        return x.mean((1, 2, 3))
+
+
+def test_d_loss_terms_by_hand():
+    real, fake = torch.full((3, 3, 4, 4), 1.0), torch.full((3, 3, 4, 4), -1.0)
+    sentence = torch.tensor([[0.0], [1.0], [2.0]])
+    D = ScriptedD(lambda h, s: h + s[:, 0], lambda h: 2 * h)   # cond logit = feature + sentence; uncond = 2 feature
+    wrong = torch.tensor([1.0, 0.0])                            # pair (1, 2) shares a caption: not a mismatch
+    loss, parts = d_stage_loss(D, real, fake, sentence, wrong)
+    sp = lambda x: math.log1p(math.exp(x))                      # noqa: E731  -log(1 - sigmoid(x)) = softplus(x)
+    cond_real = sum(sp(-(1 + s)) for s in (0, 1, 2)) / 3
+    cond_fake = sum(sp(-1 + s) for s in (0, 1, 2)) / 3
+    cond_wrong = sp(1 + 1)                                      # real image 0 with sentence 1, only
+    uncond_real, uncond_fake = sp(-2), sp(-2)
+    expected = (uncond_real + cond_real) / 2 + (uncond_fake + cond_fake + cond_wrong) / 3
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert parts["cond_wrong"].item() == pytest.approx(cond_wrong, rel=1e-5)
+    g = g_stage_loss(D, fake, sentence)
+    assert g.item() == pytest.approx(sp(2) + sum(sp(1 - s) for s in (0, 1, 2)) / 3, rel=1e-5)
+
+
+def test_train_attngan_cli(attngan_run):
+    for name in ("fakes-000032.png", "stages-000032.png", "attention-000032.png", "reals.png"):
+        assert (attngan_run / name).is_file(), name
+    from PIL import Image
+
+    stages = Image.open(attngan_run / "stages-000032.png")
+    assert stages.height == 2 * 16                              # a row per stage, each at the last stage's side
+    meta = json.loads((attngan_run / "snapshot-000032" / "config.json").read_text())
+    assert meta["family"] == "attngan" and meta["net"]["resolutions"] == [8, 16] and "circle" in meta["vocab"]
+    assert "stages 8/16" in (attngan_run / "log.txt").read_text()
+
+
+def test_generate_and_attention(attngan_run, tmp_path, capsys):
+    from t2i.models import load_pipeline
+
+    pipe = load_pipeline(attngan_run)
+    a = pipe(["a red circle", "a blue square"], [3, 4])
+    b = pipe(["a blue square"], [4])
+    assert a.dtype == torch.uint8 and a.shape == (2, 3, 16, 16)
+    assert torch.equal(a[1], b[0])                              # per-image seeds, independent of the batch
+    assert not torch.equal(pipe(["a red circle"], [5]), a[:1])
+    cli("generate", "a red circle", "--model", attngan_run, "--n", 2, "--out", tmp_path / "g.png",
+        "--attention", tmp_path / "att.png")
+    assert "the attention maps" in capsys.readouterr().out
+    from PIL import Image
+
+    assert Image.open(tmp_path / "att.png").height > Image.open(tmp_path / "g.png").height
+
+
+def test_prompts_without_known_words_and_attention_of_other_families(attngan_run, lafite_run, cli_error, tmp_path):
+    assert "no word the model knows" in cli_error("generate", "zebra xylophone", "--model", attngan_run,
+                                                  "--out", tmp_path / "x.png")
+    assert "only AttnGAN" in cli_error("generate", "a red circle", "--model", lafite_run, "--attention",
+                                       tmp_path / "a.png", "--out", tmp_path / "y.png")
+
+
+def test_exact_resume(attngan_run, damsm_run, shapes16, copy_run, tmp_path, one_thread):
+    from safetensors.torch import load_file
+
+    common = ["--data", shapes16, "--damsm", damsm_run, "--preset", "test"]
+    run = copy_run(attngan_run)
+    cli("train", "attngan", *common, "--kimg", 0.048, "--resume", run, "--outdir", run.parent)
+    assert "resuming" in (run / "log.txt").read_text()
+    cli("train", "attngan", *common, "--kimg", 0.048, "--outdir", tmp_path / "straight")
+    (straight,) = (tmp_path / "straight").glob("*-attngan-test")
+    a, b = (load_file(r / "snapshot-000048" / "model.safetensors") for r in (run, straight))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_attngan_options_are_checked(cli_error, shapes16, damsm_run, lafite_run, tmp_path):
+    assert "--damsm" in cli_error("train", "attngan", "--data", shapes16, "--outdir", tmp_path)
+    assert "holds no DAMSM" in cli_error("train", "attngan", "--data", shapes16, "--damsm", lafite_run,
+                                         "--outdir", tmp_path)
+    assert "--g_lr" in cli_error("train", "attngan", "--data", shapes16, "--damsm", damsm_run, "--g_lr", 0,
+                                 "--outdir", tmp_path)
