@@ -60,19 +60,26 @@ class _NamesUnpickler(pickle.Unpickler):
         raise _Refused(f"{module}.{name}")
 
 
-def read_name_list(path: Path) -> list[str]:
-    """The list of names in a Python 2 or 3 pickle, read without running anything from it."""
-    fix = f"recreate {path} as a pickled list of '<class>/<img>' strings"
+def read_plain_pickle(path: Path, fix: str):
+    """The plain data (lists, dicts, strings, numbers) in a Python 2 or 3 pickle, read without running anything
+    from it: a pickle that refers to any class or function is an error ending with `fix`. Python 2 strings come
+    back as bytes."""
     try:
         with open(path, "rb") as f:
-            # encoding="bytes": a Python 2 str comes back as its raw bytes, decoded as UTF-8 below
+            # encoding="bytes": a Python 2 str comes back as its raw bytes, for the caller to decode as UTF-8
             # (encoding="latin1" would garble non-ASCII UTF-8 names).
-            names = _NamesUnpickler(f, encoding="bytes").load()
+            return _NamesUnpickler(f, encoding="bytes").load()
     except _Refused as e:
         raise T2IError(f"{path} refers to the Python object {e}; t2i never runs code from a pickle, "
                        f"{fix}") from None
     except Exception as e:  # malformed pickles raise many types (EOFError, KeyError, ValueError, ...)
         raise T2IError(f"{path} is not a readable pickle ({type(e).__name__}: {e}); {fix}") from None
+
+
+def read_name_list(path: Path) -> list[str]:
+    """The list of names in a Python 2 or 3 pickle, read without running anything from it."""
+    fix = f"recreate {path} as a pickled list of '<class>/<img>' strings"
+    names = read_plain_pickle(path, fix)
     if not isinstance(names, (list, tuple)):
         raise T2IError(f"{path} holds a {type(names).__name__}, not a list of names; {fix}")
     decoded = []
