@@ -166,3 +166,14 @@ def test_attngan_options_are_checked(cli_error, shapes16, damsm_run, lafite_run,
                                          "--outdir", tmp_path)
     assert "--g_lr" in cli_error("train", "attngan", "--data", shapes16, "--damsm", damsm_run, "--g_lr", 0,
                                  "--outdir", tmp_path)
+
+
+def test_r_precision_damsm(attngan_run, lafite_run, damsm_run, shapes16, tmp_path, cli_error):
+    cli("eval", attngan_run, "--data", shapes16, "--metrics", "r_precision_damsm", "--n", 16, "--out", tmp_path)
+    result = json.loads((tmp_path / "metric-r_precision_damsm.jsonl").read_text())["results"]
+    assert result["n"] == 16 and 0 <= result["r_precision_damsm"] <= 1 and result["damsm"] == "damsm:the model's own"
+    assert "--damsm" in cli_error("eval", lafite_run, "--data", shapes16, "--metrics", "r_precision_damsm", "--n", 4,
+                                  "--out", tmp_path)
+    cli("eval", lafite_run, "--data", shapes16, "--metrics", "r_precision_damsm", "--n", 8, "--damsm", damsm_run,
+        "--out", tmp_path / "l")
+    assert json.loads((tmp_path / "l" / "metric-r_precision_damsm.jsonl").read_text())["results"]["n"] == 8

@@ -17,7 +17,8 @@ import torch
 
 from t2i.errors import T2IError
 
-METRICS = ("fid", "precision_recall", "seed_diversity", "clip_score", "r_precision", "shapes_accuracy")
+METRICS = ("fid", "precision_recall", "seed_diversity", "clip_score", "r_precision", "r_precision_damsm",
+           "shapes_accuracy")
 
 
 @dataclass
@@ -27,6 +28,7 @@ class EvalOptions:
     data: str | None = None        # dataset (reals and captions; seed_diversity and shapes_accuracy on shapes need none)
     n: int = 1000                  # generated images per metric (per split for shapes_accuracy)
     clip: str | None = None        # CLIP for clip_score / r_precision (default: the model's own)
+    damsm: str | None = None       # DAMSM for r_precision_damsm (default: an AttnGAN model's own)
     inception: str | None = None   # pt_inception-2015-12-05 weights for fid etc. on real data
     oracle: str | None = None      # shapes oracle (default: the shipped one)
     lpips: str | None = None       # torchvision vgg16 weights: seed_diversity also in LPIPS
@@ -241,6 +243,27 @@ def r_precision_metric(pipe, opts: EvalOptions, device) -> dict:
             "clip": clip.identity, "n": opts.n}
 
 
+def r_precision_damsm_metric(pipe, opts: EvalOptions, device) -> dict:
+    """AttnGAN's R-precision: each generated image's true caption among 1 + 99 random dataset captions, ranked
+    by the cosine of DAMSM's global image and sentence features."""
+    from t2i.metrics.clip_metrics import r_precision
+    from t2i.models.attngan.damsm_trainer import SentenceScorer, load_damsm
+
+    dataset = _need_data(opts, "r_precision_damsm")
+    if opts.damsm:
+        scorer = SentenceScorer(load_damsm(opts.damsm, device), f"damsm:{opts.damsm}")
+    elif getattr(pipe, "damsm", None) is not None:
+        scorer = SentenceScorer(pipe.damsm, "damsm:the model's own")
+    else:
+        raise T2IError(f"r_precision_damsm needs a DAMSM: this {pipe.family} model has none; give --damsm RUN "
+                       "(a `t2i train damsm` run on this data)")
+    prompts = dataset_prompts(dataset, opts.n, opts.seed)
+    images = dataset_fakes(pipe, dataset, opts)
+    pool = sorted({c for r in dataset.records for c in r["captions"]})
+    return {"r_precision_damsm": r_precision(scorer, images, prompts, pool, seed=opts.seed, batch_size=opts.batch),
+            "damsm": scorer.identity, "n": opts.n}
+
+
 def shapes_accuracy(pipe, opts: EvalOptions, device) -> dict:
     """Oracle accuracy of generated images against their prompts, seen and held-out compositions. With an
     oracle that reads the unnamed attributes, also how the images spread over what prompts leave free, beside
@@ -336,7 +359,8 @@ def _need_data(opts: EvalOptions, metric: str):
 
 
 RUNNERS = {"fid": fid, "precision_recall": precision_recall_metric, "seed_diversity": seed_diversity,
-           "clip_score": clip_score_metric, "r_precision": r_precision_metric, "shapes_accuracy": shapes_accuracy}
+           "clip_score": clip_score_metric, "r_precision": r_precision_metric,
+           "r_precision_damsm": r_precision_damsm_metric, "shapes_accuracy": shapes_accuracy}
 
 
 def evaluate_metric(name: str, model, opts: EvalOptions | None = None, device="cpu", **kw) -> dict:

@@ -19,13 +19,16 @@ def add_parser(sub) -> None:
         formatter_class=HelpFormatter)
     p.add_argument("model", nargs="?", help="run directory or snapshot (default: the embedded model)")
     p.add_argument("--data", help="dataset (t2i format): its images and captions for fid, precision_recall, "
-                   "clip_score, r_precision and seed_diversity (on shapes, seed_diversity and shapes_accuracy need none)")
+                   "clip_score, r_precision(_damsm) and seed_diversity (on shapes, seed_diversity and shapes_accuracy need none)")
     p.add_argument("--metrics", default="shapes_accuracy",
                    help="comma-separated: fid, precision_recall (improved precision/recall, k=3, on FID's features), "
                         "seed_diversity (how one prompt's images differ across seeds, beside real images of one "
-                        "prompt), clip_score, r_precision, shapes_accuracy (oracle accuracy on shapes prompts)")
+                        "prompt), clip_score, r_precision, r_precision_damsm (AttnGAN's: DAMSM sentence features), "
+                        "shapes_accuracy (oracle accuracy on shapes prompts)")
     p.add_argument("--n", type=int, default=1000, help="generated images per metric (per split for shapes_accuracy)")
     p.add_argument("--clip", help="CLIP for clip_score/r_precision: t2i CLIP run, or ARCH:/path (default: the model's)")
+    p.add_argument("--damsm", help="DAMSM for r_precision_damsm: a `t2i train damsm` run (default: an AttnGAN "
+                   "model's own)")
     p.add_argument("--inception", help="Inception FID weights (pt_inception-2015-12-05-6726825d.pth) for real data")
     p.add_argument("--oracle", help="shapes oracle run/snapshot (default: the shipped one)")
     p.add_argument("--lpips", metavar="VGG16_WEIGHTS", help="seed_diversity also in LPIPS: a torchvision vgg16 "
@@ -67,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else (snapshot.parent if args.model else Path("."))
     prepare_output(out, "the results folder (--out)", directory=True)  # before any image is generated
     pipe = load_pipeline(snapshot, args.device)
-    opts = EvalOptions(data=args.data, n=args.n, clip=args.clip, inception=args.inception, oracle=args.oracle,
+    opts = EvalOptions(data=args.data, n=args.n, clip=args.clip, damsm=args.damsm, inception=args.inception, oracle=args.oracle,
                        lpips=args.lpips, seeds_per_prompt=args.seeds_per_prompt, seed=args.seed, batch=args.batch,
                        sampling=sampling_options(args, pipe, args.device), concept=args.concept,
                        lang=args.lang)

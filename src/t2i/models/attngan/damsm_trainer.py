@@ -115,6 +115,23 @@ class Damsm(nn.Module):
         return {"arch": self.arch.to_dict(), "vocab": self.vocab.words, "words": self.words}
 
 
+class SentenceScorer:
+    """A DAMSM behind the CLIP interface of the retrieval metrics: global image features and sentence features.
+    Ranking captions by their cosine is the R-precision AttnGAN papers report (DM-GAN's code)."""
+
+    def __init__(self, damsm: Damsm, identity: str):
+        self.damsm, self.identity = damsm, identity
+        self.embed_dim = damsm.arch.embed_dim
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, D) global features of images in [-1, 1]."""
+        return self.damsm.image_encoder(images.to(self.damsm.text_encoder.encoder.weight.device))[1]
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """(B, D) sentence features (the first `words` known words of each text)."""
+        return self.damsm.encode_text(texts)[1]
+
+
 def load_damsm(path: str | Path, device="cpu") -> Damsm:
     """A frozen DAMSM (eval mode) from a `t2i train damsm` run or snapshot, or any snapshot embedding one."""
     from t2i.training.snapshot import load_snapshot
