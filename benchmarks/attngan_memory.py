@@ -1,0 +1,61 @@
+"""Benchmark: peak memory and time of AttnGAN training steps with the `paper` networks (AttnGAN's CUB sizes: gf 32,
+df 64, 2 residual blocks, a 256-d DAMSM with Inception-v3 regions), three stages ending at 64, 128 and 256 px.
+
+Each setting is a fresh `t2i train attngan` process on shapes data rendered at that side, so its peak resident
+memory (`Resources/peak_mem_gb` in stats.jsonl; the CUDA allocator's peak on a GPU) is its own. The DAMSM is a
+`paper` one with a random Inception trunk (`--inception none`): the trunk's weights do not change the cost.
+
+    python benchmarks/attngan_memory.py --workdir /tmp/t2i-attngan-mem                 # CPU, batch 2
+    python benchmarks/attngan_memory.py --workdir /tmp/m --device cuda --batch 16 --sides 256 --precision bf16
+
+Nothing here is a test: the numbers depend on the machine and are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from common import T2I, sh
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--workdir", type=Path, required=True)
+    p.add_argument("--sides", type=int, nargs="+", default=[64, 128, 256])
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--steps", type=int, default=3, help="training steps per setting (the first warms up)")
+    p.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args()
+    work = args.workdir.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for side in args.sides:
+        data = work / f"shapes{side}"
+        if not (data / "dataset.json").exists():
+            sh(T2I + ["data", "shapes", "--out", data, "--n", 32, "--size", side, "--seed", 1])
+        damsm_dir = work / f"damsm{side}"
+        if not list(damsm_dir.glob("*-damsm-paper/snapshot-*")):
+            sh(T2I + ["train", "damsm", "--data", data, "--preset", "paper", "--inception", "none", "--kimg", 0.004,
+                      "--batch", 4, "--outdir", damsm_dir, "--device", args.device], work / f"damsm{side}.log")
+        (damsm,) = damsm_dir.glob("*-damsm-paper")
+        for precision in args.precision:
+            out = work / f"attngan{side}-{precision}-b{args.batch}"
+            kimg = args.batch * args.steps / 1000
+            sh(T2I + ["train", "attngan", "--data", data, "--damsm", damsm, "--preset", "paper", "--batch", args.batch,
+                      "--kimg", kimg, "--tick_kimg", args.batch / 1000, "--snap", 0, "--precision", precision,
+                      "--device", args.device, "--outdir", out], work / f"{out.name}.log")
+            (run,) = out.glob("*-attngan-paper")
+            ticks = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
+            step_s = min(t["Timing/sec_per_kimg"] for t in ticks[1:] or ticks) * args.batch / 1000
+            rows.append((side, precision, max(t["Resources/peak_mem_gb"] for t in ticks), step_s))
+    print(f"\n{'side':>5} {'precision':>9} {'peak GB':>8} {'s/step':>7}   (paper networks, batch {args.batch}, "
+          f"device {args.device})")
+    for side, precision, mem, step in rows:
+        print(f"{side:>5} {precision:>9} {mem:>8.2f} {step:>7.2f}")
+
+
+if __name__ == "__main__":
+    main()
