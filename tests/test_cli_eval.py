@@ -63,8 +63,8 @@ def test_out_option_writes_elsewhere_and_a_snapshot_path_works(tmp_path, lafite_
 
 
 def test_unknown_metric_and_bad_n_are_clean_errors(lafite_run, shapes16, cli_error):
-    err = cli_error("eval", lafite_run, "--data", shapes16, "--metrics", "clip_score,inception_score")
-    assert "inception_score" in err and "r_precision" in err
+    err = cli_error("eval", lafite_run, "--data", shapes16, "--metrics", "clip_score,kid")
+    assert "'kid'" in err and "r_precision" in err and "inception_score" in err
     assert "--n 0" in cli_error("eval", lafite_run, "--data", shapes16, "--metrics", "clip_score", "--n", 0)
     assert "--data" in cli_error("eval", lafite_run, "--metrics", "clip_score", "--n", 4)
 

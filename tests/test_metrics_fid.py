@@ -186,3 +186,40 @@ def test_importing_metrics_stays_light():
     code = "import sys, t2i.metrics; print('open_clip' in sys.modules, 'torch_fidelity' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_inception_logits_and_score_match_torch_fidelity(inception_weights, extractor):
+    from torch_fidelity.metric_isc import isc_features_to_metric
+
+    from t2i.metrics.fid import inception_score
+
+    path, _ = inception_weights
+    reference = FeatureExtractorInceptionV3("reference", ["logits_unbiased"], feature_extractor_weights_path=str(path))
+    images = torch.randint(0, 256, (10, 3, 24, 24), dtype=torch.uint8)
+    logits = extractor.logits(images)
+    with torch.no_grad():
+        (want,) = reference(images)
+    assert logits.shape == (10, 1008) and torch.equal(logits, want)
+    # random weights give logits too large for float64's softmax; the score itself on logits of a trained scale
+    moderate = torch.randn(10, 1008, generator=torch.Generator().manual_seed(1)) * 3
+    mean, std = inception_score(moderate, splits=5, seed=3)
+    ref = isc_features_to_metric(moderate, splits=5, shuffle=True, rng_seed=3)
+    assert mean == pytest.approx(ref["inception_score_mean"]) and std == pytest.approx(ref["inception_score_std"])
+    assert 1.0 < mean <= 1008
+    with pytest.raises(T2IError, match="at least 10 images"):
+        inception_score(logits[:4])
+
+
+def test_inception_score_in_eval(inception_weights, lafite_run, shapes16, tmp_path, cli_error):
+    import json
+
+    from conftest import cli
+
+    path, _ = inception_weights
+    cli("eval", lafite_run, "--data", shapes16, "--metrics", "inception_score", "--n", 10, "--inception", path,
+        "--out", tmp_path)
+    result = json.loads((tmp_path / "metric-inception_score.jsonl").read_text())["results"]
+    assert result["n"] == 10 and result["splits"] == 10 and result["extractor"].startswith("torch-fidelity:")
+    assert {"is_mean", "is_std"} <= result.keys()
+    assert "--inception" in cli_error("eval", lafite_run, "--data", shapes16, "--metrics", "inception_score",
+                                      "--n", 10, "--out", tmp_path)

@@ -17,8 +17,8 @@ import torch
 
 from t2i.errors import T2IError
 
-METRICS = ("fid", "precision_recall", "seed_diversity", "clip_score", "r_precision", "r_precision_damsm",
-           "shapes_accuracy")
+METRICS = ("fid", "inception_score", "precision_recall", "seed_diversity", "clip_score", "r_precision",
+           "r_precision_damsm", "shapes_accuracy")
 
 
 @dataclass
@@ -119,6 +119,22 @@ def fid(pipe, opts: EvalOptions, device) -> dict:
                                 lambda: compute_stats(extractor, real_batches(), extractor.identity))
     fake = compute_stats(extractor, dataset_fakes(pipe, dataset, opts).split(opts.batch), extractor.identity)
     return {"fid": fid_from_stats(real, fake), "extractor": extractor.identity, "n_fake": opts.n, "n_real": real.n}
+
+
+def inception_score_metric(pipe, opts: EvalOptions, device) -> dict:
+    """Inception score of images generated for seeded random dataset captions (10 splits, torch-fidelity's)."""
+    from t2i.metrics.fid import InceptionExtractor, inception_score
+
+    dataset = _need_data(opts, "inception_score")
+    if not opts.inception:
+        raise T2IError("inception_score needs Inception weights (ImageNet classes): --inception "
+                       "/path/to/pt_inception-2015-12-05-6726825d.pth; on shapes, shapes_accuracy and "
+                       "precision_recall judge with the oracle instead")
+    extractor = InceptionExtractor(opts.inception, device)
+    images = dataset_fakes(pipe, dataset, opts)
+    logits = torch.cat([extractor.logits(chunk) for chunk in images.split(opts.batch)])
+    mean, std = inception_score(logits, seed=opts.seed)
+    return {"is_mean": mean, "is_std": std, "splits": 10, "extractor": extractor.identity, "n": len(images)}
 
 
 def precision_recall_metric(pipe, opts: EvalOptions, device) -> dict:
@@ -358,7 +374,7 @@ def _need_data(opts: EvalOptions, metric: str):
     return dataset
 
 
-RUNNERS = {"fid": fid, "precision_recall": precision_recall_metric, "seed_diversity": seed_diversity,
+RUNNERS = {"fid": fid, "inception_score": inception_score_metric, "precision_recall": precision_recall_metric, "seed_diversity": seed_diversity,
            "clip_score": clip_score_metric, "r_precision": r_precision_metric,
            "r_precision_damsm": r_precision_damsm_metric, "shapes_accuracy": shapes_accuracy}
 

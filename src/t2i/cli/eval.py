@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
     p.add_argument("--data", help="dataset (t2i format): its images and captions for fid, precision_recall, "
                    "clip_score, r_precision(_damsm) and seed_diversity (on shapes, seed_diversity and shapes_accuracy need none)")
     p.add_argument("--metrics", default="shapes_accuracy",
-                   help="comma-separated: fid, precision_recall (improved precision/recall, k=3, on FID's features), "
+                   help="comma-separated: fid, inception_score (IS, 10 splits; needs --inception), precision_recall (improved precision/recall, k=3, on FID's features), "
                         "seed_diversity (how one prompt's images differ across seeds, beside real images of one "
                         "prompt), clip_score, r_precision, r_precision_damsm (AttnGAN's: DAMSM sentence features), "
                         "shapes_accuracy (oracle accuracy on shapes prompts)")

@@ -5,7 +5,7 @@ from t2i.metrics.clip_metrics import clip_score, r_precision
 from t2i.metrics.fid import FeatureStats, RealStatsCache, compute_stats, fid_from_stats, frechet_distance
 
 # The pipeline metrics that read --data: a captioned canonical dataset (its images or its captions).
-DATASET_METRICS = ("fid", "precision_recall", "seed_diversity", "clip_score", "r_precision", "r_precision_damsm")
+DATASET_METRICS = ("fid", "inception_score", "precision_recall", "seed_diversity", "clip_score", "r_precision", "r_precision_damsm")
 
 __all__ = [
     "DATASET_METRICS",

@@ -168,7 +168,7 @@ class InceptionExtractor:
         buffer.seek(0)
         try:
             net = FeatureExtractorInceptionV3(
-                "inception-v3-compat", ["2048"], feature_extractor_weights_path=buffer
+                "inception-v3-compat", ["2048", "logits_unbiased"], feature_extractor_weights_path=buffer
             )
         except RuntimeError as e:  # load_state_dict: missing / unexpected keys or shapes
             raise T2IError(
@@ -180,14 +180,32 @@ class InceptionExtractor:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, H, W) images, any size (resized to 299 inside) -> (B, 2048) float32 features."""
+        return self._forward(images)[0]
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, H, W) images -> (B, 1008) class logits (torch-fidelity's logits_unbiased, what IS reads)."""
+        return self._forward(images)[1]
+
+    def _forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
             raise T2IError(
                 f"InceptionExtractor takes uint8 images shaped (B, 3, H, W), got {images.dtype} "
                 f"{tuple(images.shape)}; convert model outputs with t2i.data.transforms.to_uint8."
             )
         with torch.no_grad():
-            (features,) = self.net(images.to(self.device))
-        return features
+            features, logits = self.net(images.to(self.device))
+        return features, logits
+
+
+def inception_score(logits: torch.Tensor, splits: int = 10, seed: int = 0) -> tuple[float, float]:
+    """IS = exp(E_x KL(p(y|x) || p(y))), mean and std over `splits` splits of shuffled samples (torch-fidelity's
+    computation, on Inception's logits_unbiased)."""
+    from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
+
+    if len(logits) < splits:
+        raise T2IError(f"the inception score needs at least {splits} images (one per split), got {len(logits)}")
+    out = isc_features_to_metric(logits.double().cpu(), splits=splits, shuffle=True, rng_seed=seed)
+    return out[KEY_METRIC_ISC_MEAN], out[KEY_METRIC_ISC_STD]
 
 
 class RealStatsCache:
