@@ -374,8 +374,8 @@ def _need_data(opts: EvalOptions, metric: str):
     return dataset
 
 
-RUNNERS = {"fid": fid, "inception_score": inception_score_metric, "precision_recall": precision_recall_metric, "seed_diversity": seed_diversity,
-           "clip_score": clip_score_metric, "r_precision": r_precision_metric,
+RUNNERS = {"fid": fid, "inception_score": inception_score_metric, "precision_recall": precision_recall_metric,
+           "seed_diversity": seed_diversity, "clip_score": clip_score_metric, "r_precision": r_precision_metric,
            "r_precision_damsm": r_precision_damsm_metric, "shapes_accuracy": shapes_accuracy}
 
 

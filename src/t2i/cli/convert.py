@@ -48,7 +48,8 @@ def run_attngan(args) -> int:
     from t2i.models.attngan.original import convert_attngan
 
     prepare_output(Path(args.out).parent, "the folder of --out", directory=True)
-    print(f"wrote {convert_attngan(args.text_encoder, args.image_encoder, args.captions, args.out, args.generator, args.words)}")
+    out = convert_attngan(args.text_encoder, args.image_encoder, args.captions, args.out, args.generator, args.words)
+    print(f"wrote {out}")
     return 0
 
 

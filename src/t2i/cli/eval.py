@@ -18,10 +18,12 @@ def add_parser(sub) -> None:
                     "metric-<name>.jsonl in the model's run directory (or --out).",
         formatter_class=HelpFormatter)
     p.add_argument("model", nargs="?", help="run directory or snapshot (default: the embedded model)")
-    p.add_argument("--data", help="dataset (t2i format): its images and captions for fid, precision_recall, "
-                   "clip_score, r_precision(_damsm) and seed_diversity (on shapes, seed_diversity and shapes_accuracy need none)")
+    p.add_argument("--data", help="dataset (t2i format): its images and captions for fid, inception_score, "
+                   "precision_recall, clip_score, r_precision(_damsm) and seed_diversity (on shapes, seed_diversity "
+                   "and shapes_accuracy need none)")
     p.add_argument("--metrics", default="shapes_accuracy",
-                   help="comma-separated: fid, inception_score (IS, 10 splits; needs --inception), precision_recall (improved precision/recall, k=3, on FID's features), "
+                   help="comma-separated: fid, inception_score (IS, 10 splits; needs --inception), precision_recall "
+                        "(improved precision/recall, k=3, on FID's features), "
                         "seed_diversity (how one prompt's images differ across seeds, beside real images of one "
                         "prompt), clip_score, r_precision, r_precision_damsm (AttnGAN's: DAMSM sentence features), "
                         "shapes_accuracy (oracle accuracy on shapes prompts)")
@@ -70,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else (snapshot.parent if args.model else Path("."))
     prepare_output(out, "the results folder (--out)", directory=True)  # before any image is generated
     pipe = load_pipeline(snapshot, args.device)
-    opts = EvalOptions(data=args.data, n=args.n, clip=args.clip, damsm=args.damsm, inception=args.inception, oracle=args.oracle,
+    opts = EvalOptions(data=args.data, n=args.n, clip=args.clip, damsm=args.damsm, inception=args.inception,
+                       oracle=args.oracle,
                        lpips=args.lpips, seeds_per_prompt=args.seeds_per_prompt, seed=args.seed, batch=args.batch,
                        sampling=sampling_options(args, pipe, args.device), concept=args.concept,
                        lang=args.lang)

@@ -21,7 +21,8 @@ from t2i.data.transforms import to_model
 from t2i.errors import T2IError
 from t2i.models.attngan.captions import CaptionedImages
 from t2i.models.attngan.damsm import PRESETS, DamsmConfig, TextEncoder, image_encoder
-from t2i.models.attngan.objective import DamsmWeights, damsm_loss, negatives_mask, sentence_scores, word_scores
+from t2i.models.attngan.objective import (GAMMA_HELP, DamsmWeights, damsm_loss, negatives_mask, sentence_scores,
+                                          word_scores)
 from t2i.models.attngan.vocab import WordVocab, words_per_caption
 from t2i.training.loop import Phase
 
@@ -61,9 +62,7 @@ HELP = {
     "lr": "Adam learning rate (betas 0.5, 0.999 as AttnGAN)",
     "class_mask": "1/0: pairs from the same class are not negatives (needs attributes.class_id on every image)",
     "subset": "train on the first N images only (0 = all)",
-    "gamma1": "attention sharpness over regions (Eq. 9)",
-    "gamma2": "weight of the best-matching words in the word-level score (Eq. 10)",
-    "gamma3": "posterior smoothing of both matching losses (Eq. 11)",
+    **GAMMA_HELP,
 }
 
 
@@ -230,7 +229,8 @@ class DamsmFamily:
                 labels.append(self.damsm.vocab.decode(self.damsm.vocab.encode([self.test_captions[k]], T)[0][0], T))
             from t2i.models.attngan.maps import attention_rows
 
-            attention_rows(self.test_images, labels, maps).save(path.parent / f"attention-{path.name.split('-')[-1]}.png")
+            kimg = path.name.split("-")[-1]
+            attention_rows(self.test_images, labels, maps).save(path.parent / f"attention-{kimg}.png")
         finally:
             self.damsm.train()
 

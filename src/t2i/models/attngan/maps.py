@@ -31,7 +31,8 @@ def attention_rows(images: torch.Tensor, words: list[list[str]], attn: list[torc
             heat = torch.stack([a * 255, a * 160, torch.zeros_like(a)], 1)                   # warm overlay
             tiles += list(0.35 * img[None] + 0.65 * heat)
         for c, tile in enumerate(tiles):
-            canvas.paste(Image.fromarray(tile.clamp(0, 255).byte().permute(1, 2, 0).numpy()), (c * tw, k * (th + LABEL)))
+            pixels = tile.clamp(0, 255).byte().permute(1, 2, 0).numpy()
+            canvas.paste(Image.fromarray(pixels), (c * tw, k * (th + LABEL)))
             if c:
                 draw.text((c * tw + 2, k * (th + LABEL) + th + 1), words[k][c - 1][: tw // 6], fill="black")
     return canvas

@@ -113,7 +113,8 @@ class InitStage(nn.Module):
     def __init__(self, in_dim: int, gf: int, ups: int):
         super().__init__()
         self.c0 = gf * 2 ** ups
-        self.fc = nn.Sequential(nn.Linear(in_dim, self.c0 * 16 * 2, bias=False), nn.BatchNorm1d(self.c0 * 16 * 2), GLU())
+        width = self.c0 * 4 * 4 * 2    # 4x4 maps of c0 channels, doubled for the GLU
+        self.fc = nn.Sequential(nn.Linear(in_dim, width, bias=False), nn.BatchNorm1d(width), GLU())
         for i in range(1, ups + 1):
             setattr(self, f"upsample{i}", up_block(self.c0 // 2 ** (i - 1), self.c0 // 2 ** i))
         self.ups = ups

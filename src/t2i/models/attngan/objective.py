@@ -22,6 +22,11 @@ class DamsmWeights:
     gamma3: float = 10.0         # posterior smoothing (Eq. 11)
 
 
+GAMMA_HELP = {"gamma1": "DAMSM: attention sharpness over regions (Eq. 9)",
+              "gamma2": "DAMSM: weight of the best-matching words in the word-level score (Eq. 10)",
+              "gamma3": "DAMSM: posterior smoothing of both matching losses (Eq. 11)"}
+
+
 def word_mask(lengths: torch.Tensor, T: int) -> torch.Tensor:
     """(B, T) True at real words, False at padding."""
     return torch.arange(T, device=lengths.device)[None, :] < lengths[:, None]
@@ -72,7 +77,8 @@ def negatives_mask(class_ids: torch.Tensor | None, same_caption: torch.Tensor | 
     return mask & ~torch.eye(B, dtype=torch.bool, device=device)
 
 
-def matching_loss(scores: torch.Tensor, gamma3: float, masked: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def matching_loss(scores: torch.Tensor, gamma3: float, masked: torch.Tensor | None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 11-13 both ways on matched pairs (i, i): -log P(D_i | Q_i) over captions (image -> text) and
     -log P(Q_i | D_i) over images (text -> image), masked pairs excluded from the softmax."""
     logits = gamma3 * scores

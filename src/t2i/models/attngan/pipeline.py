@@ -58,7 +58,8 @@ class AttnGanPipeline(PromptRouting):
         noise = []
         for seed in seeds:
             g = torch.Generator().manual_seed(int(seed))
-            noise.append(torch.cat([torch.randn(self.G.cfg.z_dim, generator=g), torch.randn(self.G.cfg.c_dim, generator=g)]))
+            z = torch.randn(self.G.cfg.z_dim, generator=g)
+            noise.append(torch.cat([z, torch.randn(self.G.cfg.c_dim, generator=g)]))
         noise = torch.stack(noise).to(device)
         return self.G(noise[:, :self.G.cfg.z_dim], cond, noise[:, self.G.cfg.z_dim:])
 

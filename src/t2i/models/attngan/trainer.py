@@ -22,8 +22,8 @@ from t2i.errors import T2IError
 from t2i.models.attngan.captions import CaptionedImages
 from t2i.models.attngan.damsm_trainer import load_damsm
 from t2i.models.attngan.networks import PRESETS, AttnGanConfig, Discriminators, Generator, WordCondition
-from t2i.models.attngan.objective import (DamsmWeights, d_stage_loss, damsm_loss, g_stage_loss, kl_loss,
-                                          negatives_mask)
+from t2i.models.attngan.objective import (GAMMA_HELP, DamsmWeights, d_stage_loss, damsm_loss, g_stage_loss,
+                                          kl_loss, negatives_mask)
 from t2i.training.loop import Phase
 from t2i.training.run import grid_picks, save_grid
 
@@ -63,8 +63,7 @@ HELP = {
     "channel_attention": "1/0: add ControlGAN's word-level channel-wise attention to each attention stage",
     "class_mask": "1/0: same-class pairs are not negatives in the DAMSM term (needs attributes.class_id)",
     "subset": "train on the first N images only (0 = all)",
-    "gamma1": "DAMSM term: attention sharpness over regions", "gamma2": "DAMSM term: word-score sharpness",
-    "gamma3": "DAMSM term: posterior smoothing",
+    **GAMMA_HELP,
 }
 
 
