@@ -8,6 +8,15 @@ memory (`Resources/peak_mem_gb` in stats.jsonl; the CUDA allocator's peak on a G
     python benchmarks/attngan_memory.py --workdir /tmp/t2i-attngan-mem                 # CPU, batch 2
     python benchmarks/attngan_memory.py --workdir /tmp/m --device cuda --batch 16 --sides 256 --precision bf16
 
+Measured on this 2-core CPU (one thread, beside two other trainings; peak resident memory of the whole process,
+about 1 GB of it torch, the Inception DAMSM and the data), batch 2:
+    side 64:  fp32 1.20 GB 3.26 s/step, bf16 1.21 GB 2.20 s/step
+    side 128: fp32 1.56 GB 5.42 s/step, bf16 1.55 GB 3.11 s/step
+    side 256: fp32 3.05 GB 17.1 s/step, bf16 3.01 GB 14.6 s/step
+Memory above the baseline grows about 4x per doubling of the side (activations scale with the pixels): about 1 GB
+an image at 256px in fp32, so batch 16 at 256px needs roughly 16 GB of activations plus about 2 GB of weights and
+Adam state: an estimate for the 24 GB goal, not a GPU measurement (no GPU was lent when this was written).
+
 Nothing here is a test: the numbers depend on the machine and are reported.
 """
 
