@@ -144,7 +144,7 @@ def test_inception_encoder_regions_and_frozen_trunk(tmp_path):
 
 
 def test_train_damsm_cli(damsm_run):
-    from t2i.models.attngan.damsm_trainer import load_damsm
+    from t2i.models.attngan.damsm import load_damsm
 
     log = (damsm_run / "log.txt").read_text()
     assert "words per caption" in log and "95th percentile" in log

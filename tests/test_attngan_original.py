@@ -49,7 +49,7 @@ def args(root, *more):
 
 def test_convert_and_sample(original_files, tmp_path):
     from t2i.models import load_pipeline
-    from t2i.models.attngan.damsm_trainer import load_damsm
+    from t2i.models.attngan.damsm import load_damsm
 
     root, text, G = original_files
     cli(*args(root, "--generator", root / "netG_epoch_600.pth", "--out", tmp_path / "attngan"))

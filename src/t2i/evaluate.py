@@ -263,7 +263,7 @@ def r_precision_damsm_metric(pipe, opts: EvalOptions, device) -> dict:
     """AttnGAN's R-precision: each generated image's true caption among 1 + 99 random dataset captions, ranked
     by the cosine of DAMSM's global image and sentence features."""
     from t2i.metrics.clip_metrics import r_precision
-    from t2i.models.attngan.damsm_trainer import SentenceScorer, load_damsm
+    from t2i.models.attngan.damsm import SentenceScorer, load_damsm
 
     dataset = _need_data(opts, "r_precision_damsm")
     if opts.damsm:

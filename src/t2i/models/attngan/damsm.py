@@ -4,19 +4,22 @@ encoder giving region and global features, both in one embedding space of `embed
 Module and parameter names follow AttnGAN's RNN_ENCODER / CNN_ENCODER (`encoder`, `rnn`, `Mixed_6e`,
 `emb_features`, `emb_cnn_code`), so its published `text_encoder200.pth` / `image_encoder200.pth` load by name.
 The `paper` image encoder is torchvision's Inception-v3 trunk, frozen (its weights from a local file);
-`tiny` and `test` use a small CNN trained from scratch, for 64px shapes.
+`tiny` and `test` use a small CNN trained from scratch, for 64px shapes. `Damsm` holds both with the vocabulary
+they read; `load_damsm` rebuilds a frozen one from a snapshot.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from t2i.errors import T2IError
+from t2i.models.attngan.vocab import WordVocab
 
 
 @dataclass
@@ -178,3 +181,57 @@ def image_encoder(cfg: DamsmConfig) -> nn.Module:
     if cfg.image_encoder == "inception":
         return InceptionImageEncoder(cfg)
     raise T2IError(f"unknown DAMSM image encoder {cfg.image_encoder!r}; choose cnn or inception")
+
+
+class Damsm(nn.Module):
+    """Both encoders under one module (the phase's), with the vocabulary and words per caption they read."""
+
+    def __init__(self, arch: DamsmConfig, vocab: WordVocab, words: int):
+        super().__init__()
+        self.arch, self.vocab, self.words = arch, vocab, words
+        self.text_encoder = TextEncoder(arch)
+        self.image_encoder = image_encoder(arch)
+
+    def encode_text(self, captions: list[str], generator: torch.Generator | None = None):
+        """words (B, T, D), sentence (B, D), lengths (B,) of captions (unknown words dropped)."""
+        device = self.text_encoder.encoder.weight.device
+        ids, lengths = self.vocab.encode(captions, self.words, generator)
+        words, sentence = self.text_encoder(ids.to(device), lengths.to(device))
+        return words, sentence, lengths.to(device)
+
+    def meta(self) -> dict:
+        return {"arch": self.arch.to_dict(), "vocab": self.vocab.words, "words": self.words}
+
+
+class SentenceScorer:
+    """A DAMSM behind the CLIP interface of the retrieval metrics: global image features and sentence features.
+    Ranking captions by their cosine is the R-precision AttnGAN papers report (DM-GAN's code)."""
+
+    def __init__(self, damsm: Damsm, identity: str):
+        self.damsm, self.identity = damsm, identity
+        self.embed_dim = damsm.arch.embed_dim
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, D) global features of images in [-1, 1]."""
+        return self.damsm.image_encoder(images.to(self.damsm.text_encoder.encoder.weight.device))[1]
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """(B, D) sentence features (the first `words` known words of each text)."""
+        return self.damsm.encode_text(texts)[1]
+
+
+def load_damsm(path: str | Path, device="cpu") -> Damsm:
+    """A frozen DAMSM (eval mode) from a `t2i train damsm` run or snapshot, or any snapshot embedding one."""
+    from t2i.training.snapshot import load_snapshot
+
+    snap = load_snapshot(path)
+    if "damsm" not in snap.meta:
+        raise T2IError(f"{snap.path} holds no DAMSM (family {snap.family!r}); train one with `t2i train damsm`")
+    return damsm_from_meta(snap.meta["damsm"], snap.state_dict("damsm"), device)
+
+
+def damsm_from_meta(meta: dict, state: dict[str, torch.Tensor], device) -> Damsm:
+    """Rebuild a frozen Damsm from `Damsm.meta()` and its state dict."""
+    model = Damsm(DamsmConfig.from_dict(meta["arch"]), WordVocab(meta["vocab"]), int(meta["words"]))
+    model.load_state_dict(state)
+    return model.to(device).eval().requires_grad_(False)

@@ -14,15 +14,14 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from t2i.data.loader import data_name, load_images, require_dataset, step_batches
 from t2i.data.transforms import to_model
 from t2i.errors import T2IError
 from t2i.models.attngan.captions import CaptionedImages
-from t2i.models.attngan.damsm import PRESETS, DamsmConfig, TextEncoder, image_encoder
-from t2i.models.attngan.objective import (GAMMA_HELP, DamsmWeights, damsm_loss, negatives_mask, sentence_scores,
-                                          word_scores)
+from t2i.models.attngan.damsm import PRESETS, Damsm, DamsmConfig, load_damsm
+from t2i.models.attngan.objective import (GAMMA_HELP, DamsmWeights, batch_negatives, damsm_loss, same_caption,
+                                          sentence_scores, word_scores)
 from t2i.models.attngan.vocab import WordVocab, words_per_caption
 from t2i.training.loop import Phase
 
@@ -94,60 +93,6 @@ def describe(cfg: DamsmTrainConfig) -> str:
     return f"{data_name(cfg.data)}-damsm-{cfg.preset}"
 
 
-class Damsm(nn.Module):
-    """Both encoders under one module (the phase's), with the vocabulary and words per caption they read."""
-
-    def __init__(self, arch: DamsmConfig, vocab: WordVocab, words: int):
-        super().__init__()
-        self.arch, self.vocab, self.words = arch, vocab, words
-        self.text_encoder = TextEncoder(arch)
-        self.image_encoder = image_encoder(arch)
-
-    def encode_text(self, captions: list[str], generator: torch.Generator | None = None):
-        """words (B, T, D), sentence (B, D), lengths (B,) of captions (unknown words dropped)."""
-        device = self.text_encoder.encoder.weight.device
-        ids, lengths = self.vocab.encode(captions, self.words, generator)
-        words, sentence = self.text_encoder(ids.to(device), lengths.to(device))
-        return words, sentence, lengths.to(device)
-
-    def meta(self) -> dict:
-        return {"arch": self.arch.to_dict(), "vocab": self.vocab.words, "words": self.words}
-
-
-class SentenceScorer:
-    """A DAMSM behind the CLIP interface of the retrieval metrics: global image features and sentence features.
-    Ranking captions by their cosine is the R-precision AttnGAN papers report (DM-GAN's code)."""
-
-    def __init__(self, damsm: Damsm, identity: str):
-        self.damsm, self.identity = damsm, identity
-        self.embed_dim = damsm.arch.embed_dim
-
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, D) global features of images in [-1, 1]."""
-        return self.damsm.image_encoder(images.to(self.damsm.text_encoder.encoder.weight.device))[1]
-
-    def encode_text(self, texts: list[str]) -> torch.Tensor:
-        """(B, D) sentence features (the first `words` known words of each text)."""
-        return self.damsm.encode_text(texts)[1]
-
-
-def load_damsm(path: str | Path, device="cpu") -> Damsm:
-    """A frozen DAMSM (eval mode) from a `t2i train damsm` run or snapshot, or any snapshot embedding one."""
-    from t2i.training.snapshot import load_snapshot
-
-    snap = load_snapshot(path)
-    if "damsm" not in snap.meta:
-        raise T2IError(f"{snap.path} holds no DAMSM (family {snap.family!r}); train one with `t2i train damsm`")
-    return damsm_from_meta(snap.meta["damsm"], snap.state_dict("damsm"), device)
-
-
-def damsm_from_meta(meta: dict, state: dict[str, torch.Tensor], device) -> Damsm:
-    """Rebuild a frozen Damsm from `Damsm.meta()` and its state dict."""
-    model = Damsm(DamsmConfig.from_dict(meta["arch"]), WordVocab(meta["vocab"]), int(meta["words"]))
-    model.load_state_dict(state)
-    return model.to(device).eval().requires_grad_(False)
-
-
 def first_captions(path: str, n: int) -> tuple[torch.Tensor, list[str]]:
     """The first n images (uint8) of a dataset and the first caption of each."""
     from t2i.data.dataset import ImageTextDataset
@@ -203,9 +148,7 @@ class DamsmFamily:
         ids, lengths = batch["ids"].to(self.device), batch["lengths"].to(self.device)
         words, sentence = self.damsm.text_encoder(ids, lengths)
         regions, global_features = self.damsm.image_encoder(to_model(batch["image"].to(self.device)))
-        same = (ids[:, None, :] == ids[None, :, :]).all(-1)                 # duplicate captions in the batch
-        class_id = batch["class_id"].to(self.device) if "class_id" in batch else None
-        masked = negatives_mask(class_id, same, len(ids), self.device)
+        masked = batch_negatives(ids, batch.get("class_id"))
         return damsm_loss(words, sentence, lengths, regions, global_features, self.cfg, masked)
 
     def sample_images(self):
@@ -259,7 +202,7 @@ def retrieval(damsm: Damsm, images: torch.Tensor, captions: list[str], w: DamsmW
                                  for i in range(0, len(regions), chunk)]),       # (n images, n captions)
               "sentence": sentence_scores(glob, sentence)}
     ids, _ = damsm.vocab.encode(captions, damsm.words)
-    same = (ids[:, None, :] == ids[None, :, :]).all(-1).to(device)             # (n, n) equal captions
+    same = same_caption(ids).to(device)                                        # (n, n) equal captions
     out = {}
     for kind, s in scores.items():
         out[f"i2t_{kind}"] = float(same.gather(1, s.argmax(1)[:, None]).float().mean())

@@ -77,6 +77,17 @@ def negatives_mask(class_ids: torch.Tensor | None, same_caption: torch.Tensor | 
     return mask & ~torch.eye(B, dtype=torch.bool, device=device)
 
 
+def same_caption(ids: torch.Tensor) -> torch.Tensor:
+    """(B, B) True where two encoded captions (B, T) are the same words."""
+    return (ids[:, None, :] == ids[None, :, :]).all(-1)
+
+
+def batch_negatives(ids: torch.Tensor, class_ids: torch.Tensor | None) -> torch.Tensor:
+    """`negatives_mask` of a training batch: its encoded captions (B, T) and its class ids (or None)."""
+    class_ids = class_ids.to(ids.device) if class_ids is not None else None
+    return negatives_mask(class_ids, same_caption(ids), len(ids), ids.device)
+
+
 def matching_loss(scores: torch.Tensor, gamma3: float, masked: torch.Tensor | None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 11-13 both ways on matched pairs (i, i): -log P(D_i | Q_i) over captions (image -> text) and

@@ -17,7 +17,7 @@ from torch import nn
 
 from t2i.errors import T2IError
 from t2i.models.attngan.damsm import PRESETS as DAMSM_PRESETS
-from t2i.models.attngan.damsm_trainer import Damsm
+from t2i.models.attngan.damsm import Damsm
 from t2i.models.attngan.networks import AttnGanConfig, Generator
 from t2i.models.attngan.vocab import END, WordVocab
 

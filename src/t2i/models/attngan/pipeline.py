@@ -21,7 +21,7 @@ class AttnGanPipeline(PromptRouting):
     @classmethod
     def from_snapshot(cls, snap, device="cpu") -> AttnGanPipeline:
         """Build from a loaded `Snapshot` of family attngan (uses G_ema and the DAMSM text encoder)."""
-        from t2i.models.attngan.damsm_trainer import damsm_from_meta
+        from t2i.models.attngan.damsm import damsm_from_meta
 
         G = Generator(AttnGanConfig(**snap.meta["net"]))
         G.load_state_dict(snap.state_dict("G_ema"))

@@ -20,10 +20,10 @@ from t2i.data.loader import data_name, require_dataset, step_batches
 from t2i.data.transforms import to_model, to_uint8
 from t2i.errors import T2IError
 from t2i.models.attngan.captions import CaptionedImages
-from t2i.models.attngan.damsm_trainer import load_damsm
+from t2i.models.attngan.damsm import damsm_from_meta, load_damsm
 from t2i.models.attngan.networks import PRESETS, AttnGanConfig, Discriminators, Generator, WordCondition
 from t2i.models.attngan.objective import (GAMMA_HELP, DamsmWeights, d_stage_loss, damsm_loss, g_stage_loss,
-                                          kl_loss, negatives_mask)
+                                          batch_negatives, kl_loss)
 from t2i.training.loop import Phase
 from t2i.training.run import grid_picks, save_grid
 
@@ -107,8 +107,6 @@ class AttnGanFamily:
     name = "attngan"
 
     def __init__(self, cfg: AttnGanTrainConfig, d, log, init=None):
-        from t2i.models.attngan.damsm_trainer import damsm_from_meta
-
         self.cfg, self.device = cfg, d.device
         self.damsm = (damsm_from_meta(init.meta["damsm"], init.state_dict("damsm"), d.device) if init is not None
                       else load_damsm(cfg.damsm, d.device))
@@ -170,10 +168,7 @@ class AttnGanFamily:
         out = self.G(z, cond)
         adv = sum(g_stage_loss(D, fake, cond.sentence) for D, fake in zip(self.D.stages, out.images))
         regions, glob = self.damsm.image_encoder(out.images[-1])
-        ids = batch["ids"].to(self.device)
-        same = (ids[:, None, :] == ids[None, :, :]).all(-1)
-        class_id = batch["class_id"].to(self.device) if "class_id" in batch else None
-        masked = negatives_mask(class_id, same, len(ids), self.device)
+        masked = batch_negatives(batch["ids"].to(self.device), batch.get("class_id"))
         match, parts = damsm_loss(cond.words, cond.sentence, cond.lengths, regions, glob, self.cfg, masked)
         kl = kl_loss(out.mu, out.logvar)
         total = adv + self.cfg.damsm_weight * match + self.cfg.kl_weight * kl
