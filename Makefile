@@ -10,7 +10,7 @@ IMG2DATASET_VENV ?= .venv-img2dataset
 IMG2DATASET_VERSION = 1.47.0
 IMG2DATASET_STAMP = $(IMG2DATASET_VENV)/.img2dataset-installed
 
-.PHONY: install img2dataset demo test test-fast benchmark clean
+.PHONY: install img2dataset browser demo test test-fast benchmark clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -29,13 +29,21 @@ $(IMG2DATASET_STAMP):
 
 img2dataset: $(IMG2DATASET_STAMP)
 
+# The browser tests of `t2i serve` (tests/test_serve_browser.py) drive Debian's chromium through playwright; as root
+# (CI) it is installed here from Debian's packages, otherwise those tests say how to install it and skip.
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@if [ ! -x $(CHROMIUM) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }; fi
+
 DEMO_OUT ?= demo.png
 
 # `t2i generate` says what it wrote; nothing more to echo.
 demo: $(STAMP)
 	$(VENV)/bin/t2i generate "a large red circle above a small blue square" --n 8 --seed 0 --out $(DEMO_OUT)
 
-test: $(STAMP) $(IMG2DATASET_STAMP)
+test: $(STAMP) $(IMG2DATASET_STAMP) browser
 	$(VENV)/bin/python -m pytest -q
 
 test-fast: $(STAMP) $(IMG2DATASET_STAMP)

@@ -12,7 +12,7 @@ import sys
 
 from t2i.errors import T2IError
 
-GROUPS = ("data", "train", "invert", "generate", "eval", "convert")
+GROUPS = ("data", "train", "invert", "generate", "eval", "convert", "serve")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -44,19 +44,9 @@ def sampling_options(args: argparse.Namespace, pipe, device) -> dict:
     """The options `pipe` takes, from the parsed arguments (loads the rerank CLIP onto the pipeline)."""
     if args.candidates < 1 or args.candidates > 64:
         raise T2IError(f"--candidates {args.candidates} must be between 1 and 64")
-    if args.candidates > 1 and "candidates" in pipe.options and not args.rerank_clip:
-        raise T2IError("--candidates > 1 needs --rerank_clip CLIP to choose among them")
-    if args.rerank_clip and "candidates" in pipe.options:
-        from t2i.clip import load_clip
+    from t2i.models import equip
 
-        pipe.clip = load_clip(args.rerank_clip, device)
-    if getattr(args, "embeds", None):
-        from t2i.concepts.embeds import apply_embeds
-
-        apply_embeds(pipe, args.embeds)
-    if getattr(args, "aligner", None):
-        from t2i.concepts.aligner import apply_aligner
-
-        apply_aligner(pipe, args.aligner, getattr(args, "lang", "auto"))
+    equip(pipe, device, getattr(args, "embeds", None) or (), getattr(args, "aligner", None),
+          getattr(args, "lang", "auto"), args.rerank_clip, args.candidates)
     # An option not given takes the pipeline's own default (guidance: DALL-E 3, LDM 7.5).
     return {k: default if getattr(args, k, None) is None else getattr(args, k) for k, default in pipe.options.items()}

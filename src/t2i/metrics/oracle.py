@@ -180,6 +180,24 @@ def score(predictions: list[dict], scenes: list) -> dict[str, float]:
         "all": n_all / n_images, "images": len(scenes), "objects": n_objects}
 
 
+def verdict(prediction: dict, scene: shapes.Scene) -> str:
+    """One image's judgement in words: "right", or what differs from the prompt's scene, e.g.
+    "top: colour blue (asked red); bottom: missing; extra object at left"."""
+    by_slot = {o["slot"]: o for o in prediction["objects"]}
+    faults = []
+    for obj in scene.objects:
+        p = by_slot.pop(obj.slot, None)
+        if p is None:
+            faults.append(f"{obj.slot}: missing")
+            continue
+        wrong = [f"{k} {p[k]} (asked {getattr(obj, k)})" for k in ("shape", "colour", "size")
+                 if p[k] != getattr(obj, k)]
+        if wrong:
+            faults.append(f"{obj.slot}: " + ", ".join(wrong))
+    faults += [f"extra {o['colour']} {o['shape']} at {o['slot']}" for o in by_slot.values()]
+    return "; ".join(faults) if faults else "right"
+
+
 def unnamed_accuracy(predictions: list[dict], scenes: list) -> dict[str, float]:
     """How well the unnamed heads read renders whose truth is known: background accuracy, and the mean absolute
     error of offset (fraction of the image side) and scale over objects predicted in their slot."""

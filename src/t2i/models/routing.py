@@ -26,7 +26,14 @@ class PromptRouting:
     """Mixin of the sampling pipelines; each defines `text_condition(prompts, **kw)`, its text encoder's path."""
 
     prompt_route = None
+    options: dict = {}   # the sampling options `pipe(...)` takes, with their defaults
     preview = {}   # sampling options of the small grids a run draws at its snapshots (fast over faithful)
+
+    @classmethod
+    def default_options(cls, meta: dict) -> dict:
+        """The sampling options of a model of this family and their defaults, from its snapshot's config alone
+        (what `t2i serve` offers before it loads the weights)."""
+        return dict(cls.options)
 
     def routed(self, prompts: list[str]) -> list[bool]:
         """Which prompts the route takes."""

@@ -236,42 +236,51 @@ def train(family: Family, cfg: LoopConfig, run_dir: Path, d: Dist, resume_state:
     tick_start_nimg, tick_start_time, start_time = prog.nimg, time.time(), time.time()
     log.print(f"training {family.name} to {cfg.kimg} kimg, batch {cfg.batch} on {d.world} process(es), "
               f"device {d.device}, precision {cfg.precision}, starting at {prog.nimg / 1000:.3f} kimg")
-    while prog.nimg < total:
-        torch.manual_seed(step_seed(cfg.seed, prog.step, d.rank))
-        micro = split_batch(next(data), cfg.accum)
-        for ph in phases:
-            if prog.step % ph.interval == 0:
-                run_phase(family, ph, micro, cfg, d, trained, stats, prog.nimg)
-        prog.nimg += cfg.batch
-        prog.step += 1
-        for target, source in family.ema.items():
-            update_ema(family.modules[target], family.modules[source], ema_beta(cfg, prog.nimg))
-        if bar is not None:
-            bar.update(cfg.batch)
-        done = prog.nimg >= total
-        if prog.nimg >= tick_start_nimg + tick_nimg or done:
-            prog.tick += 1
-            elapsed = time.time() - tick_start_time
-            values = {k: float(distributed.all_reduce_mean(torch.tensor(sum(v) / len(v)), d.world))
-                      for k, v in sorted(stats.items())}
-            sec_per_kimg = elapsed / max(prog.nimg - tick_start_nimg, 1) * 1000
-            values.update({"Timing/sec_per_kimg": sec_per_kimg, "Resources/peak_mem_gb": memory_gb(d.device)})
-            log.stats(prog.nimg / 1000, values)
+    try:
+        while prog.nimg < total:
+            torch.manual_seed(step_seed(cfg.seed, prog.step, d.rank))
+            micro = split_batch(next(data), cfg.accum)
+            for ph in phases:
+                if prog.step % ph.interval == 0:
+                    run_phase(family, ph, micro, cfg, d, trained, stats, prog.nimg)
+            prog.nimg += cfg.batch
+            prog.step += 1
+            for target, source in family.ema.items():
+                update_ema(family.modules[target], family.modules[source], ema_beta(cfg, prog.nimg))
             if bar is not None:
-                bar.set_postfix_str(f"kimg {prog.nimg / 1000:.1f} sec/kimg {sec_per_kimg:.1f} "
-                                    f"mem {values['Resources/peak_mem_gb']:.2f}GB", refresh=False)
-            log.print(_tick_line(prog, time.time() - start_time, values))
-            stats.clear()
-            tick_start_nimg, tick_start_time = prog.nimg, time.time()
-            if done or (cfg.snap > 0 and prog.tick % cfg.snap == 0):
-                # Buffers a rank updates from its own samples (LAFITE's w_avg) drift apart over ranks. A resume
-                # gives every rank the snapshot's (rank 0's), so the run takes them here too: the ranks agree,
-                # and a resumed run continues exactly on every rank, not only on the one that writes.
-                for m in family.modules.values():
-                    distributed.broadcast_buffers(m)
-                if d.main:
-                    write_snapshot(family, phases, prog, cfg, run_dir, log, evaluate)
-                tick_start_time = time.time()
+                bar.update(cfg.batch)
+            done = prog.nimg >= total
+            if prog.nimg >= tick_start_nimg + tick_nimg or done:
+                prog.tick += 1
+                elapsed = time.time() - tick_start_time
+                values = {k: float(distributed.all_reduce_mean(torch.tensor(sum(v) / len(v)), d.world))
+                          for k, v in sorted(stats.items())}
+                sec_per_kimg = elapsed / max(prog.nimg - tick_start_nimg, 1) * 1000
+                values.update({"Timing/sec_per_kimg": sec_per_kimg, "Resources/peak_mem_gb": memory_gb(d.device)})
+                log.stats(prog.nimg / 1000, values)
+                if bar is not None:
+                    bar.set_postfix_str(f"kimg {prog.nimg / 1000:.1f} sec/kimg {sec_per_kimg:.1f} "
+                                        f"mem {values['Resources/peak_mem_gb']:.2f}GB", refresh=False)
+                log.print(_tick_line(prog, time.time() - start_time, values))
+                stats.clear()
+                tick_start_nimg, tick_start_time = prog.nimg, time.time()
+                if done or (cfg.snap > 0 and prog.tick % cfg.snap == 0):
+                    # Buffers a rank updates from its own samples (LAFITE's w_avg) drift apart over ranks. A resume
+                    # gives every rank the snapshot's (rank 0's), so the run takes them here too: the ranks agree,
+                    # and a resumed run continues exactly on every rank, not only on the one that writes.
+                    for m in family.modules.values():
+                        distributed.broadcast_buffers(m)
+                    if d.main:
+                        write_snapshot(family, phases, prog, cfg, run_dir, log, evaluate)
+                    tick_start_time = time.time()
+    except BaseException as e:   # the run's state for readers of log.txt (`t2i serve`): why it ended
+        if bar is not None:
+            bar.close()
+        reason = " ".join(str(e).split())[:300]   # one line: log.txt is read line by line
+        what = "stopped: interrupted" if isinstance(e, KeyboardInterrupt) else f"failed: {type(e).__name__}: {reason}"
+        log.print(f"{what} at {prog.nimg / 1000:.3f} kimg")
+        log.close()
+        raise
     if bar is not None:
         bar.close()
     log.print(f"done: {prog.nimg / 1000:.3f} kimg in {time.time() - start_time:.1f}s")

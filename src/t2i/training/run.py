@@ -58,8 +58,8 @@ def grid_picks(n: int, count: int = 8) -> slice:
     return slice(None, None, max(1, n // count))
 
 
-def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None) -> None:
-    """Save uint8 images (N, 3, H, W) as one PNG grid, `nrow` images per row."""
+def grid_image(images: torch.Tensor, nrow: int | None = None):
+    """uint8 images (N, 3, H, W) as one PIL image, `nrow` images per row."""
     from PIL import Image
 
     n, c, h, w = images.shape
@@ -69,7 +69,12 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None) -> None
     for i in range(n):
         r, col = divmod(i, nrow)
         grid[:, r * h:(r + 1) * h, col * w:(col + 1) * w] = images[i]
-    Image.fromarray(grid.permute(1, 2, 0).cpu().numpy()).save(path)
+    return Image.fromarray(grid.permute(1, 2, 0).cpu().numpy())
+
+
+def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None) -> None:
+    """Save uint8 images (N, 3, H, W) as one PNG grid, `nrow` images per row."""
+    grid_image(images, nrow).save(path)
 
 
 class RunLog:

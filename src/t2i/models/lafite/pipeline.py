@@ -37,9 +37,13 @@ class LafitePipeline(PromptRouting):
 
     def __init__(self, G: Generator, clip, meta: dict):
         self.G, self.clip, self.meta = G, clip, meta
-        # Sampling options `t2i generate` / `t2i eval` pass through, with this model's defaults: a model may
-        # record the truncation it was measured with (config "sampling"), as the embedded default model does.
-        self.options = {"truncation": float(meta.get("sampling", {}).get("truncation", 1.0))}
+        self.options = self.default_options(meta)
+
+    @classmethod
+    def default_options(cls, meta: dict) -> dict:
+        """Sampling options `t2i generate` / `t2i eval` pass through, with this model's defaults: a model may
+        record the truncation it was measured with (config "sampling"), as the embedded default model does."""
+        return {"truncation": float(meta.get("sampling", {}).get("truncation", 1.0))}
 
     @classmethod
     def from_snapshot(cls, snap, device="cpu") -> "LafitePipeline":
