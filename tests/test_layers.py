@@ -2,7 +2,7 @@
 imports inside functions included. From the bottom: errors and io; the training loop's core (loop, runs,
 snapshots, distributed); data and text; metric functions; CLIP; model families; new words for them (textual
 inversion); evaluation (samples
-models, hands images to metrics); the launcher; the CLI."""
+models, hands images to metrics); the launcher; the user interfaces (the CLI and `t2i serve`'s web page)."""
 
 import ast
 from pathlib import Path
@@ -20,7 +20,7 @@ LAYERS = [
     {"concepts"},
     {"evaluate"},
     {"training.launch"},
-    {"cli", "__main__"},
+    {"cli", "__main__", "serve"},
 ]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 

@@ -20,6 +20,7 @@ CHROMIUM = os.environ.get("T2I_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
                  "--disable-background-networking", "--disable-component-update"]
 PROMPT = "a large red circle above a small blue square"
+KOREAN = "작은 파란 정사각형 위에 큰 빨간 원"   # (the same scene)
 
 if not Path(CHROMIUM).is_file():
     if os.environ.get("T2I_REQUIRE_BROWSER") == "1":
@@ -77,22 +78,25 @@ def natural_sizes(page, selector: str) -> list[list[int]]:
 
 def test_generate_with_the_default_model_shows_the_images_and_the_grid(page, tmp_path, served):
     page.click("#tab-generate")
-    page.fill("#prompts", f"{PROMPT}\na small green star on the left")
+    page.fill("#prompts", f"{PROMPT}\na small green star on the left\n{KOREAN}")
     page.fill("#n", "3")
     assert page.input_value("#model") == "default" and page.input_value("#opt-truncation") == "0.5"
+    assert "Korean prompts: read by the model's own text encoder" in page.inner_text("#korean-note")
     page.click("#generate")
     page.wait_for_selector("#grid-link", timeout=60000)
     page.wait_for_function("[...document.querySelectorAll('#results figure img')].every(i => i.complete)")
-    assert natural_sizes(page, "#results figure img") == [[64, 64]] * 6
-    assert page.locator("#results .prompt-row h4").all_inner_texts() == [PROMPT, "a small green star on the left"]
-    assert page.locator("#results .verdict").count() == 6      # both are shapes prompts: the oracle judges each
+    assert natural_sizes(page, "#results figure img") == [[64, 64]] * 9
+    assert page.locator("#results .prompt-row h4").all_inner_texts() == [PROMPT, "a small green star on the left",
+                                                                        KOREAN]
+    assert page.locator("#results .verdict").count() == 6      # the English shapes prompts: the oracle judges each
+    assert page.inner_text("#warnings") == ""                  # (Korean words are not the captions' vocabulary)
     grid = page.request.get(served.rstrip("/") + page.get_attribute("#grid-link", "href"))
     from io import BytesIO
 
     from PIL import Image
 
     with Image.open(BytesIO(grid.body())) as im:
-        assert im.size == (3 * 64, 2 * 64)
+        assert im.size == (3 * 64, 3 * 64)
     image = page.request.get(served.rstrip("/") + page.get_attribute("#results figure img", "src"))
     with Image.open(BytesIO(image.body())) as im:
         assert im.text["prompt"] == PROMPT and im.text["seed"] == "0"

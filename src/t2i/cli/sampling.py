@@ -44,7 +44,7 @@ def sampling_options(args: argparse.Namespace, pipe, device) -> dict:
     """The options `pipe` takes, from the parsed arguments (loads the rerank CLIP onto the pipeline)."""
     if args.candidates < 1 or args.candidates > 64:
         raise T2IError(f"--candidates {args.candidates} must be between 1 and 64")
-    from t2i.models import equip
+    from t2i.concepts import equip
 
     equip(pipe, device, getattr(args, "embeds", None) or (), getattr(args, "aligner", None),
           getattr(args, "lang", "auto"), args.rerank_clip, args.candidates)

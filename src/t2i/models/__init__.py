@@ -32,23 +32,3 @@ def load_pipeline(path: str | Path | None = None, device="cpu"):
     module, cls = PIPELINES[snap.family].split(":")
     return getattr(importlib.import_module(module), cls).from_snapshot(snap, device)
 
-
-def equip(pipe, device="cpu", embeds: list[str] | tuple = (), aligner: str | None = None, lang: str = "auto",
-          rerank_clip: str | None = None, candidates: int = 1) -> None:
-    """Load onto a pipeline what sampling asks for beyond its snapshot: DALL-E's rerank CLIP, textual-inversion
-    embeddings (`t2i invert`) and a Korean aligner (`t2i train aligner`); each is checked against the model."""
-    if candidates > 1 and "candidates" in pipe.options and not rerank_clip:
-        raise T2IError(f"{candidates} candidates per image need a rerank CLIP (--rerank_clip CLIP) to choose "
-                       "among them")
-    if rerank_clip and "candidates" in pipe.options:
-        from t2i.clip import load_clip
-
-        pipe.clip = load_clip(rerank_clip, device)
-    if embeds:
-        from t2i.concepts.embeds import apply_embeds
-
-        apply_embeds(pipe, list(embeds))
-    if aligner:
-        from t2i.concepts.aligner import apply_aligner
-
-        apply_aligner(pipe, aligner, lang)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from t2i.errors import T2IError
 from t2i.serve import Limits
-from t2i.serve.models import Catalog, PipelineCache, check_option
+from t2i.serve.models import HANGUL, Catalog, PipelineCache, check_option
 
 
 @dataclass
@@ -223,7 +223,10 @@ class Worker:
             options = r.options[model_id]
             pipe = self.cache.get(model_id, r.embeds, r.aligner, r.rerank_clip, options.get("candidates", 1))
             pipe.check_prompts(r.prompts, **options)
-            if warning := vocabulary_warning(pipe.text_prompts(r.prompts), pipe.meta.get("vocab")):
+            # (The vocabulary is the training captions' words; a Korean prompt is read by a bilingual text encoder or
+            # an aligner, not matched against it.)
+            english = [p for p in pipe.text_prompts(r.prompts) if not HANGUL.search(p)]
+            if warning := vocabulary_warning(english, pipe.meta.get("vocab")):
                 job.warnings.append(f"{model_id}: {warning.removeprefix('t2i: warning: ')}")
             for prompt in r.prompts:
                 for k in range(r.n):

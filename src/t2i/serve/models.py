@@ -199,7 +199,8 @@ class PipelineCache:
     def get(self, model_id: str, embeds: tuple[str, ...] = (), aligner: str | None = None,
             rerank_clip: str | None = None, candidates: int = 1):
         """The pipeline of a model id with those extras, loaded on first use."""
-        from t2i.models import equip, load_pipeline
+        from t2i.concepts import equip
+        from t2i.models import load_pipeline
 
         key = (model_id, embeds, aligner, rerank_clip)
         with self._lock:
