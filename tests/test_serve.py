@@ -269,3 +269,39 @@ def test_a_full_queue_refuses_more_requests_and_tells_each_its_place(monkeypatch
     worker.close()   # finishes the running job, drops the waiting one, ends the thread
     assert busy.state == "done" and dropped.state == "failed" and "shutting down" in dropped.error
     assert not worker._thread.is_alive()
+
+
+# ---------------------------------------------------------------------------------------------
+# Extras: textual-inversion embeddings under --runs
+
+def test_an_embedding_under_runs_is_offered_for_its_family_and_checked_against_the_model(lafite_run, tmp_path):
+    import shutil
+
+    from conftest import cli
+    from t2i.data.shapes import Scene, ShapeObject, render
+    from t2i.serve.jobs import Worker, parse_request
+
+    runs = tmp_path / "runs"
+    model = shutil.copytree(lafite_run, runs / lafite_run.name)
+    for i, colour in enumerate(("red", "blue", "green")):
+        render(Scene([ShapeObject("star", colour, "large", "center")], background="grey"), 16).save(
+            tmp_path / f"star{i}.png")
+    cli("invert", "--model", model, "--images", tmp_path, "--init_word", "small", "--steps", 4, "--batch", 3,
+        "--outdir", runs)
+    catalog = Catalog(runs)
+    embeds = catalog.extras()["embeds"]   # the run's latest embedding, and its snapshot's
+    assert len(embeds) == 2 and embeds[1]["id"].startswith(embeds[0]["id"] + "/snapshot-")
+    embed = embeds[0]
+    assert embed["family"] == "lafite" and embed["placeholder"] == "*" and embed["id"].endswith("-invert")
+    worker = Worker(catalog, Limits())
+    try:
+        good = worker.submit(parse_request({"prompts": "a large red * on the left", "models": [model.name],
+                                            "embeds": [embed["id"]], "n": 2}, Limits(), catalog))
+        wrong = worker.submit(parse_request({"prompts": "a large red * on the left", "embeds": [embed["id"]]},
+                                            Limits(), catalog))
+        while wrong.state not in ("done", "failed"):
+            time.sleep(0.05)
+        assert good.state == "done" and [im["size"] for im in good.images] == [[16, 16]] * 2
+        assert wrong.state == "failed" and "only works on the model it was learned on" in wrong.error
+    finally:
+        worker.close()
