@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CLIP = ROOT / "src" / "t2i" / "assets" / "default-lafite"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
                  "--disable-background-networking", "--disable-component-update"]
-PROMPTS = "a large red circle above a small blue square\na small green star on the left\n작은 파란 정사각형 위에 큰 빨간 원"
+PROMPTS = ("a large red circle above a small blue square\na small green star on the left\n"
+           "작은 파란 정사각형 위에 큰 빨간 원")   # (the first scene, in Korean)
 
 
 def long_run(work: Path) -> Path:
@@ -64,8 +65,10 @@ def first_image_s(page) -> float:
     return page.evaluate("""() => new Promise((resolve) => {
         const t0 = performance.now();
         const results = document.getElementById('results');
-        const seen = () => { const img = results.querySelector('figure img');
-                             if (img && img.complete && img.naturalWidth) { resolve((performance.now() - t0) / 1000); return true; } };
+        const seen = () => {
+            const img = results.querySelector('figure img');
+            if (img && img.complete && img.naturalWidth) { resolve((performance.now() - t0) / 1000); return true; }
+        };
         const timer = setInterval(() => seen() && clearInterval(timer), 5);
         document.getElementById('generate').click();
     })""")

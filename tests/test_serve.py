@@ -3,6 +3,7 @@ and the HTTP API on a real server (uvicorn on a free port) with the embedded def
 
 import json
 import os
+import shutil
 import socket
 import threading
 import time
@@ -157,13 +158,19 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server_runs(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("serve-runs")
+    make_run(runs / "00000-toy-linear")
+    return runs
+
+
+@pytest.fixture(scope="module")
+def server(server_runs):
     import uvicorn
 
     from t2i.serve.app import create_app
 
-    runs = tmp_path_factory.mktemp("serve-runs")
-    make_run(runs / "00000-toy-linear")
+    runs = server_runs
     port = free_port()
     srv = uvicorn.Server(uvicorn.Config(create_app(runs, Limits(max_images=8, max_queue=2)), host="127.0.0.1",
                                         port=port, log_level="warning"))
@@ -233,6 +240,20 @@ def test_bad_requests_get_a_message_not_a_trace(server):
     assert status == 400 and "not a run folder" in reply["error"]
     status, reply = call(f"{server}/api/jobs/999-x")
     assert status == 400 and "no job" in reply["error"]
+
+
+def test_a_model_that_fails_to_load_fails_its_job_and_the_server_goes_on(server, server_runs):
+    snap = server_runs / "00001-broken-lafite" / "snapshot-000100"
+    snap.mkdir(parents=True)
+    (snap.parent / "config.json").write_text(json.dumps({"family": "lafite", "config": {}, "loop": {}}))
+    (snap / "config.json").write_text(json.dumps({"family": "lafite", "net": {}}))
+    (snap / "model.safetensors").write_bytes(b"not safetensors")
+    status, started = call(f"{server}/api/generate", {"prompts": PROMPT, "models": ["00001-broken-lafite"], "n": 1})
+    job = wait_job(server, started["id"])
+    assert job["state"] == "failed" and "cannot be read" in job["error"] and "damaged" in job["error"]
+    status, started = call(f"{server}/api/generate", {"prompts": PROMPT, "n": 1})
+    assert wait_job(server, started["id"])["state"] == "done"
+    shutil.rmtree(snap.parent)
 
 
 def test_the_run_view_and_its_files_over_http(server):
@@ -305,3 +326,17 @@ def test_an_embedding_under_runs_is_offered_for_its_family_and_checked_against_t
         assert wrong.state == "failed" and "only works on the model it was learned on" in wrong.error
     finally:
         worker.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The command's own checks
+
+def test_serve_names_its_missing_extra_and_bad_options(monkeypatch, tmp_path, cli_error):
+    assert "--runs" in cli_error("serve", "--runs", tmp_path / "nope") and "not a folder" in cli_error(
+        "serve", "--runs", tmp_path / "nope")
+    assert "--max_images 0 must be at least 1" in cli_error("serve", "--max_images", 0)
+    assert "--port 70000" in cli_error("serve", "--port", 70000)
+    import sys
+
+    monkeypatch.setitem(sys.modules, "fastapi", None)   # (an import of it now fails, as when it is not installed)
+    assert "pip install 't2i[serve]'" in cli_error("serve")

@@ -40,10 +40,18 @@ def screenshot(page, tmp_path: Path, name: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def served(session_runs, lafite_run, dalle_run, ldm_run):
-    """The URL of `t2i serve --runs session_runs` on a free port (the real command in its own process)."""
+def runs(session_runs, lafite_run, dalle_run, ldm_run, tmp_path_factory):
+    """A copy of the session's runs (this module adds a live one), served by the module's server."""
+    root = tmp_path_factory.mktemp("served-runs")
+    shutil.copytree(session_runs, root, dirs_exist_ok=True)
+    return root
+
+
+@pytest.fixture(scope="module")
+def served(runs):
+    """The URL of `t2i serve --runs RUNS` on a free port (the real command in its own process)."""
     exe = Path(sys.executable).with_name("t2i")
-    proc = subprocess.Popen([str(exe), "serve", "--runs", str(session_runs), "--port", "0"], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([str(exe), "serve", "--runs", str(runs), "--port", "0"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 120
     url = None
@@ -137,6 +145,23 @@ def test_the_run_view_draws_curves_and_slides_over_the_grids(page, tmp_path, laf
     page.dispatch_event("#grid-slider", "input")
     assert page.get_attribute("#grid-img", "src") != last and page.inner_text("#grid-label").endswith("(1 of 2)")
     screenshot(page, tmp_path, "runs")
+
+
+def test_the_view_of_a_running_run_refreshes_as_it_writes(page, runs):
+    import json
+
+    run = runs / "00099-live-linear"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"family": "linear", "config": {"data": "toy"}, "loop": {"kimg": 1}}))
+    (run / "log.txt").write_text("training linear to 1 kimg\n")
+    tick = {"kimg": 0.1, "timestamp": time.time(), "Loss/mse": 2.0}
+    (run / "stats.jsonl").write_text(json.dumps(tick) + "\n")
+    page.goto(page.url.split("#")[0] + "#runs/00099-live-linear")
+    page.wait_for_selector("#curves svg[data-name='Loss/mse']")
+    assert page.inner_text("#run-state").startswith("running")
+    with open(run / "stats.jsonl", "a") as f:   # the next tick brings a new statistic
+        f.write(json.dumps({**tick, "kimg": 0.2, "timestamp": time.time(), "Loss/new": 1.0}) + "\n")
+    page.wait_for_selector("#curves svg[data-name='Loss/new']", timeout=15000)   # polled every 5 s
 
 
 def test_compare_two_snapshots_side_by_side_with_verdicts(page, tmp_path, lafite_run):

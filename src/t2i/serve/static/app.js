@@ -58,7 +58,9 @@ function renderOptions() {
   const box = $("options");
   box.replaceChildren(el("legend", { text: "Sampling options" }));
   if (!model) return;
-  if (!model.options.length) box.append(el("div", { class: "muted", text: `${model.family}: no sampling options (the seed decides)` }));
+  if (!model.options.length) {
+    box.append(el("div", { class: "muted", text: `${model.family}: no sampling options (the seed decides)` }));
+  }
   for (const o of model.options) {
     const id = `opt-${o.name}`;
     box.append(el("label", { for: id, title: o.help, text: `${o.name}` }));
@@ -130,7 +132,7 @@ async function generate() {
     const job = await runJob(body, (job) => {
       $("progress").max = job.total;
       $("progress").value = job.done;
-      $("status").textContent = job.state === "queued" ? `waiting: ${job.position} request(s) ahead` : job.status;
+      $("status").textContent = waiting(job);
       $("warnings").textContent = job.warnings.join("\n");
       for (const image of job.images.slice(shown)) {
         if (!rows[image.prompt]) {
@@ -141,8 +143,9 @@ async function generate() {
       }
       shown = job.images.length;
     });
-    $("downloads").append(el("a", { id: "grid-link", href: `/api/jobs/${job.id}/grid.png?model=${encodeURIComponent(body.models[0])}`,
-      download: `t2i-grid-${job.id}.png`, text: "download the grid" }));
+    const grid = `/api/jobs/${job.id}/grid.png?model=${encodeURIComponent(body.models[0])}`;
+    $("downloads").append(el("a", { id: "grid-link", href: grid, download: `t2i-grid-${job.id}.png`,
+                                    text: "download the grid" }));
   } catch (e) {
     showError(e.message);
     $("status").textContent = "";
@@ -152,7 +155,12 @@ async function generate() {
 }
 
 // ---- runs --------------------------------------------------------------------------------------------------------
-function fmt(v) { return typeof v === "number" ? (Math.abs(v) >= 100 || Number.isInteger(v) ? String(+v.toFixed(1)) : v.toPrecision(3)) : String(v); }
+function fmt(v) {
+  if (typeof v !== "number") return String(v);
+  return Math.abs(v) >= 100 || Number.isInteger(v) ? String(+v.toFixed(1)) : v.toPrecision(3);
+}
+
+function waiting(job) { return job.state === "queued" ? `waiting: ${job.position} request(s) ahead` : job.status; }
 
 async function loadRuns(path) {
   showError("");
@@ -246,7 +254,7 @@ async function compare() {
                    n: Number($("compare-n").value), options: {} }, (job) => {
       $("compare-progress").max = job.total;
       $("compare-progress").value = job.done;
-      $("compare-status").textContent = job.state === "queued" ? `waiting: ${job.position} request(s) ahead` : job.status;
+      $("compare-status").textContent = waiting(job);
       if (!Object.keys(cells).length) {
         for (const p of job.prompts) for (let k = 0; k < job.n; k++) {
           const key = `${p}\u0000${Number($("compare-seed").value) + k}`;
@@ -265,18 +273,26 @@ async function compare() {
 
 // ---- start -----------------------------------------------------------------------------------------------------
 async function start() {
-  for (const v of ["generate", "runs", "compare"]) $(`tab-${v}`).addEventListener("click", () => { location.hash = v; });
+  for (const v of ["generate", "runs", "compare"]) {
+    $(`tab-${v}`).addEventListener("click", () => { location.hash = v; });
+  }
   window.addEventListener("hashchange", route);
   $("model").addEventListener("change", renderOptions);
   $("generate").addEventListener("click", generate);
   $("compare-go").addEventListener("click", compare);
   $("grid-slider").addEventListener("input", showGrid);
-  $("grid-kind").addEventListener("change", () => { const l = runGrids[$("grid-kind").value] || []; $("grid-slider").max = Math.max(0, l.length - 1); $("grid-slider").value = $("grid-slider").max; showGrid(); });
+  $("grid-kind").addEventListener("change", () => {   // another kind of grid: start at its latest
+    const list = runGrids[$("grid-kind").value] || [];
+    $("grid-slider").max = Math.max(0, list.length - 1);
+    $("grid-slider").value = $("grid-slider").max;
+    showGrid();
+  });
   try {
     catalog = await api("/api/models");
   } catch (e) { showError(`cannot list the models: ${e.message}`); }
   fillSelect($("model"), catalog.models, (m) => `${m.label} [${m.family}]`);
-  $("server-note").textContent = `${catalog.models.length} model(s); at most ${catalog.limits.max_images} images per request`;
+  $("server-note").textContent =
+    `${catalog.models.length} model(s); at most ${catalog.limits.max_images} images per request`;
   $("compare-models").replaceChildren(...catalog.models.map((m) => el("label", {},
     el("input", { type: "checkbox", value: m.id }), ` ${m.label} [${m.family}]`)));
   renderOptions();
