@@ -63,6 +63,7 @@ VARIANTS = {
     "ms5": "--ms_weight 5",
     "ms1_tau0.1": "--ms_weight 1 --ms_tau 0.1",    # capped at the data's distance ratio (DSGAN-style)
     "ms1_pool8": "--ms_weight 1 --ms_pool 8",      # distance on 8x8 images: push the layout apart, not details
+    "ms1_clip0.08": "--ms_weight 1 --ms_clip 0.08",  # per-pixel distance saturated below the backgrounds' spacing
     "temp2": "--temp 2",                           # softer contrastive terms
 }
 

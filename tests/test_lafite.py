@@ -221,6 +221,25 @@ def test_mode_seeking_cap_and_pooling():
     assert mode_seeking(fine_g, fine_g(z, c), z, c, pool=2).item() == pytest.approx(1e5)  # layout unchanged
 
 
+def test_mode_seeking_clip_counts_a_changed_pixel_alike_however_far_its_colour_moves():
+    z, c = torch.zeros(2, 4), torch.zeros(2, 1)
+    colour = {"near": 0.1, "far": 0.5}
+
+    def g_for(shift):
+        def g(z2, c2, track_w_avg=False):              # the second latent moves every pixel by `shift`
+            return torch.full((len(z2), 3, 4, 4), shift)
+        return g
+
+    def term(shift, **kw):
+        torch.manual_seed(0)                           # (the same second latent each time)
+        return mode_seeking(g_for(shift), torch.zeros(2, 3, 4, 4), z, c, **kw).item()
+    plain = {k: term(v) for k, v in colour.items()}
+    saturated = {k: term(v, clip=0.08) for k, v in colour.items()}
+    assert plain["near"] == pytest.approx(5 * plain["far"], rel=1e-3)      # L1: the far colour is worth 5x
+    assert saturated["near"] == pytest.approx(saturated["far"])             # saturated: a change is a change
+    assert saturated["far"] == pytest.approx(plain["far"] * 0.5 / 0.08, rel=1e-3)
+
+
 def test_info_nce_matches_hand_computed_cross_entropy():
     a = F.normalize(torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]]), dim=-1)
     b = F.normalize(torch.tensor([[0.8, 0.6], [0.0, 1.0], [-1.0, 0.2]]), dim=-1)

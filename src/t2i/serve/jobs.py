@@ -121,7 +121,6 @@ class Job:
     state: str = "queued"           # queued, running, done, failed
     status: str = "waiting for the device"
     images: list[dict] = field(default_factory=list)     # per image: model, prompt, seed, verdict, png, size
-    tensors: list = field(default_factory=list)          # the uint8 images, for the grids
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
     started: float | None = None
@@ -237,7 +236,6 @@ class Worker:
     def _publish(self, job: Job, model_id: str, prompt: str, seed: int, options: dict, image) -> None:
         text = {"prompt": prompt, "seed": str(seed), "model": model_id, "options": json.dumps(options),
                 "Software": "t2i serve"}
-        job.tensors.append(image)
         job.images.append({"model": model_id, "prompt": prompt, "seed": seed, "size": list(image.shape[1:]),
                            "verdict": self._verdict(prompt, image), "png": png_bytes(image, text)})
         if job.first_image_s is None:
@@ -259,16 +257,19 @@ class Worker:
         return verdict(predict(self._oracle(to_model(image[None])))[0], scene)
 
     def grid(self, job: Job, model_id: str) -> bytes:
-        """One model's images of a job as a PNG grid: a row per prompt, a column per seed."""
+        """One model's images of a job as a PNG grid: a row per prompt, a column per seed (decoded from the kept
+        PNGs: a finished job holds only those)."""
+        import numpy as np
         import torch
+        from PIL import Image
 
         from t2i.training.run import grid_image
 
-        images = [t for t, im in zip(job.tensors, job.images) if im["model"] == model_id]
-        if not images:
+        pngs = [im["png"] for im in job.images if im["model"] == model_id]
+        if not pngs:
             raise T2IError(f"job {job.id} has no images of {model_id!r} yet")
-        sizes = {tuple(t.shape) for t in images}
-        if len(sizes) > 1:
+        images = [torch.from_numpy(np.array(Image.open(io.BytesIO(b)).convert("RGB"))).permute(2, 0, 1) for b in pngs]
+        if len({tuple(t.shape) for t in images}) > 1:
             raise T2IError("the images differ in size; download them one by one")
         buf = io.BytesIO()
         grid_image(torch.stack(images), nrow=job.request.n).save(buf, format="PNG")

@@ -66,22 +66,31 @@ class LossWeights:
     ms_weight: float = 0.0       # mode-seeking term (MSGAN): pushes two latents of one condition apart (0 = off)
     ms_tau: float = 0.0          # stop pushing once the image/latent distance ratio reaches tau (0 = never stop)
     ms_pool: int = 0             # measure the image distance on images average-pooled to this side (0 = full)
+    ms_clip: float = 0.0         # saturate each pixel's distance at this (0 = plain L1): "differs", not "how much"
 
 
 def mode_seeking(G, img: torch.Tensor, z: torch.Tensor, c: torch.Tensor, tau: float = 0.0, pool: int = 0,
-                 eps: float = 1e-5) -> torch.Tensor:
+                 clip: float = 0.0, eps: float = 1e-5) -> torch.Tensor:
     """MSGAN's mode-seeking term (Mao et al. 2019, Eq. 3): for the first half of the batch, a second latent z2
     of the same condition; maximise mean|G(z1, c) - G(z2, c)| / mean|z1 - z2| by minimising its inverse.
 
     tau > 0 caps the ratio (as DSGAN, Yang et al. 2019, caps theirs): images that already differ that much
     get no further push. pool > 0 measures the distance on images average-pooled to pool x pool, so that
-    only their coarse layout (background, placement) is pushed apart, not the details a prompt names."""
+    only their coarse layout (background, placement) is pushed apart, not the details a prompt names.
+
+    clip > 0 saturates each pixel's distance (mean |a - b| over its channels) at clip. The plain L1 rewards two
+    images more the further apart their colours lie, so it prefers the pair of backgrounds (or objects' places)
+    that is furthest apart, and starves a colour in the middle; saturated, every change of a pixel counts alike
+    once it exceeds clip."""
     n = max(1, len(z) // 2)
     z2 = torch.randn_like(z[:n])
     a, b = img[:n], G(z2, c[:n])
     if pool:
         a, b = F.adaptive_avg_pool2d(a, pool), F.adaptive_avg_pool2d(b, pool)
-    ratio = (a - b).abs().float().mean() / (z[:n] - z2).abs().float().mean()
+    d = (a - b).abs().float().mean(1)                                          # (n, H, W) per pixel
+    if clip > 0:
+        d = d.clamp(max=clip)
+    ratio = d.mean() / (z[:n] - z2).abs().float().mean()
     if tau > 0:
         ratio = ratio.clamp(max=tau)
     return 1.0 / (ratio + eps)
@@ -111,7 +120,7 @@ class LafiteLoss:
             loss = loss + self.w.itc * itc
             stats["Loss/G/itc"] = itc.detach()
         if self.w.ms_weight > 0:
-            ms = mode_seeking(self.G, img, z, c, self.w.ms_tau, self.w.ms_pool)
+            ms = mode_seeking(self.G, img, z, c, self.w.ms_tau, self.w.ms_pool, self.w.ms_clip)
             loss = loss + self.w.ms_weight * ms
             stats["Loss/G/ms"] = ms.detach()
         return loss, stats

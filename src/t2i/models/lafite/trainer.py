@@ -88,6 +88,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
                   "pushed no further (0 = no cap; the shapes data's two renders of one prompt: about 0.1)",
         "ms_pool": "side of the average-pooled images the mode-seeking distance is measured on, so only the coarse "
                    "layout is pushed apart (0 = full resolution)",
+        "ms_clip": "saturate the mode-seeking distance of each pixel at this (images in [-1, 1]), so every pixel that "
+                   "differs counts alike, however far its colours lie (0 = plain L1; the shapes backgrounds differ "
+                   "by 0.09 to 0.21)",
     }
     for f in fields(LafiteConfig):
         kind = (lambda s: bool(int(s))) if f.type in (bool, "bool") else type(getattr(defaults, f.name))
