@@ -8,6 +8,7 @@ recently used pipelines stay in memory (`PipelineCache`).
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import re
@@ -29,6 +30,7 @@ def _pipeline_class(family: str):
     return getattr(importlib.import_module(module), cls)
 
 
+@functools.cache
 def _sampling_help() -> dict[str, str]:
     """Each sampling option's help, as `t2i generate --help` gives it (one text for the CLI and the page)."""
     from t2i.cli.sampling import add_sampling_args
@@ -78,6 +80,18 @@ def check_option(name: str, value, default):
     return value
 
 
+@functools.lru_cache(maxsize=64)
+def _has_hangul(tokenizer_json: str) -> bool:
+    """Whether a tokenizer's vocabulary decodes to Hangul (cached: every snapshot of a run holds the same one)."""
+    from tokenizers import Tokenizer
+
+    try:
+        tok = Tokenizer.from_str(tokenizer_json)
+    except Exception:   # (tokenizers raises its own exception type for a spec it cannot read)
+        return False
+    return HANGUL.search("".join(tok.decode([i]) for i in range(tok.get_vocab_size()))) is not None
+
+
 class Catalog:
     """What is on offer below the runs folder; rebuilt on every listing (runs appear while the server is up)."""
 
@@ -119,8 +133,6 @@ class Catalog:
     def _reads_korean(meta: dict) -> bool:
         """Whether a tokenizer stored in the model's config learned Korean words (the default model's CLIP, trained
         with --langs en,ko, did); otherwise Korean prompts need an aligner."""
-        from tokenizers import Tokenizer
-
         def tokenizers(obj):
             if isinstance(obj, dict):
                 if isinstance(obj.get("model"), dict) and "added_tokens" in obj:
@@ -129,14 +141,7 @@ class Catalog:
                     for v in obj.values():
                         yield from tokenizers(v)
 
-        for spec in tokenizers(meta):
-            try:
-                tok = Tokenizer.from_str(json.dumps(spec))
-            except Exception:   # (tokenizers raises its own exception type for a spec it cannot read)
-                continue
-            if HANGUL.search("".join(tok.decode([i]) for i in range(tok.get_vocab_size()))):
-                return True
-        return False
+        return any(_has_hangul(json.dumps(spec, sort_keys=True)) for spec in tokenizers(meta))
 
     def extras(self) -> dict[str, list[dict]]:
         """Embeddings, aligners and CLIPs below the runs folder, each with the family it was made for."""
