@@ -75,6 +75,8 @@ VARIANTS = {
     "ms1_pool8": "--ms_weight 1 --ms_pool 8",      # distance on 8x8 images: push the layout apart, not details
     "ms1_clip0.08": "--ms_weight 1 --ms_clip 0.08",  # per-pixel distance saturated below the backgrounds' spacing
     "temp2": "--temp 2",                           # softer contrastive terms
+    "z256": "--z_dim 256",                         # z as wide as the condition's embedding in the mapping input
+    "no_projection": "--projection 0",             # D without the projection term <D features, condition>
 }
 
 

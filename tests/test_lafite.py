@@ -101,6 +101,33 @@ def test_discriminator_outputs_and_per_sample_projection():
     assert logit2[2] - logit[2] == pytest.approx(float((fts[2] * (c2[2] - c[2])).sum()), abs=1e-5)
 
 
+def test_discriminator_without_the_projection_term_ignores_the_condition_in_its_logit():
+    cfg = copy.deepcopy(PRESETS["test"])
+    cfg.projection = False
+    D = Discriminator(cfg)
+    img = torch.rand(4, 3, 16, 16) * 2 - 1
+    c = F.normalize(torch.randn(4, cfg.c_dim), dim=-1)
+    with torch.no_grad():
+        (logit, fts), (logit2, fts2) = D(img, c), D(img, -c)
+    assert torch.equal(logit, logit2) and torch.equal(fts, fts2)   # (fts still feed itd)
+
+
+def test_z_dim_and_projection_options_build_the_networks_and_a_resume_may_not_change_them(
+        shapes16, clip_run, tmp_path, cli_error):
+    from conftest import cli
+    from t2i.training.snapshot import load_snapshot
+
+    cli("train", "lafite", "--data", shapes16, "--clip", clip_run, "--preset", "test", "--kimg", 0.016,
+        "--z_dim", 12, "--projection", 0, "--outdir", tmp_path)
+    (run,) = tmp_path.glob("*-lafite-test")
+    snap = load_snapshot(run)
+    assert snap.meta["net"]["z_dim"] == 12 and snap.meta["net"]["projection"] is False
+    assert snap.state_dict("G")["mapping.layers.0.weight"].shape[1] == 12 + PRESETS["test"].w_dim
+    message = cli_error("train", "lafite", "--data", shapes16, "--clip", clip_run, "--preset", "test",
+                        "--kimg", 0.032, "--z_dim", 8, "--projection", 0, "--resume", run, "--outdir", tmp_path)
+    assert "--z_dim 8" in message and "z_dim 12" in message
+
+
 def test_pseudo_text_features_have_the_papers_cosine():
     torch.manual_seed(0)
     f = torch.randn(2000, 256) * 5.0

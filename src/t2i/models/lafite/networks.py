@@ -35,6 +35,7 @@ class LafiteNetConfig:
     channel_max: int = 256
     mbstd_group: int = 4
     fused_modconv: bool = False  # grouped-conv path: faster on GPUs, ~5x slower on CPUs
+    projection: bool = True      # D's logit adds <D features, condition> (the projection discriminator's term)
 
     def channels(self, res: int) -> int:
         return min(self.channel_base // res, self.channel_max)
@@ -289,5 +290,7 @@ class Discriminator(nn.Module):
         h = self.blocks(self.fromrgb(img))
         h = self.fc(self.conv(self.minibatch_std(h)).flatten(1))
         fts = self.d_fts(h)
-        logit = self.out(h).squeeze(1) + (fts * c).sum(1)
+        logit = self.out(h).squeeze(1)
+        if self.cfg.projection:
+            logit = logit + (fts * c).sum(1)
         return logit, fts

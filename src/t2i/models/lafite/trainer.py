@@ -36,6 +36,8 @@ class LafiteConfig(LossWeights):
     clip: str = ""               # t2i CLIP run/snapshot, or ARCH:/path/to/weights for open_clip
     preset: str = "tiny"
     resolution: int = 0          # image side of G and D; 0 = the data's (recorded resolved in the run's config)
+    z_dim: int = 0               # size of G's latent z; 0 = the preset's
+    projection: bool = True      # D's projection term <D features, condition> in its logit
     lang: str = "en"             # caption language of the real-text condition
     mixing_prob: float = 1.0     # 1.0 = language-free (pseudo text features), 0.0 = fully supervised
     pseudo_noise: float = 0.75   # noise level of pseudo text features (paper: xi = 3)
@@ -66,6 +68,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
                 "folder holding one, or several of these comma-separated (a large split is a list of shard lists)",
         "clip": "CLIP for features: a `t2i train clip` run/snapshot, or ARCH:/path (open_clip weights)",
         "preset": f"network preset: {', '.join(PRESETS)}",
+        "z_dim": "size of G's latent z, beside the condition's embedding in the mapping input (0 = the preset's: "
+                 "tiny 64 against a 256-d condition embedding)",
+        "projection": "1: D's logit adds the projection term <D features, condition>; 0: the condition reaches D only "
+                      "through the itd loss",
         "resolution": "image side G and D are built for, with the preset's channel rule: a power of two from 16 "
                       "up; 0 = the data's (the data must have it: images are never resized)",
         "lang": "caption language for real-text conditions (en, ko, ...)",
@@ -162,6 +168,12 @@ class LafiteFamily:
         self.vocab: list[str] = []  # the training captions' words, when every caption is known (_load_dataset)
         self.clip, self.clip_meta = load_condition_clip(cfg.clip, init, d.device)
         net = LafiteNetConfig(**init.meta["net"]) if init else copy.deepcopy(PRESETS[cfg.preset])
+        if init and ((cfg.z_dim and cfg.z_dim != net.z_dim) or cfg.projection != net.projection):
+            raise T2IError(f"--z_dim {cfg.z_dim} / --projection {int(cfg.projection)} differ from the snapshot's "
+                           f"networks (z_dim {net.z_dim}, projection {int(net.projection)}); drop them when resuming "
+                           "or fine-tuning")
+        if not init:
+            net.z_dim, net.projection = cfg.z_dim or net.z_dim, cfg.projection
         net.c_dim = self.clip.embed_dim
         self.from_snapshot, self.shards = init is not None, None
         if is_shard_spec(cfg.data):
