@@ -202,3 +202,9 @@ def test_the_word_reader_reads_words_in_order_and_ignores_padding():
     other[:, 2] = torch.randn(2, 8)                   # a padded word's vector
     assert torch.allclose(a(v, w, mask), a(v, other, mask), atol=1e-6)
     assert not torch.allclose(a(v, w, mask), a(v, w[:, [1, 0, 2]], mask))   # two words swapped
+
+
+def test_an_aligner_for_attngan_is_refused_with_the_reason(attngan_run, shapes16, tmp_path, cli_error):
+    message = cli_error("train", "aligner", "--model", attngan_run, "--data", shapes16, "--lang", "ko", "--kimg", 0.1,
+                        "--outdir", tmp_path)
+    assert "not built for attngan" in message and "word counts" in message

@@ -169,6 +169,36 @@ def test_lafite_learns_a_clip_token_towards_the_concepts_image_features(lafite_r
     assert "never saw" not in capsys.readouterr().err                          # the placeholder is a known word now
 
 
+def test_attngan_learns_a_damsm_word_towards_the_concepts_images(attngan_run, concept, tmp_path, one_thread,
+                                                                  capsys, cli_error):
+    from t2i.concepts.invert import load_concept_images
+    from t2i.data.transforms import to_model
+
+    cli("invert", "--model", attngan_run, "--images", concept, "--init_word", "small", "--steps", 20, "--batch", 5,
+        "--lr", 0.05, "--outdir", tmp_path / "runs")
+    (run,) = (tmp_path / "runs").glob("*-invert")
+    rows = load_file(run / "learned_embeds.safetensors")["*"]
+    base, pipe = load_pipeline(attngan_run), load_pipeline(attngan_run)
+    before = pipe.damsm.text_encoder.encoder.weight.detach().clone()
+    assert rows.shape == (1, before.shape[1]) and not torch.equal(rows[0], before[base.damsm.vocab.index["small"]])
+    apply_embeds(pipe, [str(run)])
+    table = pipe.damsm.text_encoder.encoder
+    assert isinstance(table, ExtendedEmbedding) and torch.equal(table.weight[:len(before)], before)
+    assert torch.equal(table.weight[len(before):], rows)
+    assert pipe.damsm.vocab.ids("a *") == [base.damsm.vocab.index["a"], len(before)]   # one new word
+    images = to_model(load_concept_images(str(concept), 16))
+    with torch.no_grad():                                   # the learned word brings the captions to the images
+        learned = text_side(pipe).inversion_loss(images, ["a photo of a *"] * 5).item()
+        start = text_side(base).inversion_loss(images, ["a photo of a small"] * 5).item()
+    assert learned < start
+    prompts = ["a large red circle", "a small blue star on the left"]
+    assert torch.equal(pipe(prompts, [0, 1]), base(prompts, [0, 1]))        # no placeholder: the base images
+    assert not torch.equal(pipe(["a small *"], [0]), base(["a small small"], [0]))
+    assert "not built for AttnGAN" in cli_error("invert", "--model", attngan_run, "--images", concept,
+                                                "--init_word", "small", "--adapter", 1, "--steps", 1,
+                                                "--outdir", tmp_path / "runs2")
+
+
 def test_eval_scores_a_learned_word_as_its_shape(ldm_run, inverted, tmp_path, cli_error):
     cli("eval", ldm_run, "--metrics", "shapes_accuracy", "--embeds", inverted, "--concept", "*=star", "--n", 6,
         "--steps", 2, "--out", tmp_path)

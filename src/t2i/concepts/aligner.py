@@ -339,6 +339,9 @@ class AlignerFamily:
         self.pairs = read_pairs(cfg.data, cfg.lang)
         with torch.no_grad():
             probe = self.side.encode([self.pairs[0][0]], truncate=True)
+        if not all(t.is_floating_point() for t in flatten(probe)):   # (AttnGAN's word lengths)
+            raise T2IError(f"an aligner is not built for {self.pipe.family} models yet: their conditioning holds "
+                           "integers (word counts) an aligner cannot regress")
         self.as_tuple = isinstance(probe, tuple)
         self.outputs = [list(t.shape[1:]) for t in flatten(probe)]
         # Every foreign caption's sentence vector once, up front: the encoder is frozen and runs on numpy.

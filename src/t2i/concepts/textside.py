@@ -97,6 +97,7 @@ class TextSide:
 
     family = ""
     rows_follow_tokens = True   # a new token's id is its table row (else ExpandingTokenizer.remap maps it)
+    wrapper = ExpandingTokenizer
 
     def __init__(self, pipe):
         self.pipe = pipe
@@ -160,6 +161,26 @@ class TextSide:
     def word_pieces(self, word: str) -> list[str]:
         return self.hf_tokenizer.encode(word, add_special_tokens=False).tokens
 
+    def vocab_size(self) -> int:
+        """Tokens the tokenizer knows, added ones included."""
+        return self.hf_tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def token_names(self, placeholder: str, n: int) -> list[str]:
+        """The strings of a concept's n new tokens."""
+        return [f"<concept:{placeholder}:{i}>" for i in range(n)]
+
+    def add_tokens(self, names: list[str]) -> list[int]:
+        """Add the tokens to the tokenizer; returns their ids."""
+        from tokenizers import AddedToken
+
+        hf = self.hf_tokenizer
+        hf.add_tokens([AddedToken(n, normalized=False, single_word=False) for n in names])
+        return [hf.token_to_id(n) for n in names]
+
+    def expansion(self, names: list[str]) -> str:
+        """What a placeholder is rewritten to in a prompt (ExpandingTokenizer drops the space before it)."""
+        return " ".join(names)
+
     def adapt(self, adapter: nn.Module) -> None:
         """Install a text adapter (after taking the base model's fingerprint)."""
         self.fingerprint()
@@ -171,8 +192,6 @@ class TextSide:
 
     def add_concept(self, placeholder: str, rows: nn.Parameter) -> list[int]:
         """Give `placeholder` len(rows) new tokens whose embeddings are `rows` (n, width); returns their ids."""
-        from tokenizers import AddedToken
-
         self.fingerprint()   # of the base model, before the table changes
         if not placeholder.strip() or any(c.isspace() for c in placeholder):
             raise T2IError(f"placeholder {placeholder!r} must be one word without spaces, e.g. '*' or '<my-cat>'")
@@ -187,21 +206,19 @@ class TextSide:
         if not isinstance(table, ExtendedEmbedding):
             table = ExtendedEmbedding(table)
             self.set_table(table)
-        names = [f"<concept:{placeholder}:{i}>" for i in range(len(rows))]
-        hf = self.hf_tokenizer
-        if self.rows_follow_tokens and hf.get_vocab_size(with_added_tokens=True) != table.num_embeddings:
-            raise T2IError(f"the tokenizer has {hf.get_vocab_size(with_added_tokens=True)} tokens but the embedding "
-                           f"table {table.num_embeddings} rows; this model cannot take new tokens")
-        hf.add_tokens([AddedToken(n, normalized=False, single_word=False) for n in names])
-        ids = [hf.token_to_id(n) for n in names]
+        names = self.token_names(placeholder, len(rows))
+        if self.rows_follow_tokens and self.vocab_size() != table.num_embeddings:
+            raise T2IError(f"the tokenizer has {self.vocab_size()} tokens but the embedding table "
+                           f"{table.num_embeddings} rows; this model cannot take new tokens")
+        ids = self.add_tokens(names)
         first = table.append(rows)
         row_ids = list(range(first, first + len(rows)))
         if self.rows_follow_tokens and ids != row_ids:
             raise T2IError(f"the tokenizer gave {placeholder!r} the ids {ids}, not the new rows {first}..")
         if not isinstance(tokenizer, ExpandingTokenizer):
-            tokenizer = ExpandingTokenizer(tokenizer)
+            tokenizer = self.wrapper(tokenizer)
             self.set_tokenizer(tokenizer)
-        tokenizer.expansions[placeholder] = " ".join(names)
+        tokenizer.expansions[placeholder] = self.expansion(names)
         if not self.rows_follow_tokens:
             tokenizer.remap.update(zip(ids, row_ids))
         return row_ids
@@ -352,7 +369,101 @@ class LafiteTextSide(TextSide):
         return (1 - (text * target).sum(-1)).mean()
 
 
-SIDES = {"ldm": LdmTextSide, "dalle": DalleTextSide, "lafite": LafiteTextSide}
+class ExpandingVocab(ExpandingTokenizer):
+    """AttnGAN's word vocabulary (`WordVocab`) with placeholders rewritten before its regex reads a caption."""
+
+    def encode(self, captions: list[str], *args, **kwargs):
+        return self.inner.encode([self.expand(c) for c in captions], *args, **kwargs)
+
+    def ids(self, caption: str) -> list[int]:
+        return self.inner.ids(self.expand(caption))
+
+    def unknown(self, caption: str) -> list[str]:
+        return self.inner.unknown(self.expand(caption))
+
+
+class AttnGanTextSide(TextSide):
+    """AttnGAN: the word table of its DAMSM text encoder (`damsm.text_encoder.encoder`) and its word vocabulary.
+    A concept's tokens are new words (`t2iconcept<row>`, which AttnGAN's `\\w+` tokenizer reads as one word each).
+    The loss is the DAMSM's: the word-level score R(Q, D) and the sentence cosine of each concept image with its
+    caption, maximised. The DAMSM loss's in-batch negatives are left out: every caption names the concept, so
+    telling them apart would teach the new word nothing."""
+
+    family = "attngan"
+
+    def get_tokenizer(self):
+        return self.pipe.damsm.vocab
+
+    def set_tokenizer(self, tokenizer) -> None:
+        self.pipe.damsm.vocab = tokenizer
+
+    def vocabulary(self):
+        tokenizer = self.get_tokenizer()
+        return tokenizer.inner if isinstance(tokenizer, ExpandingTokenizer) else tokenizer
+
+    def word_ids(self, word: str) -> list[int]:
+        return self.vocabulary().ids(word)
+
+    def word_pieces(self, word: str) -> list[str]:
+        from t2i.models.attngan.vocab import tokenize
+
+        return [w for w in tokenize(word) if w in self.vocabulary().index] or tokenize(word)
+
+    def vocab_size(self) -> int:
+        return len(self.vocabulary())
+
+    def token_names(self, placeholder: str, n: int) -> list[str]:
+        first = len(self.vocabulary())
+        return [f"t2iconcept{first + i}" for i in range(n)]
+
+    def add_tokens(self, names: list[str]) -> list[int]:
+        vocab = self.vocabulary()
+        for name in names:
+            vocab.index[name] = len(vocab.words)
+            vocab.words.append(name)
+        return [vocab.index[n] for n in names]
+
+    def expansion(self, names: list[str]) -> str:
+        return f" {' '.join(names)} "    # (its own words: the regex must see spaces around them)
+
+    wrapper = ExpandingVocab   # (the DAMSM calls `encode` on its vocabulary)
+
+    def table(self) -> nn.Module:
+        return self.pipe.damsm.text_encoder.encoder
+
+    def set_table(self, module: nn.Module) -> None:
+        self.pipe.damsm.text_encoder.encoder = module
+
+    def base_model(self) -> nn.Module:
+        return nn.ModuleDict({"G": self.pipe.G, "damsm": self.pipe.damsm})
+
+    def condition_width(self) -> int:
+        raise T2IError("the text adapter (--adapter) is not built for AttnGAN: its conditioning is a sentence and "
+                       "per-word features; invert without --adapter")
+
+    def install_adapter(self, adapter: nn.Module) -> None:
+        self.condition_width()
+
+    def encode(self, prompts: list[str], truncate: bool = False):
+        """The generator's condition: DAMSM sentence (B, D), words (B, T, D) and lengths (B,)."""
+        return self.pipe.text_condition(prompts)
+
+    def inversion_loss(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
+        from t2i.models.attngan.objective import DamsmWeights, sentence_scores, word_scores
+
+        damsm = self.pipe.damsm
+        device = damsm.text_encoder.encoder.weight.device
+        with torch.no_grad():
+            regions, global_features = damsm.image_encoder(images.to(device))
+        words, sentence, lengths = damsm.encode_text(captions)
+        config = self.pipe.meta.get("config", {})
+        w = DamsmWeights(**{k: config[k] for k in ("gamma1", "gamma2", "gamma3") if k in config})
+        ws, _ = word_scores(words.float(), lengths, regions.float(), w)                       # (B, B)
+        ss = sentence_scores(global_features.float(), sentence.float())
+        return (1 - ss.diagonal()).mean() - ws.diagonal().mean()
+
+
+SIDES = {"ldm": LdmTextSide, "dalle": DalleTextSide, "lafite": LafiteTextSide, "attngan": AttnGanTextSide}
 
 
 def text_side(pipe) -> TextSide:
