@@ -1,6 +1,6 @@
-"""Textual inversion (`t2i invert`, t2i.concepts) on the LDM and DALL-E `test` runs: only the placeholder's row trains, every
-other row stays bit-identical, the Hugging Face file layout round-trips, `--embeds` refuses an embedding of another
-base model and leaves prompts without the placeholder exactly as the base model draws them."""
+"""Textual inversion (`t2i invert`, t2i.concepts) on every family's `test` run: only the placeholder's row trains,
+every other row stays bit-identical, the Hugging Face file layout round-trips, `--embeds` refuses an embedding of
+another base model and leaves prompts without the placeholder exactly as the base model draws them."""
 
 import json
 import random
