@@ -15,12 +15,11 @@ from pathlib import Path
 
 from t2i.errors import T2IError
 from t2i.training.run import RUN_RE
-from t2i.training.snapshot import CONFIG_FILE, MODEL_FILE, SNAPSHOT_RE
+from t2i.training.snapshot import CONFIG_FILE, SNAPSHOT_RE, list_snapshots
 
 # Sample pictures a run writes at its snapshots, with their kimg: fakes-NNNNNN.png (every family), AttnGAN's
 # stages-/attention-NNNNNN.png.
 GRID_RE = re.compile(r"^(fakes|stages|attention)-(\d{6,})\.png$")
-STATES = ("running", "finished", "stopped", "failed")
 MAX_POINTS = 400     # a curve is thinned to about this many points (a long run's stats.jsonl has thousands of ticks)
 LOG_TAIL = 20        # lines of log.txt in the run view
 
@@ -75,14 +74,8 @@ def find_runs(root: Path) -> list[Path]:
 
 
 def snapshots(run: Path) -> list[tuple[int, Path]]:
-    """(kimg x 1000, folder) of a run's complete snapshots, oldest first (read-only: no recovery of a half
-    replaced one, which is the training process's business)."""
-    out = []
-    for p in run.iterdir() if run.is_dir() else []:
-        m = SNAPSHOT_RE.match(p.name)
-        if m and (p / MODEL_FILE).is_file() and (p / CONFIG_FILE).is_file():
-            out.append((int(m.group(1)), p))
-    return sorted(out)
+    """(kimg x 1000, folder) of a run's complete snapshots, oldest first, read only."""
+    return [(int(SNAPSHOT_RE.match(p.name).group(1)), p) for p in list_snapshots(run, recover=False)]
 
 
 def run_state(run: Path, stats: list[dict], now: float | None = None) -> tuple[str, str]:

@@ -88,10 +88,11 @@ def save_snapshot(
     return dest
 
 
-def list_snapshots(run_dir: Path) -> list[Path]:
-    """Complete snapshot directories of a run, oldest first."""
+def list_snapshots(run_dir: Path, recover: bool = True) -> list[Path]:
+    """Complete snapshot directories of a run, oldest first. recover=False only reads (a reader beside a training
+    process, `t2i serve`, leaves a half-replaced snapshot to it)."""
     run_dir = Path(run_dir)
-    for aside in run_dir.glob(".snapshot-*.old") if run_dir.is_dir() else []:
+    for aside in run_dir.glob(".snapshot-*.old") if recover and run_dir.is_dir() else []:
         recover_replaced(aside.with_name(aside.name[1:-len(".old")]))  # a crash mid-overwrite
     found = []
     for p in run_dir.iterdir() if run_dir.is_dir() else []:
