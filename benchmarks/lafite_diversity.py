@@ -80,6 +80,8 @@ VARIANTS = {
     "temp2": "--temp 2",                           # softer contrastive terms
     "z256": "--z_dim 256",                         # z as wide as the condition's embedding in the mapping input
     "no_projection": "--projection 0",             # D without the projection term <D features, condition>
+    "pack2": "--pack 2",                           # D judges pairs of samples too (PacGAN): mode coverage
+    "ms1_pack2": "--ms_weight 1 --pack 2",
 }
 
 

@@ -112,6 +112,29 @@ def test_discriminator_without_the_projection_term_ignores_the_condition_in_its_
     assert torch.equal(logit, logit2) and torch.equal(fts, fts2)   # (fts still feed itd)
 
 
+def test_packed_discriminator_judges_pack_mates_together_and_keeps_per_sample_features():
+    cfg = copy.deepcopy(PRESETS["test"])
+    cfg.mbstd_group = 1      # no batch statistic: only the pack couples samples
+    torch.manual_seed(0)
+    img = torch.rand(4, 3, 16, 16) * 2 - 1
+    c = F.normalize(torch.randn(4, cfg.c_dim), dim=-1)
+    moved = img.clone()
+    moved[2] = -moved[2]
+    changes = {}
+    for pack in (1, 2):
+        cfg.pack = pack
+        torch.manual_seed(0)
+        D = Discriminator(cfg)
+        with torch.no_grad():
+            (logit, fts), (logit2, fts2) = D(img, c), D(moved, c)
+        changes[pack] = (~torch.isclose(logit2, logit, atol=1e-6)).tolist()
+        assert torch.equal(fts2[[0, 1, 3]], fts[[0, 1, 3]])    # d_fts (projection, itd) stay per sample
+    # Packs are samples (i, i + B/2): moving sample 2 changes its own logit and its mate 0's, no other.
+    assert changes == {1: [False, False, True, False], 2: [True, False, True, False]}
+    with pytest.raises(ValueError, match="multiple"):
+        D(img[:3], c[:3])
+
+
 def test_z_dim_and_projection_options_build_the_networks_and_a_resume_may_not_change_them(
         shapes16, clip_run, tmp_path, cli_error):
     from conftest import cli
@@ -126,6 +149,24 @@ def test_z_dim_and_projection_options_build_the_networks_and_a_resume_may_not_ch
     message = cli_error("train", "lafite", "--data", shapes16, "--clip", clip_run, "--preset", "test",
                         "--kimg", 0.032, "--z_dim", 8, "--projection", 0, "--resume", run, "--outdir", tmp_path)
     assert "--z_dim 8" in message and "z_dim 12" in message
+
+
+def test_pack_option_trains_a_packed_discriminator_and_names_a_batch_it_cannot_split(
+        shapes16, clip_run, tmp_path, cli_error):
+    from conftest import cli
+    from t2i.training.snapshot import load_snapshot
+
+    cli("train", "lafite", "--data", shapes16, "--clip", clip_run, "--preset", "test", "--kimg", 0.016,
+        "--pack", 2, "--outdir", tmp_path / "ok")
+    (run,) = (tmp_path / "ok").glob("*-lafite-test")
+    snap = load_snapshot(run)
+    assert snap.meta["net"]["pack"] == 2 and "pack_head.0.weight" in snap.state_dict("D")
+    message = cli_error("train", "lafite", "--data", shapes16, "--clip", clip_run, "--preset", "test",
+                        "--kimg", 0.032, "--pack", 4, "--resume", run, "--outdir", tmp_path / "ok")
+    assert "--pack 4" in message and "pack 2" in message
+    message = cli_error("train", "lafite", "--data", shapes16, "--clip", clip_run, "--preset", "test",
+                        "--kimg", 0.016, "--pack", 3, "--outdir", tmp_path / "bad")
+    assert "--pack" in message and "8" in message
 
 
 def test_pseudo_text_features_have_the_papers_cosine():

@@ -36,6 +36,7 @@ class LafiteNetConfig:
     mbstd_group: int = 4
     fused_modconv: bool = False  # grouped-conv path: faster on GPUs, ~5x slower on CPUs
     projection: bool = True      # D's logit adds <D features, condition> (the projection discriminator's term)
+    pack: int = 1                # D also judges packs of this many samples jointly (PacGAN); 1 = off
 
     def channels(self, res: int) -> int:
         return min(self.channel_base // res, self.channel_max)
@@ -260,7 +261,14 @@ class DiscriminatorBlock(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """D(x, c) -> (logit (B,), d_fts (B, c_dim)); logit = out(h) + <d_fts, c> (per sample)."""
+    """D(x, c) -> (logit (B,), d_fts (B, c_dim)); logit = out(h) + <d_fts, c> (per sample).
+
+    With cfg.pack = m > 1, samples i, i + B/m, i + 2B/m, ... form a pack (as minibatch_std groups them), and every
+    member's logit also gets one joint logit of the pack, read off their 4x4 features side by side (PacGAN, Lin et
+    al. 2018, packs whole images at D's input; packing features instead keeps each sample's own logit and d_fts,
+    which the projection term and the itd loss need). A single-sample D sees each fake alone, so a generator that
+    draws one of the data's modes too often (or never) is only weakly penalised; a pack reveals it: two fakes
+    sharing the over-drawn mode are far likelier than two reals. The losses are unchanged (softplus per sample)."""
 
     def __init__(self, cfg: LafiteNetConfig):
         super().__init__()
@@ -275,6 +283,18 @@ class Discriminator(nn.Module):
         self.fc = FC(c4 * 16, c4, act=True)
         self.out = FC(c4, 1)
         self.d_fts = FC(c4, cfg.c_dim)
+        if cfg.pack > 1:
+            self.pack_head = nn.Sequential(Conv(c4 * cfg.pack, c4, 3), nn.Flatten(1), FC(c4 * 16, c4, act=True),
+                                           FC(c4, 1))
+
+    def packed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) 4x4 features -> (B,) the joint logit of each sample's pack, repeated for its members."""
+        B, C, H, W = x.shape
+        m = self.cfg.pack
+        if B % m:
+            raise ValueError(f"D packs {m} samples: the batch ({B}) must be a multiple of it")
+        y = x.reshape(m, B // m, C, H, W).transpose(0, 1).reshape(B // m, m * C, H, W)
+        return self.pack_head(y).squeeze(1).repeat(m)
 
     def minibatch_std(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
@@ -287,10 +307,12 @@ class Discriminator(nn.Module):
         return torch.cat([x, y], dim=1)
 
     def forward(self, img: torch.Tensor, c: torch.Tensor):
-        h = self.blocks(self.fromrgb(img))
-        h = self.fc(self.conv(self.minibatch_std(h)).flatten(1))
+        x = self.blocks(self.fromrgb(img))
+        h = self.fc(self.conv(self.minibatch_std(x)).flatten(1))
         fts = self.d_fts(h)
         logit = self.out(h).squeeze(1)
         if self.cfg.projection:
             logit = logit + (fts * c).sum(1)
+        if self.cfg.pack > 1:
+            logit = logit + self.packed(x)
         return logit, fts

@@ -38,6 +38,7 @@ class LafiteConfig(LossWeights):
     resolution: int = 0          # image side of G and D; 0 = the data's (recorded resolved in the run's config)
     z_dim: int = 0               # size of G's latent z; 0 = the preset's
     projection: bool = True      # D's projection term <D features, condition> in its logit
+    pack: int = 1                # D also judges packs of this many samples jointly (PacGAN); 1 = off
     lang: str = "en"             # caption language of the real-text condition
     mixing_prob: float = 1.0     # 1.0 = language-free (pseudo text features), 0.0 = fully supervised
     pseudo_noise: float = 0.75   # noise level of pseudo text features (paper: xi = 3)
@@ -72,6 +73,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
                  "tiny 64 against a 256-d condition embedding)",
         "projection": "1: D's logit adds the projection term <D features, condition>; 0: the condition reaches D only "
                       "through the itd loss",
+        "pack": "D also judges packs of this many samples together (PacGAN), so a generator that over-draws or "
+                "drops one of the data's modes is penalised; 1 = off. The batch must be a multiple of it",
         "resolution": "image side G and D are built for, with the preset's channel rule: a power of two from 16 "
                       "up; 0 = the data's (the data must have it: images are never resized)",
         "lang": "caption language for real-text conditions (en, ko, ...)",
@@ -168,12 +171,15 @@ class LafiteFamily:
         self.vocab: list[str] = []  # the training captions' words, when every caption is known (_load_dataset)
         self.clip, self.clip_meta = load_condition_clip(cfg.clip, init, d.device)
         net = LafiteNetConfig(**init.meta["net"]) if init else copy.deepcopy(PRESETS[cfg.preset])
-        if init and ((cfg.z_dim and cfg.z_dim != net.z_dim) or cfg.projection != net.projection):
-            raise T2IError(f"--z_dim {cfg.z_dim} / --projection {int(cfg.projection)} differ from the snapshot's "
-                           f"networks (z_dim {net.z_dim}, projection {int(net.projection)}); drop them when resuming "
-                           "or fine-tuning")
+        if init and ((cfg.z_dim and cfg.z_dim != net.z_dim) or cfg.projection != net.projection
+                     or cfg.pack != net.pack):
+            raise T2IError(f"--z_dim {cfg.z_dim} / --projection {int(cfg.projection)} / --pack {cfg.pack} differ from "
+                           f"the snapshot's networks (z_dim {net.z_dim}, projection {int(net.projection)}, pack "
+                           f"{net.pack}); drop them when resuming or fine-tuning")
+        if cfg.pack < 1:
+            raise T2IError(f"--pack {cfg.pack}: give 1 (off) or more samples per pack")
         if not init:
-            net.z_dim, net.projection = cfg.z_dim or net.z_dim, cfg.projection
+            net.z_dim, net.projection, net.pack = cfg.z_dim or net.z_dim, cfg.projection, cfg.pack
         net.c_dim = self.clip.embed_dim
         self.from_snapshot, self.shards = init is not None, None
         if is_shard_spec(cfg.data):
@@ -290,6 +296,9 @@ class LafiteFamily:
         txt_fts = batch["txt_fts"].to(dev) if "txt_fts" in batch else None  # absent when language-free
         c = mix_conditions(batch["img_fts"].to(dev), txt_fts, self.cfg.mixing_prob,
                            self.cfg.pseudo_noise, self.cfg.text_noise)
+        if len(c) % self.net.pack:
+            raise T2IError(f"D packs {self.net.pack} samples (--pack) but a step's batch on one process is {len(c)}: "
+                           "make --batch / (processes x --accum) a multiple of --pack")
         z = torch.randn(len(c), self.net.z_dim, device=dev)
         real = to_model(batch["image"].to(dev)).contiguous(memory_format=torch.channels_last)
         if phase.name == "G_main":
