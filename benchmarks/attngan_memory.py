@@ -37,6 +37,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3, help="training steps per setting (the first warms up)")
     p.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
     p.add_argument("--device", default="cpu")
+    p.add_argument("--grad_checkpointing", type=int, nargs="+", default=[0, 1],
+                   help="without (0) and with (1) gradient checkpointing of the stages")
     args = p.parse_args()
     work = args.workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -51,19 +53,21 @@ def main() -> None:
                       "--batch", 4, "--outdir", damsm_dir, "--device", args.device], work / f"damsm{side}.log")
         (damsm,) = damsm_dir.glob("*-damsm-paper")
         for precision in args.precision:
-            out = work / f"attngan{side}-{precision}-b{args.batch}"
-            kimg = args.batch * args.steps / 1000
-            sh(T2I + ["train", "attngan", "--data", data, "--damsm", damsm, "--preset", "paper", "--batch", args.batch,
-                      "--kimg", kimg, "--tick_kimg", args.batch / 1000, "--snap", 0, "--precision", precision,
-                      "--device", args.device, "--outdir", out], work / f"{out.name}.log")
-            (run,) = out.glob("*-attngan-paper")
-            ticks = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
-            step_s = min(t["Timing/sec_per_kimg"] for t in ticks[1:] or ticks) * args.batch / 1000
-            rows.append((side, precision, max(t["Resources/peak_mem_gb"] for t in ticks), step_s))
-    print(f"\n{'side':>5} {'precision':>9} {'peak GB':>8} {'s/step':>7}   (paper networks, batch {args.batch}, "
-          f"device {args.device})")
-    for side, precision, mem, step in rows:
-        print(f"{side:>5} {precision:>9} {mem:>8.2f} {step:>7.2f}")
+            for ckpt in args.grad_checkpointing:
+                out = work / f"attngan{side}-{precision}-b{args.batch}-ckpt{ckpt}"
+                kimg = args.batch * args.steps / 1000
+                sh(T2I + ["train", "attngan", "--data", data, "--damsm", damsm, "--preset", "paper", "--batch",
+                          args.batch, "--kimg", kimg, "--tick_kimg", args.batch / 1000, "--snap", 0, "--precision",
+                          precision, "--grad_checkpointing", ckpt, "--device", args.device, "--outdir", out],
+                   work / f"{out.name}.log")
+                (run,) = out.glob("*-attngan-paper")
+                ticks = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
+                step_s = min(t["Timing/sec_per_kimg"] for t in ticks[1:] or ticks) * args.batch / 1000
+                rows.append((side, precision, ckpt, max(t["Resources/peak_mem_gb"] for t in ticks), step_s))
+    print(f"\n{'side':>5} {'precision':>9} {'checkpointing':>13} {'peak GB':>8} {'s/step':>7}   (paper networks, "
+          f"batch {args.batch}, device {args.device})")
+    for side, precision, ckpt, mem, step in rows:
+        print(f"{side:>5} {precision:>9} {ckpt:>13} {mem:>8.2f} {step:>7.2f}")
 
 
 if __name__ == "__main__":

@@ -74,6 +74,32 @@ def test_channel_attention_option():
     assert G(torch.randn(2, cfg.z_dim), condition(cfg)).images[-1].shape == (2, 3, 16, 16)
 
 
+def test_gradient_checkpointing_gives_the_same_step_and_batch_norm_statistics():
+    """Checkpointed G stages and D image codes: same outputs, same gradients, and BatchNorm's running statistics
+    updated once (the recomputation in backward must not apply the momentum again)."""
+    cfg = replace(PRESETS["test"], resolutions=[8, 16, 32])
+    torch.manual_seed(0)
+    z, cond = torch.randn(4, cfg.z_dim), condition(cfg, lengths=(5, 3, 4, 2))
+    eps = torch.randn(4, cfg.c_dim)
+    results = []
+    for on in (False, True):
+        torch.manual_seed(1)
+        G, Ds = Generator(cfg), Discriminators(cfg)
+        G.grad_checkpointing = on
+        for D in Ds.stages:
+            D.grad_checkpointing = on
+        out = G(z, cond, eps)
+        loss = sum(g_stage_loss(D, x, cond.sentence) for D, x in zip(Ds.stages, out.images))
+        loss.backward()
+        results.append((out.images[-1].detach(), {k: p.grad for k, p in [*G.named_parameters(), *Ds.named_parameters()]},
+                        {k: b.clone() for k, b in [*G.named_buffers(), *Ds.named_buffers()]}))
+    (img0, grad0, buf0), (img1, grad1, buf1) = results
+    assert torch.equal(img0, img1)
+    assert grad0.keys() == grad1.keys() and all(torch.allclose(grad0[k], grad1[k], atol=1e-6) for k in grad0)
+    assert any("running_mean" in k for k in buf0)
+    assert all(torch.equal(buf0[k], buf1[k]) for k in buf0)     # num_batches_tracked included
+
+
 def test_kl_loss():
     assert kl_loss(torch.zeros(3, 4), torch.zeros(3, 4)).item() == pytest.approx(0.0)
     mu, logvar = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, math.log(2.0)]])

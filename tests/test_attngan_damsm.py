@@ -132,6 +132,13 @@ def test_inception_encoder_regions_and_frozen_trunk(tmp_path):
         regions, glob = enc(torch.rand(1, 3, 64, 64) * 2 - 1)
     assert regions.shape == (1, 256, 17, 17) and glob.shape == (1, 256)
     assert not any(p.requires_grad for p in enc.Mixed_6e.parameters())
+    # G's L_DAMSM reaches the fake images through the frozen trunk (AttnGAN trains G through it); the trunk
+    # itself gets no gradient.
+    fake = (torch.rand(1, 3, 64, 64) * 2 - 1).requires_grad_(True)
+    regions, glob = enc(fake)
+    (regions.square().mean() + glob.square().mean()).backward()
+    assert fake.grad is not None and fake.grad.abs().sum() > 0
+    assert all(p.grad is None for p in enc.Mixed_6e.parameters())
     bad = tmp_path / "bad.pth"
     torch.save({"fc.weight": torch.zeros(2, 2)}, bad)
     with pytest.raises(T2IError, match="no Inception-v3 trunk"):

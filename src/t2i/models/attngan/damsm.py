@@ -164,13 +164,14 @@ class InceptionImageEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
-        with torch.no_grad():  # frozen: no activations kept for a backward through the trunk
-            for name in INCEPTION_TRUNK:
-                x = F.max_pool2d(x, 3, 2) if name.startswith("maxpool") else getattr(self, name)(x)
-            regions = x                                              # (B, 768, 17, 17)
-            for name in INCEPTION_TOP:
-                x = getattr(self, name)(x)
-            pooled = x.mean((2, 3))                                  # (B, 2048)
+        # The trunk is frozen, but G's L_DAMSM must reach the fake images through it (AttnGAN backpropagates
+        # through its frozen encoder). Reals (DAMSM training) do not require grad, so no graph is kept for them.
+        for name in INCEPTION_TRUNK:
+            x = F.max_pool2d(x, 3, 2) if name.startswith("maxpool") else getattr(self, name)(x)
+        regions = x                                                  # (B, 768, 17, 17)
+        for name in INCEPTION_TOP:
+            x = getattr(self, name)(x)
+        pooled = x.mean((2, 3))                                      # (B, 2048)
         return self.emb_features(regions), self.emb_cnn_code(pooled)
 
 

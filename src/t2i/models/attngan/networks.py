@@ -12,11 +12,13 @@ word-level channel-wise attention (Li et al. 2019) is an option beside the spati
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 
 import torch
+import torch.utils.checkpoint
 import torch.nn.functional as F
 from torch import nn
 
@@ -188,11 +190,13 @@ class ImageHead(nn.Module):
 
 
 class Generator(nn.Module):
-    """G(z, cond, ca_noise) -> GOutput; `ca_noise` (B, c_dim) is CA's epsilon (drawn when None)."""
+    """G(z, cond, ca_noise) -> GOutput; `ca_noise` (B, c_dim) is CA's epsilon (drawn when None).
+    `grad_checkpointing`: the attention stages and their image heads recompute their activations in backward."""
 
     def __init__(self, cfg: AttnGanConfig):
         super().__init__()
         self.cfg = cfg
+        self.grad_checkpointing = False
         self.ca_net = CANet(cfg.embed_dim, cfg.c_dim)
         self.h_net1 = InitStage(cfg.z_dim + cfg.c_dim, cfg.gf, int(math.log2(cfg.resolutions[0] // 4)))
         self.img_net1 = ImageHead(cfg.gf)
@@ -206,11 +210,39 @@ class Generator(nn.Module):
         c = mu + torch.exp(0.5 * logvar) * eps
         h = self.h_net1(z, c)
         images, attention = [self.img_net1(h)], []
+        run = checkpointed if self.grad_checkpointing and torch.is_grad_enabled() else lambda m, *a: m(*a)
         for k in range(2, len(self.cfg.resolutions) + 1):
-            h, attn = getattr(self, f"h_net{k}")(h, cond)
-            images.append(getattr(self, f"img_net{k}")(h))
+            h, attn = run(getattr(self, f"h_net{k}"), h, cond)
+            images.append(run(getattr(self, f"img_net{k}"), h))
             attention.append(attn)
         return GOutput(images, attention, mu, logvar)
+
+
+def checkpointed(module: nn.Module, *args, fn=None):
+    """module(*args) (or fn(*args), computed by module's layers) with its activations dropped after the forward pass and recomputed in the backward pass
+    (torch.utils.checkpoint): the memory of a stage's activations for about one more forward of compute.
+
+    The recomputation runs the same operations (checkpoint requires it) with the module's BatchNorm layers at
+    momentum 0 and their batch counters put back, so the running mean and variance are updated once per step, as
+    without checkpointing (a plain recomputation would apply the momentum twice); the recomputed outputs are the
+    same, since training-mode BatchNorm normalises with the batch's own statistics."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    @contextlib.contextmanager
+    def frozen_statistics():
+        saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms]
+        for m in norms:
+            m.momentum = 0.0
+        try:
+            yield
+        finally:
+            for m, (momentum, count) in zip(norms, saved):
+                m.momentum = momentum
+                if count is not None:
+                    m.num_batches_tracked.copy_(count)
+
+    return torch.utils.checkpoint.checkpoint(fn or module, *args, use_reentrant=False,
+                                             context_fn=lambda: (contextlib.nullcontext(), frozen_statistics()))
 
 
 def leaky_block(cin: int, cout: int) -> nn.Sequential:
@@ -264,8 +296,14 @@ class StageDiscriminator(nn.Module):
                      if hasattr(self, n)]
         self.UNCOND_DNET = Logits(df, embed_dim, conditional=False)
         self.COND_DNET = Logits(df, embed_dim, conditional=True)
+        self.grad_checkpointing = False      # recompute the image code's activations in backward
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpointed(self, x, fn=self.image_code)
+        return self.image_code(x)
+
+    def image_code(self, x: torch.Tensor) -> torch.Tensor:
         h = self.img_code_s16(x)
         for name in self.tail:
             h = getattr(self, name)(h)

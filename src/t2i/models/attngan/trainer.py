@@ -21,7 +21,8 @@ from t2i.data.transforms import to_model, to_uint8
 from t2i.errors import T2IError
 from t2i.models.attngan.captions import CaptionedImages
 from t2i.models.attngan.damsm import damsm_from_meta, load_damsm
-from t2i.models.attngan.networks import PRESETS, AttnGanConfig, Discriminators, Generator, WordCondition
+from t2i.models.attngan.networks import (PRESETS, AttnGanConfig, Discriminators, Generator, WordCondition,
+                                         checkpointed)
 from t2i.models.attngan.objective import (GAMMA_HELP, DamsmWeights, d_stage_loss, damsm_loss, g_stage_loss,
                                           batch_negatives, kl_loss)
 from t2i.training.loop import Phase
@@ -42,6 +43,7 @@ class AttnGanTrainConfig(DamsmWeights):
     channel_attention: bool = False  # ControlGAN's word-level channel-wise attention beside the spatial one
     class_mask: bool = True      # same-class pairs are not negatives in L_DAMSM (with attributes.class_id)
     subset: int = 0              # train on the first N images only (0 = all)
+    grad_checkpointing: bool = False  # recompute G's attention stages, D's image codes and the DAMSM image encoder
 
 
 CONFIG = AttnGanTrainConfig
@@ -63,6 +65,10 @@ HELP = {
     "channel_attention": "1/0: add ControlGAN's word-level channel-wise attention to each attention stage",
     "class_mask": "1/0: same-class pairs are not negatives in the DAMSM term (needs attributes.class_id)",
     "subset": "train on the first N images only (0 = all)",
+    "grad_checkpointing": "1/0: gradient checkpointing of G's attention stages, each D's image code and the frozen "
+                          "DAMSM image encoder: their activations are recomputed in the backward pass, for less "
+                          "memory at about a third more compute (the paper preset at 256px; see "
+                          "benchmarks/attngan_memory.py)",
     **GAMMA_HELP,
 }
 
@@ -125,6 +131,9 @@ class AttnGanFamily:
         self.G = Generator(net).to(d.device)
         self.D = Discriminators(net).to(d.device)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        self.G.grad_checkpointing = cfg.grad_checkpointing
+        for stage in self.D.stages:
+            stage.grad_checkpointing = cfg.grad_checkpointing
         self.modules = {"G": self.G, "D": self.D, "G_ema": self.G_ema, "damsm": self.damsm}
         self.ema = {"G_ema": "G"}
         grid = grid_picks(self.data.n)
@@ -167,7 +176,8 @@ class AttnGanFamily:
             return total, {"Loss/D": total.detach(), **stats}
         out = self.G(z, cond)
         adv = sum(g_stage_loss(D, fake, cond.sentence) for D, fake in zip(self.D.stages, out.images))
-        regions, glob = self.damsm.image_encoder(out.images[-1])
+        encode = self.damsm.image_encoder
+        regions, glob = checkpointed(encode, out.images[-1]) if self.cfg.grad_checkpointing else encode(out.images[-1])
         masked = batch_negatives(batch["ids"].to(self.device), batch.get("class_id"))
         match, parts = damsm_loss(cond.words, cond.sentence, cond.lengths, regions, glob, self.cfg, masked)
         kl = kl_loss(out.mu, out.logvar)
