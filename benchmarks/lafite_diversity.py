@@ -82,6 +82,9 @@ VARIANTS = {
     "no_projection": "--projection 0",             # D without the projection term <D features, condition>
     "pack2": "--pack 2",                           # D judges pairs of samples too (PacGAN): mode coverage
     "ms1_pack2": "--ms_weight 1 --pack 2",
+    "ms1_pack4": "--ms_weight 1 --pack 4",
+    "ms1_gamma0.5": "--ms_weight 1 --gamma 0.5",   # a smoother D (R1 10x the recipe's): mass moves between modes?
+    "ms1_gamma5": "--ms_weight 1 --gamma 5",
 }
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from t2i.data import shapes
 from t2i.evaluate import EvalOptions, seed_diversity
 from t2i.metrics.diversity import kth_neighbour_radii, mean_pairwise_distance, precision_recall
 
@@ -85,8 +86,6 @@ class FakePipeline:
         self.use_noise = use_noise
 
     def __call__(self, prompts, seeds):
-        from t2i.data import shapes
-
         out = []
         for prompt, seed in zip(prompts, seeds):
             scene = shapes.parse_prompt(prompt)
@@ -98,7 +97,8 @@ class FakePipeline:
 def test_seed_diversity_is_zero_for_a_generator_that_ignores_its_noise():
     opts = EvalOptions(n=24, seeds_per_prompt=3, batch=16)
     flat = seed_diversity(FakePipeline(use_noise=False), opts, "cpu")
-    assert flat["feature_dist"] == 0.0 and flat["feature_dist_ratio"] == 0.0
+    # Identical images; their oracle features may differ by float noise with their place in a batch (oneDNN).
+    assert flat["feature_dist"] < 1e-5 * flat["feature_dist_real"] and flat["feature_dist_ratio"] < 1e-5
     assert flat["prompts"] == 8 and flat["seeds_per_prompt"] == 3 and flat["feature_dist_real"] > 0
 
 
@@ -136,6 +136,7 @@ def test_shapes_accuracy_reports_how_samples_spread_over_unnamed_attributes():
     # One background, one placement for every seed: never differs, and far from the data's uniform backgrounds.
     assert flat["background_seeds_differ"] == 0.0 and flat["seen_background_tv"] == pytest.approx(0.75, abs=0.02)
     assert flat["offset_seeds_diff"] == 0.0 and flat["scale_seeds_diff"] == 0.0
+    assert sorted(flat[f"seen_background_{b}"] for b in shapes.BACKGROUND_NAMES) == pytest.approx([0, 0, 0, 1])
     # Drawn like the data: about the data's figures.
     assert 0.6 < varied["background_seeds_differ"] < 0.9 and varied["seen_background_tv"] < 0.2
     assert varied["offset_seeds_diff"] == pytest.approx(varied["offset_seeds_diff_data"], rel=0.3)

@@ -174,6 +174,8 @@ def test_background_tv_spread_and_seed_pairs():
     names = shapes.BACKGROUND_NAMES
     assert oracle_unnamed.background_tv([pred(b) for b in names] * 3) == pytest.approx(0.0)
     assert oracle_unnamed.background_tv([pred("grey")] * 8) == pytest.approx(0.75)     # all mass on 1 of 4
+    assert oracle_unnamed.background_shares([pred("grey")] * 3 + [pred("tan")]) == {
+        "grey": 0.75, "slate": 0.0, "olive": 0.0, "tan": 0.25}
     assert oracle_unnamed.backgrounds_differ([pred("grey"), pred("tan")], [pred("grey"), pred("slate")]) == 0.5
     scenes = [Scene([ShapeObject("circle", "red", "small", "center")])] * 2
     moved = oracle_unnamed.jitter_seeds_differ([pred("grey", -0.02, 0.9), pred("grey")],

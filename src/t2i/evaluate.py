@@ -284,8 +284,9 @@ def shapes_accuracy(pipe, opts: EvalOptions, device) -> dict:
     """Oracle accuracy of generated images against their prompts, seen and held-out compositions. With an
     oracle that reads the unnamed attributes, also how the images spread over what prompts leave free, beside
     the same figures for renders of the same prompts drawn as the data draws them: per split the background
-    distribution's total-variation distance to the data's (uniform); on the seen split how often two seeds of
-    a prompt get different backgrounds, and how far apart they place and scale its objects."""
+    distribution's total-variation distance to the data's (uniform); on the seen split each background's share,
+    how often two seeds of a prompt get different backgrounds, and how far apart they place and scale its
+    objects."""
     from t2i.data import shapes
     from t2i.metrics import oracle as om
     from t2i.metrics.oracle_trainer import load_oracle, oracle_self_accuracy
@@ -310,6 +311,7 @@ def shapes_accuracy(pipe, opts: EvalOptions, device) -> dict:
             continue
         result[f"{key}_background_tv"] = om.background_tv(preds)
         if key == "seen":  # a second seed of every prompt (seeds seed + n + i never met above)
+            result |= {f"seen_background_{b}": v for b, v in om.background_shares(preds).items()}
             again = judge(generate(pipe, prompts, opts.seed + opts.n, opts.batch, opts.sampling))
             real = judge(_renders(scenes))
             real_again = judge(_renders([shapes.resample_unnamed(s, rng) for s in scenes]))

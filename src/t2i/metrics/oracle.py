@@ -213,11 +213,17 @@ def unnamed_accuracy(predictions: list[dict], scenes: list) -> dict[str, float]:
     return {"background": float(np.mean(bg)), "offset_mae": float(np.mean(offset)), "scale_mae": float(np.mean(scale))}
 
 
+def background_shares(predictions: list[dict]) -> dict[str, float]:
+    """The fraction of images the oracle reads each background in, by name (the data: 1/4 each)."""
+    n = max(len(predictions), 1)
+    return {b: sum(p["background"] == b for p in predictions) / n for b in shapes.BACKGROUND_NAMES}
+
+
 def background_tv(predictions: list[dict]) -> float:
     """Total-variation distance between the predicted backgrounds' distribution and the data's, which draws
     the four backgrounds uniformly (`shapes.sample_scene`)."""
-    counts = np.array([sum(p["background"] == b for p in predictions) for b in shapes.BACKGROUND_NAMES], float)
-    return float(0.5 * np.abs(counts / max(len(predictions), 1) - 1 / len(counts)).sum())
+    shares = np.array(list(background_shares(predictions).values()))
+    return float(0.5 * np.abs(shares - 1 / len(shares)).sum())
 
 
 def jitter_seeds_differ(a: list[dict], b: list[dict], scenes: list) -> dict[str, float]:

@@ -264,11 +264,15 @@ class Discriminator(nn.Module):
     """D(x, c) -> (logit (B,), d_fts (B, c_dim)); logit = out(h) + <d_fts, c> (per sample).
 
     With cfg.pack = m > 1, samples i, i + B/m, i + 2B/m, ... form a pack (as minibatch_std groups them), and every
-    member's logit also gets one joint logit of the pack, read off their 4x4 features side by side (PacGAN, Lin et
-    al. 2018, packs whole images at D's input; packing features instead keeps each sample's own logit and d_fts,
-    which the projection term and the itd loss need). A single-sample D sees each fake alone, so a generator that
-    draws one of the data's modes too often (or never) is only weakly penalised; a pack reveals it: two fakes
-    sharing the over-drawn mode are far likelier than two reals. The losses are unchanged (softplus per sample)."""
+    member's logit also gets one joint logit of the pack from a second, small discriminator that sees the pack's
+    images side by side (stacked as channels, PacGAN, Lin et al. 2018) at 16x16. A single-sample D sees each fake
+    alone, so a generator that draws one of the data's modes too often (or never) is only weakly penalised; a pack
+    reveals it: two fakes sharing an over-drawn mode are likelier than two reals. The pack branch is separate from
+    the main D (whose features the itd loss trains to read the prompt and so to ignore what no prompt names, such
+    as the background) and works at 16x16, where the background and layout are what is left to see. The main D's
+    logit and d_fts stay per sample (the projection term and itd need them); the losses are unchanged."""
+
+    PACK_SIDE = 16   # the pack branch's input side
 
     def __init__(self, cfg: LafiteNetConfig):
         super().__init__()
@@ -284,17 +288,22 @@ class Discriminator(nn.Module):
         self.out = FC(c4, 1)
         self.d_fts = FC(c4, cfg.c_dim)
         if cfg.pack > 1:
-            self.pack_head = nn.Sequential(Conv(c4 * cfg.pack, c4, 3), nn.Flatten(1), FC(c4 * 16, c4, act=True),
-                                           FC(c4, 1))
+            side = min(self.PACK_SIDE, top)
+            res = [2 ** i for i in range(int(math.log2(side)), 2, -1)]
+            self.pack_head = nn.Sequential(
+                Conv(3 * cfg.pack, cfg.channels(side), 1),
+                *[DiscriminatorBlock(cfg.channels(r), cfg.channels(r // 2)) for r in res],
+                Conv(c4, c4, 3), nn.Flatten(1), FC(c4 * 16, c4, act=True), FC(c4, 1))
 
-    def packed(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) 4x4 features -> (B,) the joint logit of each sample's pack, repeated for its members."""
-        B, C, H, W = x.shape
+    def packed(self, img: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) images -> (B,) the joint logit of each sample's pack, repeated for its members."""
         m = self.cfg.pack
-        if B % m:
-            raise ValueError(f"D packs {m} samples: the batch ({B}) must be a multiple of it")
-        y = x.reshape(m, B // m, C, H, W).transpose(0, 1).reshape(B // m, m * C, H, W)
-        return self.pack_head(y).squeeze(1).repeat(m)
+        if len(img) % m:
+            raise ValueError(f"D packs {m} samples: the batch ({len(img)}) must be a multiple of it")
+        x = F.adaptive_avg_pool2d(img, min(self.PACK_SIDE, img.shape[-1]))
+        B, C, H, W = x.shape
+        x = x.reshape(m, B // m, C, H, W).transpose(0, 1).reshape(B // m, m * C, H, W)
+        return self.pack_head(x).squeeze(1).repeat(m)
 
     def minibatch_std(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
@@ -307,12 +316,12 @@ class Discriminator(nn.Module):
         return torch.cat([x, y], dim=1)
 
     def forward(self, img: torch.Tensor, c: torch.Tensor):
-        x = self.blocks(self.fromrgb(img))
-        h = self.fc(self.conv(self.minibatch_std(x)).flatten(1))
+        h = self.blocks(self.fromrgb(img))
+        h = self.fc(self.conv(self.minibatch_std(h)).flatten(1))
         fts = self.d_fts(h)
         logit = self.out(h).squeeze(1)
         if self.cfg.projection:
             logit = logit + (fts * c).sum(1)
         if self.cfg.pack > 1:
-            logit = logit + self.packed(x)
+            logit = logit + self.packed(img)
         return logit, fts
