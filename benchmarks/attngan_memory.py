@@ -8,14 +8,25 @@ memory (`Resources/peak_mem_gb` in stats.jsonl; the CUDA allocator's peak on a G
     python benchmarks/attngan_memory.py --workdir /tmp/t2i-attngan-mem                 # CPU, batch 2
     python benchmarks/attngan_memory.py --workdir /tmp/m --device cuda --batch 16 --sides 256 --precision bf16
 
-Measured on this 2-core CPU (one thread, beside two other trainings; peak resident memory of the whole process,
-about 1 GB of it torch, the Inception DAMSM and the data), batch 2:
-    side 64:  fp32 1.20 GB 3.26 s/step, bf16 1.21 GB 2.20 s/step
-    side 128: fp32 1.56 GB 5.42 s/step, bf16 1.55 GB 3.11 s/step
-    side 256: fp32 3.05 GB 17.1 s/step, bf16 3.01 GB 14.6 s/step
-Memory above the baseline grows about 4x per doubling of the side (activations scale with the pixels): about 1 GB
-an image at 256px in fp32, so batch 16 at 256px needs roughly 16 GB of activations plus about 2 GB of weights and
-Adam state: an estimate for the 24 GB goal, not a GPU measurement (no GPU was lent when this was written).
+It also counts, in this process, the tensors autograd keeps for the backward pass of one step's D and G phases
+(fp32): the activations' own cost, free of the allocator and of the process's fixed memory.
+
+Measured on this 2-core CPU, batch 2 (peak resident memory of the whole process: about 1.2 GB of it is torch, the
+Inception DAMSM, Adam's state and the data; s/step beside two other trainings on the 2 cores, so only roughly
+comparable), kept for backward in MB:
+    side checkpointing   peak GB fp32 / bf16   s/step fp32 / bf16   kept D MB   kept G MB
+     64        0           1.35 / 1.34          1.25 / 3.28            10.1       214.1
+     64        1           1.32 / 1.32                                  2.8         4.2
+    128        0           1.71 / 1.72          2.31 / 1.84            29.6       287.0
+    128        1           1.62 / 1.60          2.95 / 2.63             3.5        11.0
+    256        0           3.18 / 3.20          6.50 / 5.37           110.2       580.2
+    256        1           2.96 / 3.02          8.26 / 7.35             6.5        38.6
+(at 64px the checkpointed runs' times were taken while the CPU was also running this count: not comparable.)
+The G phase's activations are mostly the frozen Inception's at 299x299 (about 100 MB an image, at every side: L_DAMSM
+backpropagates through it to the fakes), the rest grows about 4x per doubling of the side, as D's do. Without
+checkpointing, batch 16 at 256px keeps about 8 x 580 MB = 4.6 GB for G's backward and 0.9 GB for D's, beside about
+2 GB of weights and Adam state: within 24 GB by this count (not a GPU measurement: no GPU was lent when this was
+written). `--grad_checkpointing 1` keeps 15x less for G and 17x less for D at 256px, for about 30% more time a step.
 
 Nothing here is a test: the numbers depend on the machine and are reported.
 """
@@ -27,6 +38,38 @@ import json
 from pathlib import Path
 
 from common import T2I, sh
+
+
+def saved_activations(data: Path, damsm: Path, batch: int, checkpointing: bool, device: str) -> dict[str, float]:
+    """MB of tensors autograd keeps for the backward pass of each phase (D, G) of one `t2i train attngan` step:
+    what the activations cost, free of the allocator's and the process's own memory. Parameters are not counted
+    (they are held anyway); a checkpointed region keeps only its inputs, which this count leaves out too."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from t2i.models.attngan.trainer import AttnGanTrainConfig, build
+
+    cfg = AttnGanTrainConfig(data=str(data), damsm=str(damsm), preset="paper", grad_checkpointing=checkpointing)
+    family = build(cfg, None, SimpleNamespace(device=torch.device(device)), lambda *a: None)
+    params = {p.untyped_storage().data_ptr() for m in family.modules.values() for p in m.parameters()}
+    batch_ = next(family.batches(0, batch, 0, 1, 0))
+    out = {}
+    for phase in family.phases():
+        kept: dict[int, int] = {}
+
+        def pack(t):
+            ptr = t.untyped_storage().data_ptr()
+            if ptr not in params:
+                kept[ptr] = t.untyped_storage().nbytes()
+            return t
+
+        torch.manual_seed(0)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss, _ = family.loss(phase, batch_)
+        out[phase.name] = sum(kept.values()) / 2 ** 20
+        del loss
+    return out
 
 
 def main() -> None:
@@ -63,11 +106,13 @@ def main() -> None:
                 (run,) = out.glob("*-attngan-paper")
                 ticks = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
                 step_s = min(t["Timing/sec_per_kimg"] for t in ticks[1:] or ticks) * args.batch / 1000
-                rows.append((side, precision, ckpt, max(t["Resources/peak_mem_gb"] for t in ticks), step_s))
-    print(f"\n{'side':>5} {'precision':>9} {'checkpointing':>13} {'peak GB':>8} {'s/step':>7}   (paper networks, "
-          f"batch {args.batch}, device {args.device})")
-    for side, precision, ckpt, mem, step in rows:
-        print(f"{side:>5} {precision:>9} {ckpt:>13} {mem:>8.2f} {step:>7.2f}")
+                kept = saved_activations(data, damsm, args.batch, bool(ckpt), args.device) if precision == "fp32" else {}
+                rows.append((side, precision, ckpt, max(t["Resources/peak_mem_gb"] for t in ticks), step_s, kept))
+    print(f"\n{'side':>5} {'precision':>9} {'checkpointing':>13} {'peak GB':>8} {'s/step':>7} {'kept D MB':>10} "
+          f"{'kept G MB':>10}   (paper networks, batch {args.batch}, device {args.device})")
+    for side, precision, ckpt, mem, step, kept in rows:
+        print(f"{side:>5} {precision:>9} {ckpt:>13} {mem:>8.2f} {step:>7.2f} {kept.get('D', float('nan')):>10.1f} "
+              f"{kept.get('G', float('nan')):>10.1f}")
 
 
 if __name__ == "__main__":

@@ -51,6 +51,18 @@ Measured on the 2-core CPU at 30 kimg (500 prompts per split; two seeds of a pro
   `--z_dim 256`): backgrounds differ 0.000 (TV 0.75), ratio 0.41, recall 0.07, 23.0% / 21.2%; D without its projection
   term (no_projection, `--projection 0`): 0.000 (TV 0.75), ratio 0.30, recall 0.03, 41.8% / 33.0%. Neither lets the
   seed change the background: z's share and the projection term are not the cause either (baseline: 0.000).
+- The dropped background is a coverage failure, so D was given a view of the sample distribution (PacGAN, `--pack`).
+  First as a joint logit read off pairs of D's own 4x4 features, seed 0: pack2 (no mode-seeking term) backgrounds
+  differ 0.000 (TV 0.75), 39.6% / 40.4%, recall 0.07; ms1_pack2 0.638, TV 0.336, 28.0% / 27.8%, ratio 0.85,
+  precision 0.82, recall 0.38, oracle FID 258: no change. Those features are the ones the itd loss trains to read
+  the prompt, which does not name the background, so `--pack` now is a separate small D on the pack's 16x16 images.
+  ms1_pack2 / ms1_pack4, seed 0, backgrounds of 400 seen prompts (the `seen_background_*` shares of
+  shapes_accuracy) at 10 kimg: grey 155 / 142, slate 85 / 92, olive 12 / 21, tan 148 / 145; at 20 kimg 171 / 181,
+  80 / 80, 0 / 0, 149 / 139 (stopped there: olive was gone, as without packing). Neither packing keeps the mode.
+- Olive is the one dropped early in every mode-seeking run at this budget (ms1_clip0.08 seeds 0 and 1, both packs,
+  both R1 weights below); the raw G drops it as G_ema does (ms1_pack2, 20 kimg: 180 / 56 / 0 / 164), and the CLIP
+  that itc scores with does not prefer a background (the same 256 scenes rendered on each: mean text-image cosine
+  0.9381 / 0.9381 / 0.9380 / 0.9376, itc loss 1.2677 / 1.2679 / 1.2677 / 1.2682 for grey / slate / olive / tan).
 """
 
 from __future__ import annotations
