@@ -106,7 +106,8 @@ def main() -> None:
                 (run,) = out.glob("*-attngan-paper")
                 ticks = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
                 step_s = min(t["Timing/sec_per_kimg"] for t in ticks[1:] or ticks) * args.batch / 1000
-                kept = saved_activations(data, damsm, args.batch, bool(ckpt), args.device) if precision == "fp32" else {}
+                fp32 = precision == "fp32"
+                kept = saved_activations(data, damsm, args.batch, bool(ckpt), args.device) if fp32 else {}
                 rows.append((side, precision, ckpt, max(t["Resources/peak_mem_gb"] for t in ticks), step_s, kept))
     print(f"\n{'side':>5} {'precision':>9} {'checkpointing':>13} {'peak GB':>8} {'s/step':>7} {'kept D MB':>10} "
           f"{'kept G MB':>10}   (paper networks, batch {args.batch}, device {args.device})")

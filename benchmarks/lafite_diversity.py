@@ -97,6 +97,8 @@ VARIANTS = {
     "ms1_pack4": "--ms_weight 1 --pack 4",
     "ms1_gamma0.5": "--ms_weight 1 --gamma 0.5",   # a smoother D (R1 10x the recipe's): mass moves between modes?
     "ms1_gamma5": "--ms_weight 1 --gamma 5",
+    "ms1_maplr0.1": "--ms_weight 1 --mapping_lr_mul 0.1",  # a mapping that moves away from its random start
+    "ms1_maplr1": "--ms_weight 1 --mapping_lr_mul 1",
 }
 
 

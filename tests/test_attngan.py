@@ -91,7 +91,8 @@ def test_gradient_checkpointing_gives_the_same_step_and_batch_norm_statistics():
         out = G(z, cond, eps)
         loss = sum(g_stage_loss(D, x, cond.sentence) for D, x in zip(Ds.stages, out.images))
         loss.backward()
-        results.append((out.images[-1].detach(), {k: p.grad for k, p in [*G.named_parameters(), *Ds.named_parameters()]},
+        grads = {k: p.grad for k, p in [*G.named_parameters(), *Ds.named_parameters()]}
+        results.append((out.images[-1].detach(), grads,
                         {k: b.clone() for k, b in [*G.named_buffers(), *Ds.named_buffers()]}))
     (img0, grad0, buf0), (img1, grad1, buf1) = results
     assert torch.equal(img0, img1)

@@ -135,16 +135,17 @@ def test_packed_discriminator_judges_pack_mates_together_and_keeps_per_sample_fe
         D(img[:3], c[:3])
 
 
-def test_z_dim_and_projection_options_build_the_networks_and_a_resume_may_not_change_them(
+def test_z_dim_projection_and_mapping_lr_options_build_the_networks_and_a_resume_may_not_change_them(
         shapes16, clip_run, tmp_path, cli_error):
     from conftest import cli
     from t2i.training.snapshot import load_snapshot
 
     cli("train", "lafite", "--data", shapes16, "--clip", clip_run, "--preset", "test", "--kimg", 0.016,
-        "--z_dim", 12, "--projection", 0, "--outdir", tmp_path)
+        "--z_dim", 12, "--projection", 0, "--mapping_lr_mul", 0.1, "--outdir", tmp_path)
     (run,) = tmp_path.glob("*-lafite-test")
     snap = load_snapshot(run)
     assert snap.meta["net"]["z_dim"] == 12 and snap.meta["net"]["projection"] is False
+    assert snap.meta["net"]["mapping_lr_mul"] == 0.1
     assert snap.state_dict("G")["mapping.layers.0.weight"].shape[1] == 12 + PRESETS["test"].w_dim
     message = cli_error("train", "lafite", "--data", shapes16, "--clip", clip_run, "--preset", "test",
                         "--kimg", 0.032, "--z_dim", 8, "--projection", 0, "--resume", run, "--outdir", tmp_path)

@@ -219,8 +219,9 @@ class Generator(nn.Module):
 
 
 def checkpointed(module: nn.Module, *args, fn=None):
-    """module(*args) (or fn(*args), computed by module's layers) with its activations dropped after the forward pass and recomputed in the backward pass
-    (torch.utils.checkpoint): the memory of a stage's activations for about one more forward of compute.
+    """module(*args) (or fn(*args), computed by module's layers) with its activations dropped after the forward
+    pass and recomputed in the backward pass (torch.utils.checkpoint): the memory of a stage's activations for
+    about one more forward of compute.
 
     The recomputation runs the same operations (checkpoint requires it) with the module's BatchNorm layers at
     momentum 0 and their batch counters put back, so the running mean and variance are updated once per step, as

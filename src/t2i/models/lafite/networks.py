@@ -31,6 +31,7 @@ class LafiteNetConfig:
     z_dim: int = 128
     w_dim: int = 256
     mapping_layers: int = 2
+    mapping_lr_mul: float = 0.01  # learning-rate multiplier of the mapping MLP (StyleGAN2's 0.01)
     channel_base: int = 4096    # channels at resolution r: min(channel_base // r, channel_max)
     channel_max: int = 256
     mbstd_group: int = 4
@@ -209,7 +210,8 @@ class MappingNetwork(nn.Module):
         super().__init__()
         self.embed = FC(cfg.c_dim, cfg.w_dim)
         dims = [cfg.z_dim + cfg.w_dim] + [cfg.w_dim] * cfg.mapping_layers
-        self.layers = nn.Sequential(*[FC(a, b, lr_mul=0.01, act=True) for a, b in zip(dims[:-1], dims[1:])])
+        self.layers = nn.Sequential(*[FC(a, b, lr_mul=cfg.mapping_lr_mul, act=True)
+                                      for a, b in zip(dims[:-1], dims[1:])])
         self.register_buffer("w_avg", torch.zeros(cfg.w_dim))
 
     def forward(self, z: torch.Tensor, c: torch.Tensor, track_w_avg: bool = False) -> torch.Tensor:

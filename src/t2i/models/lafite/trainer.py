@@ -39,6 +39,7 @@ class LafiteConfig(LossWeights):
     z_dim: int = 0               # size of G's latent z; 0 = the preset's
     projection: bool = True      # D's projection term <D features, condition> in its logit
     pack: int = 1                # D also judges packs of this many samples jointly (PacGAN); 1 = off
+    mapping_lr_mul: float = 0.0  # learning-rate multiplier of G's mapping MLP; 0 = the preset's (StyleGAN2's 0.01)
     lang: str = "en"             # caption language of the real-text condition
     mixing_prob: float = 1.0     # 1.0 = language-free (pseudo text features), 0.0 = fully supervised
     pseudo_noise: float = 0.75   # noise level of pseudo text features (paper: xi = 3)
@@ -73,6 +74,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
                  "tiny 64 against a 256-d condition embedding)",
         "projection": "1: D's logit adds the projection term <D features, condition>; 0: the condition reaches D only "
                       "through the itd loss",
+        "mapping_lr_mul": "learning-rate multiplier of G's mapping MLP (z and the condition to w); 0 = the preset's, "
+                          "StyleGAN2's 0.01, which keeps the mapping near its random start over a short run",
         "pack": "D also judges packs of this many samples together (PacGAN), so a generator that over-draws or "
                 "drops one of the data's modes is penalised; 1 = off. The batch must be a multiple of it",
         "resolution": "image side G and D are built for, with the preset's channel rule: a power of two from 16 "
@@ -172,14 +175,16 @@ class LafiteFamily:
         self.clip, self.clip_meta = load_condition_clip(cfg.clip, init, d.device)
         net = LafiteNetConfig(**init.meta["net"]) if init else copy.deepcopy(PRESETS[cfg.preset])
         if init and ((cfg.z_dim and cfg.z_dim != net.z_dim) or cfg.projection != net.projection
-                     or cfg.pack != net.pack):
-            raise T2IError(f"--z_dim {cfg.z_dim} / --projection {int(cfg.projection)} / --pack {cfg.pack} differ from "
-                           f"the snapshot's networks (z_dim {net.z_dim}, projection {int(net.projection)}, pack "
-                           f"{net.pack}); drop them when resuming or fine-tuning")
+                     or cfg.pack != net.pack or (cfg.mapping_lr_mul and cfg.mapping_lr_mul != net.mapping_lr_mul)):
+            raise T2IError(f"--z_dim {cfg.z_dim} / --projection {int(cfg.projection)} / --pack {cfg.pack} / "
+                           f"--mapping_lr_mul {cfg.mapping_lr_mul} differ from the snapshot's networks (z_dim "
+                           f"{net.z_dim}, projection {int(net.projection)}, pack {net.pack}, mapping_lr_mul "
+                           f"{net.mapping_lr_mul}); drop them when resuming or fine-tuning")
         if cfg.pack < 1:
             raise T2IError(f"--pack {cfg.pack}: give 1 (off) or more samples per pack")
         if not init:
             net.z_dim, net.projection, net.pack = cfg.z_dim or net.z_dim, cfg.projection, cfg.pack
+            net.mapping_lr_mul = cfg.mapping_lr_mul or net.mapping_lr_mul
         net.c_dim = self.clip.embed_dim
         self.from_snapshot, self.shards = init is not None, None
         if is_shard_spec(cfg.data):
