@@ -63,6 +63,17 @@ Measured on the 2-core CPU at 30 kimg (500 prompts per split; two seeds of a pro
   both R1 weights below); the raw G drops it as G_ema does (ms1_pack2, 20 kimg: 180 / 56 / 0 / 164), and the CLIP
   that itc scores with does not prefer a background (the same 256 scenes rendered on each: mean text-image cosine
   0.9381 / 0.9381 / 0.9380 / 0.9376, itc loss 1.2677 / 1.2679 / 1.2677 / 1.2682 for grey / slate / olive / tan).
+- A smoother D (R1 weight 10x and 100x the recipe's 0.05), seed 0, 30 kimg: ms1_gamma0.5 31.0% / 28.6%, backgrounds
+  differ 0.652, TV 0.286, ratio 0.86, precision 0.72, recall 0.37, oracle FID 266; ms1_gamma5 33.6% / 37.4%, 0.620,
+  0.250, 0.84, 0.75, 0.36, 280. Olive 0 of 500 in both (grey 186 / 158, slate 107 / 167, tan 207 / 175).
+- D knows which mode is missing; G does not follow. D's mean logit on real renders of the same 256 scenes on each
+  background (grey / slate / olive / tan), 20 kimg: ms1_pack2 3.07 / 3.03 / 5.20 / 3.67 (olive, the mode G never
+  draws, looks by far the most real), ms1_gamma0.5 1.94 / 2.28 / 2.52 / 2.37, ms1_gamma5 1.78 / 1.83 / 1.94 / 1.95.
+  So the failure is on G's side: the gradient through D does not carry G's samples to the missing background.
+- Is it G's mapping, which StyleGAN2's learning-rate multiplier 0.01 keeps near its random start over a run this
+  short (z reaches the image only through it)? `--mapping_lr_mul` 0.1 / 1 (ms1_maplr0.1 / ms1_maplr1, seed 0):
+  backgrounds at 10 kimg grey 41 / 83, slate 44 / 29, olive 32 / 20, tan 283 / 268; at 20 kimg 171 / 168, 61 / 78,
+  0 / 0, 168 / 154 (stopped there). No: olive is dropped as before.
 """
 
 from __future__ import annotations
