@@ -110,6 +110,8 @@ VARIANTS = {
     "ms1_gamma5": "--ms_weight 1 --gamma 5",
     "ms1_maplr0.1": "--ms_weight 1 --mapping_lr_mul 0.1",  # a mapping that moves away from its random start
     "ms1_maplr1": "--ms_weight 1 --mapping_lr_mul 1",
+    "ms1_imle1": "--ms_weight 1 --imle_weight 1",   # pull the nearest of 4 fakes to each real (coverage)
+    "ms1_imle10": "--ms_weight 1 --imle_weight 10",
 }
 
 

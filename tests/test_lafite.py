@@ -17,6 +17,7 @@ from t2i.models.lafite.objective import (
     LossWeights,
     mix_conditions,
     mode_seeking,
+    nearest_fake_pull,
     perturbed_text_features,
     pseudo_text_features,
 )
@@ -152,22 +153,50 @@ def test_z_dim_projection_and_mapping_lr_options_build_the_networks_and_a_resume
     assert "--z_dim 8" in message and "z_dim 12" in message
 
 
-def test_pack_option_trains_a_packed_discriminator_and_names_a_batch_it_cannot_split(
+def test_pack_and_imle_options_train_and_a_batch_the_pack_cannot_split_is_named(
         shapes16, clip_run, tmp_path, cli_error):
     from conftest import cli
     from t2i.training.snapshot import load_snapshot
 
     cli("train", "lafite", "--data", shapes16, "--clip", clip_run, "--preset", "test", "--kimg", 0.016,
-        "--pack", 2, "--outdir", tmp_path / "ok")
+        "--pack", 2, "--imle_weight", 1, "--outdir", tmp_path / "ok")
     (run,) = (tmp_path / "ok").glob("*-lafite-test")
     snap = load_snapshot(run)
     assert snap.meta["net"]["pack"] == 2 and "pack_head.0.weight" in snap.state_dict("D")
+    assert "Loss/G/imle" in (run / "stats.jsonl").read_text()     # the IMLE term ran too
     message = cli_error("train", "lafite", "--data", shapes16, "--clip", clip_run, "--preset", "test",
                         "--kimg", 0.032, "--pack", 4, "--resume", run, "--outdir", tmp_path / "ok")
     assert "--pack 4" in message and "pack 2" in message
     message = cli_error("train", "lafite", "--data", shapes16, "--clip", clip_run, "--preset", "test",
                         "--kimg", 0.016, "--pack", 3, "--outdir", tmp_path / "bad")
     assert "--pack" in message and "8" in message
+
+
+def test_nearest_fake_pull_pulls_only_the_nearest_of_k_fakes_towards_each_real():
+    class ColourG(nn.Module):
+        """A flat image whose colour is z's first three numbers (the condition is ignored)."""
+
+        cfg = type("cfg", (), {"z_dim": 3})
+
+        def forward(self, z, c):
+            return z[:, :, None, None].expand(-1, -1, 8, 8)
+
+    real = torch.zeros(2, 3, 8, 8)
+    real[1] += 1.0
+    torch.manual_seed(0)
+    z = torch.randn(2 * 5, 3).requires_grad_(True)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        value = nearest_fake_pull(ColourG(), real, torch.zeros(2, 4), k=5, pool=4, n=2)
+    # By hand: fakes 0-4 belong to real 0, 5-9 to real 1; the nearest of each group in mean squared distance.
+    d = (z.detach()[:, None, :] - real[:, :, 0, 0].repeat_interleave(5, 0)[:, None, :]).square().mean(-1).view(2, 5)
+    assert value == pytest.approx(float(d.min(1).values.mean()), rel=1e-5)
+    # Only the nearest fake of each real gets a gradient.
+    G = ColourG()
+    G.forward = lambda zz, c: z[:, :, None, None].expand(-1, -1, 8, 8)
+    nearest_fake_pull(G, real, torch.zeros(2, 4), k=5, pool=4, n=2).backward()
+    moved = (z.grad.abs().sum(1) > 0).view(2, 5)
+    assert moved.sum(1).tolist() == [1, 1] and moved.float().argmax(1).tolist() == d.argmin(1).tolist()
 
 
 def test_pseudo_text_features_have_the_papers_cosine():

@@ -67,6 +67,9 @@ class LossWeights:
     ms_tau: float = 0.0          # stop pushing once the image/latent distance ratio reaches tau (0 = never stop)
     ms_pool: int = 0             # measure the image distance on images average-pooled to this side (0 = full)
     ms_clip: float = 0.0         # saturate each pixel's distance at this (0 = plain L1): "differs", not "how much"
+    imle_weight: float = 0.0     # pull, for each real, the nearest of imle_k fakes of its caption towards it (0 = off)
+    imle_k: int = 4              # fakes drawn per real for that pull
+    imle_pool: int = 8           # side of the average-pooled images it compares (the layout and colours, not details)
 
 
 def mode_seeking(G, img: torch.Tensor, z: torch.Tensor, c: torch.Tensor, tau: float = 0.0, pool: int = 0,
@@ -96,6 +99,20 @@ def mode_seeking(G, img: torch.Tensor, z: torch.Tensor, c: torch.Tensor, tau: fl
     return 1.0 / (ratio + eps)
 
 
+def nearest_fake_pull(G, real: torch.Tensor, c: torch.Tensor, k: int, pool: int, n: int) -> torch.Tensor:
+    """IMLE's coverage term (Li & Malik 2018), for a condition: for each of the first n reals, draw k fakes of its
+    caption, find the one nearest to it (mean squared distance of images average-pooled to pool x pool) and pull
+    that one towards it. A GAN's gradient moves samples to where D looks real; a mode that no sample is near gets no
+    pull, so the generator can drop it for good. This term pulls, for every real, some sample of the same caption,
+    so every mode of the data keeps samples near it. Returns the mean distance to the nearest fakes."""
+    n = min(n, len(real))
+    z = torch.randn(n * k, G.cfg.z_dim, device=real.device)
+    fakes = F.adaptive_avg_pool2d(G(z, c[:n].repeat_interleave(k, 0)), pool).float().reshape(n, k, -1)
+    target = F.adaptive_avg_pool2d(real[:n], pool).float().reshape(n, 1, -1)
+    d = (fakes - target).square().mean(-1)                                     # (n, k)
+    return d.min(1).values.mean()
+
+
 class LafiteLoss:
     """The four phase losses; `c` is the (B, c_dim) unit condition built by `mix_conditions`."""
 
@@ -103,8 +120,9 @@ class LafiteLoss:
         self.G, self.D, self.clip, self.w = G, D, clip, w
         self.pl_mean = torch.zeros([])
 
-    def g_main(self, z: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """Non-saturating G loss + itd (D features of fakes) + itc (CLIP features of fakes)."""
+    def g_main(self, z: torch.Tensor, c: torch.Tensor, real: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+        """Non-saturating G loss + itd (D features of fakes) + itc (CLIP features of fakes) [+ mode-seeking, + the
+        nearest-fake pull towards `real`]."""
         img = self.G(z, c, track_w_avg=True)
         logit, fts = self.D(img, c)
         loss = F.softplus(-logit).mean()
@@ -123,6 +141,10 @@ class LafiteLoss:
             ms = mode_seeking(self.G, img, z, c, self.w.ms_tau, self.w.ms_pool, self.w.ms_clip)
             loss = loss + self.w.ms_weight * ms
             stats["Loss/G/ms"] = ms.detach()
+        if self.w.imle_weight > 0 and real is not None:
+            pull = nearest_fake_pull(self.G, real, c, self.w.imle_k, self.w.imle_pool, max(1, len(z) // 4))
+            loss = loss + self.w.imle_weight * pull
+            stats["Loss/G/imle"] = pull.detach()
         return loss, stats
 
     def g_reg(self, z: torch.Tensor, c: torch.Tensor, interval: int) -> tuple[torch.Tensor, dict]:

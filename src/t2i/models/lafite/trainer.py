@@ -100,6 +100,11 @@ def add_args(p: argparse.ArgumentParser) -> None:
                   "pushed no further (0 = no cap; the shapes data's two renders of one prompt: about 0.1)",
         "ms_pool": "side of the average-pooled images the mode-seeking distance is measured on, so only the coarse "
                    "layout is pushed apart (0 = full resolution)",
+        "imle_weight": "weight of IMLE's coverage term: for each of a quarter of the batch's reals, the nearest of "
+                       "--imle_k fakes of its caption (on images pooled to --imle_pool) is pulled towards it, so no "
+                       "mode of the data is left without samples (0 = off)",
+        "imle_k": "fakes drawn per real for the IMLE term",
+        "imle_pool": "side of the average-pooled images the IMLE term compares (the layout and colours, not details)",
         "ms_clip": "saturate the mode-seeking distance of each pixel at this (images in [-1, 1]), so every pixel that "
                    "differs counts alike, however far its colours lie (0 = plain L1; the shapes backgrounds differ "
                    "by 0.09 to 0.21)",
@@ -307,7 +312,7 @@ class LafiteFamily:
         z = torch.randn(len(c), self.net.z_dim, device=dev)
         real = to_model(batch["image"].to(dev)).contiguous(memory_format=torch.channels_last)
         if phase.name == "G_main":
-            return self.objective.g_main(z, c)
+            return self.objective.g_main(z, c, real)
         if phase.name == "G_reg":
             return self.objective.g_reg(z, c, phase.interval)
         if phase.name == "D_main":
