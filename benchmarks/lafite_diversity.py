@@ -74,6 +74,15 @@ Measured on the 2-core CPU at 30 kimg (500 prompts per split; two seeds of a pro
   short (z reaches the image only through it)? `--mapping_lr_mul` 0.1 / 1 (ms1_maplr0.1 / ms1_maplr1, seed 0):
   backgrounds at 10 kimg grey 41 / 83, slate 44 / 29, olive 32 / 20, tan 283 / 268; at 20 kimg 171 / 168, 61 / 78,
   0 / 0, 168 / 154 (stopped there). No: olive is dropped as before.
+- IMLE's coverage term (`--imle_weight`: each of a quarter of the batch's reals pulls the nearest of 4 fakes of its
+  caption towards it, on 8x8 pooled images), weights 1 / 10, seed 0: backgrounds at 10 kimg grey 38 / 155, slate
+  33 / 118, olive 52 / 28, tan 277 / 99; at 20 kimg 169 / 186, 77 / 80, 0 / 0, 154 / 134. Even pulled, no sample
+  reaches olive: the corner colours of ms1_imle10's 400 images at 20 kimg form three clusters, tan (150, 136, 115),
+  slate (106, 116, 134) and one at (128, 126, 124), between grey (128, 128, 128) and olive (125, 125, 100) and
+  nearer grey. Grey and olive are the closest pair of the four backgrounds (their difference is 28 levels of blue
+  alone); G draws them as one mode, and a pull from olive reals lands on the fakes of that merged mode, whose grey
+  reals pull them back. At 200 kimg (the shipped model) the two have split (clusters near (128, 126, 126) and
+  (127, 126, 102)), but unevenly: 46 grey, 158 olive of 400 by corner colour.
 """
 
 from __future__ import annotations
