@@ -11,22 +11,21 @@ memory (`Resources/peak_mem_gb` in stats.jsonl; the CUDA allocator's peak on a G
 It also counts, in this process, the tensors autograd keeps for the backward pass of one step's D and G phases
 (fp32): the activations' own cost, free of the allocator and of the process's fixed memory.
 
-Measured on this 2-core CPU, batch 2 (peak resident memory of the whole process: about 1.2 GB of it is torch, the
-Inception DAMSM, Adam's state and the data; s/step beside two other trainings on the 2 cores, so only roughly
-comparable), kept for backward in MB:
+Measured on this 2-core CPU with nothing else running (`--precision fp32 bf16`), batch 2; peak resident memory of
+the whole process (about 1.2 GB of it is torch, the Inception DAMSM, Adam's state and the data); tensors kept for
+backward in MB (fp32):
     side checkpointing   peak GB fp32 / bf16   s/step fp32 / bf16   kept D MB   kept G MB
-     64        0           1.35 / 1.34          1.25 / 3.28            10.1       214.1
-     64        1           1.32 / 1.32                                  2.8         4.2
-    128        0           1.71 / 1.72          2.31 / 1.84            29.6       287.0
-    128        1           1.62 / 1.60          2.95 / 2.63             3.5        11.0
-    256        0           3.18 / 3.20          6.50 / 5.37           110.2       580.2
-    256        1           2.96 / 3.02          8.26 / 7.35             6.5        38.6
-(at 64px the checkpointed runs' times were taken while the CPU was also running this count: not comparable.)
+     64        0           1.35 / 1.36          0.60 / 0.50            10.1       214.1
+     64        1           1.31 / 1.32          0.73 / 0.68             2.8         4.2
+    128        0           1.72 / 1.78          0.88 / 0.75            29.6       287.0
+    128        1           1.62 / 1.78          1.14 / 0.98             3.5        11.0
+    256        0           3.17 / 3.23          2.76 / 2.26           110.2       580.2
+    256        1           2.97 / 3.00          3.49 / 3.09             6.5        38.6
 The G phase's activations are mostly the frozen Inception's at 299x299 (about 100 MB an image, at every side: L_DAMSM
 backpropagates through it to the fakes), the rest grows about 4x per doubling of the side, as D's do. Without
 checkpointing, batch 16 at 256px keeps about 8 x 580 MB = 4.6 GB for G's backward and 0.9 GB for D's, beside about
 2 GB of weights and Adam state: within 24 GB by this count (not a GPU measurement: no GPU was lent when this was
-written). `--grad_checkpointing 1` keeps 15x less for G and 17x less for D at 256px, for about 30% more time a step.
+written). `--grad_checkpointing 1` keeps 15x less for G and 17x less for D at 256px, for 22-37% more time a step.
 
 Nothing here is a test: the numbers depend on the machine and are reported.
 """
