@@ -210,23 +210,25 @@ class Generator(nn.Module):
         c = mu + torch.exp(0.5 * logvar) * eps
         h = self.h_net1(z, c)
         images, attention = [self.img_net1(h)], []
-        run = checkpointed if self.grad_checkpointing and torch.is_grad_enabled() else lambda m, *a: m(*a)
+        on = self.grad_checkpointing
         for k in range(2, len(self.cfg.resolutions) + 1):
-            h, attn = run(getattr(self, f"h_net{k}"), h, cond)
-            images.append(run(getattr(self, f"img_net{k}"), h))
+            h, attn = checkpointed(getattr(self, f"h_net{k}"), h, cond, enabled=on)
+            images.append(checkpointed(getattr(self, f"img_net{k}"), h, enabled=on))
             attention.append(attn)
         return GOutput(images, attention, mu, logvar)
 
 
-def checkpointed(module: nn.Module, *args, fn=None):
+def checkpointed(module: nn.Module, *args, fn=None, enabled: bool = True):
     """module(*args) (or fn(*args), computed by module's layers) with its activations dropped after the forward
     pass and recomputed in the backward pass (torch.utils.checkpoint): the memory of a stage's activations for
-    about one more forward of compute.
+    about one more forward of compute. A plain call when not `enabled` or when no graph is being built.
 
     The recomputation runs the same operations (checkpoint requires it) with the module's BatchNorm layers at
     momentum 0 and their batch counters put back, so the running mean and variance are updated once per step, as
     without checkpointing (a plain recomputation would apply the momentum twice); the recomputed outputs are the
     same, since training-mode BatchNorm normalises with the batch's own statistics."""
+    if not (enabled and torch.is_grad_enabled()):
+        return (fn or module)(*args)
     norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
     @contextlib.contextmanager
@@ -300,9 +302,7 @@ class StageDiscriminator(nn.Module):
         self.grad_checkpointing = False      # recompute the image code's activations in backward
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            return checkpointed(self, x, fn=self.image_code)
-        return self.image_code(x)
+        return checkpointed(self, x, fn=self.image_code, enabled=self.grad_checkpointing)
 
     def image_code(self, x: torch.Tensor) -> torch.Tensor:
         h = self.img_code_s16(x)

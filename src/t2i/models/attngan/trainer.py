@@ -176,8 +176,7 @@ class AttnGanFamily:
             return total, {"Loss/D": total.detach(), **stats}
         out = self.G(z, cond)
         adv = sum(g_stage_loss(D, fake, cond.sentence) for D, fake in zip(self.D.stages, out.images))
-        encode = self.damsm.image_encoder
-        regions, glob = checkpointed(encode, out.images[-1]) if self.cfg.grad_checkpointing else encode(out.images[-1])
+        regions, glob = checkpointed(self.damsm.image_encoder, out.images[-1], enabled=self.cfg.grad_checkpointing)
         masked = batch_negatives(batch["ids"].to(self.device), batch.get("class_id"))
         match, parts = damsm_loss(cond.words, cond.sentence, cond.lengths, regions, glob, self.cfg, masked)
         kl = kl_loss(out.mu, out.logvar)

@@ -70,8 +70,9 @@ PRESETS: dict[str, KLConfig] = {
     # 32, 64, 64 channels, one block a level, 0.95M parameters. The tiny VQGAN's 16, 32, 64 (0.7M) was not
     # seed-robust: at 72 kimg of benchmarks/ldm_shapes.py's recipe seed 1 sat on a plateau (L1 near 0.11 from 8 to
     # 30 kimg) and its round trips kept 54% / 47% of scenes (seed 0: 95% / 98%); these widths reach 99.4% / 98.8%,
-    # 99.6% / 99.8% and 99.8% / 99.6% on seeds 0, 1, 2 (see that benchmark). Its latents' scale is measured on the data, not fixed: a small network's
-    # latent variance depends on its training, and 0.18215 belongs to the KL-f8 below.
+    # 99.6% / 99.8% and 99.8% / 99.6% on seeds 0, 1, 2 (see that benchmark). Its latents' scale is measured on
+    # the data, not fixed: a small network's latent variance depends on its training, and 0.18215 belongs to the
+    # KL-f8 below.
     "tiny": KLConfig(resolution=64, block_out_channels=(32, 64, 64), layers_per_block=1, latent_channels=4,
                      norm_groups=8, scale_factor=1.0, measure_scale=True, disc_ndf=16, disc_layers=3),
     # Smallest possible, for unit tests: 16px, f2 -> 8x8x4 latents.
