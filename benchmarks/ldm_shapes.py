@@ -56,7 +56,9 @@ AUTOENCODER_ARGS = ("--preset tiny --batch 32 --crop 32 --lr 7e-4 --lr_decay 1 -
 # slowly. But a CLIP trained as a stage of this recipe for 60 kimg (`--clip_kimg 60`: English captions, bf16, 220 s
 # on one core; binding colour / shape / size 0.92 / 0.61 / 0.63 seed 0, 0.94 / 0.65 / 0.47 seed 1) gave seeds 0 / 1
 # 64.0% / 53.3% and 64.0% / 54.0% (guidance 4), no better than the joint encoder: the CLIP must first learn binding,
-# which the shipped one had by 200 kimg. The whole recipe with `--clip_kimg 60`, seeds 0 / 1 side by side on one core
+# which the shipped one had by 200 kimg (an English-only bf16 CLIP has it by 164 kimg on seeds 0 and 1; 200 kimg
+# took 886 s on one core). With the shipped CLIP, seed 0, guidance 2 / 7.5 gave 86.7% / 82.0% and 90.0% / 80.0%.
+# The whole recipe with `--clip_kimg 60`, seeds 0 / 1 side by side on one core
 # each: stages 639 + 219 + 1779 s and 628 + 224 + 1775 s (44 minutes, against the 30-minute budget); all attributes
 # seen / held-out at guidance 1 / 2 / 4 / 7.5 (DPM++ 20): seed 0 58.7 / 40.0, 64.7 / 52.7, 64.0 / 53.3, 64.0 / 52.0;
 # seed 1 56.0 / 45.3, 62.7 / 52.7, 64.0 / 54.0, 60.7 / 52.7; DDIM 50 at guidance 4 the same as DPM++ 20 (64.0 / 53.3,
