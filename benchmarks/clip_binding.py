@@ -22,7 +22,6 @@ import argparse
 import dataclasses
 import random
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -53,8 +52,7 @@ def swapped(scene, attribute: str):
 @torch.no_grad()
 def binding(clip, test: list) -> dict[str, float]:
     """Per attribute, the fraction of scenes whose render is closer to the true caption than to the swapped one."""
-    images = torch.stack([torch.from_numpy(np.array(shapes.render(s, 64))).permute(2, 0, 1) for s in test])
-    image = F.normalize(clip.encode_image(to_model(images)), dim=-1)
+    image = F.normalize(clip.encode_image(to_model(shapes.render_tensor(test))), dim=-1)
     true = F.normalize(clip.encode_text([shapes.prompt(s) for s in test]), dim=-1)
     out = {}
     for k in ATTRIBUTES:

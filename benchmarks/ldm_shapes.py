@@ -58,13 +58,13 @@ AUTOENCODER_ARGS = ("--preset tiny --batch 32 --crop 32 --lr 7e-4 --lr_decay 1 -
 # 64.0% / 53.3% and 64.0% / 54.0% (guidance 4), no better than the joint encoder: the CLIP must first learn binding,
 # which the shipped one had by 200 kimg (an English-only bf16 CLIP has it by 164 kimg on seeds 0 and 1; 200 kimg
 # took 886 s on one core). With the shipped CLIP, seed 0, guidance 2 / 7.5 gave 86.7% / 82.0% and 90.0% / 80.0%.
-# The whole recipe with `--clip_kimg 60`, seeds 0 / 1 side by side on one core
-# each: stages 639 + 219 + 1779 s and 628 + 224 + 1775 s (44 minutes, against the 30-minute budget); all attributes
-# seen / held-out at guidance 1 / 2 / 4 / 7.5 (DPM++ 20): seed 0 58.7 / 40.0, 64.7 / 52.7, 64.0 / 53.3, 64.0 / 52.0;
-# seed 1 56.0 / 45.3, 62.7 / 52.7, 64.0 / 54.0, 60.7 / 52.7; DDIM 50 at guidance 4 the same as DPM++ 20 (64.0 / 53.3,
-# 64.0 / 54.0) at 1.1 against 1.4 images/s. Diversity at guidance 4: two seeds' backgrounds differ 0.53 / 0.68
-# (data 0.74), background TV 0.23 / 0.04, seed-diversity ratio 1.07 / 1.06, precision 0.90 / 0.83, recall 0.87 /
-# 0.93, oracle FID 183 / 131: unlike the GANs, the diffusion model spreads over what prompts leave free.
+# The whole recipe with `--clip_kimg 60`, seeds 0 / 1 side by side on one core each: stages 639 + 219 + 1779 s and 628
+# + 224 + 1775 s (44 minutes, against the 30-minute budget); all attributes seen / held-out at guidance 1 / 2 / 4 /
+# 7.5 (DPM++ 20): seed 0 58.7 / 40.0, 64.7 / 52.7, 64.0 / 53.3, 64.0 / 52.0; seed 1 56.0 / 45.3, 62.7 / 52.7, 64.0 /
+# 54.0, 60.7 / 52.7; DDIM 50 at guidance 4 the same as DPM++ 20 (64.0 / 53.3, 64.0 / 54.0) at 1.1 against 1.4
+# images/s. Diversity at guidance 4: two seeds' backgrounds differ 0.53 / 0.68 (data 0.74), background TV 0.23 / 0.04,
+# seed-diversity ratio 1.07 / 1.06, precision 0.90 / 0.83, recall 0.87 / 0.93, oracle FID 183 / 131: unlike the GANs,
+# the diffusion model spreads over what prompts leave free.
 CLIP_ARGS = "--langs en --precision bf16"
 LDM_ARGS = "--preset tiny --batch 32 --lr 8e-4 --warmup_kimg 5 --min_snr 5 --precision bf16"
 
@@ -86,12 +86,10 @@ def one_seed(seed: int, args, data: Path, work: Path) -> list[tuple]:
     ae = stage(f"autoencoder-seed{seed}", runs, "-autoencoder-tiny",
                T2I + ["train", "autoencoder", "--data", data, "--kimg", args.ae_kimg, "--seed", seed,
                       "--metrics", "psnr,shapes_recon", *args.ae_args.split()], work, walls)
-    text = ["--clip", args.clip] if args.clip else []
-    if args.clip_kimg and not args.clip:
-        clip = stage(f"clip-seed{seed}", runs, "-clip-small",
-                     T2I + ["train", "clip", "--data", data, "--kimg", args.clip_kimg, "--seed", seed,
-                            *args.clip_args.split()], work, walls)
-        text = ["--clip", clip]
+    clip = args.clip or (stage(f"clip-seed{seed}", runs, "-clip-small",
+                               T2I + ["train", "clip", "--data", data, "--kimg", args.clip_kimg, "--seed", seed,
+                                      *args.clip_args.split()], work, walls) if args.clip_kimg else None)
+    text = ["--clip", clip] if clip else []
     ldm = stage(f"ldm-seed{seed}", runs, "-ldm-tiny",
                 T2I + ["train", "ldm", "--data", data, "--autoencoder", ae, "--kimg", args.ldm_kimg, "--seed", seed,
                        *text, *args.ldm_args.split()], work, walls)

@@ -205,7 +205,7 @@ def _shapes_prompt_groups(P: int, S: int, seed: int) -> tuple[list[str], torch.T
 
     rng = random.Random(f"{seed}-seed_diversity")
     scenes = [shapes.sample_scene(rng, "test-seen") for _ in range(P)]
-    renders = _renders([shapes.resample_unnamed(sc, rng) for sc in scenes for _ in range(S)])
+    renders = shapes.render_tensor([shapes.resample_unnamed(sc, rng) for sc in scenes for _ in range(S)])
     return [shapes.prompt(sc) for sc in scenes], renders.view(P, S, *renders.shape[1:])
 
 
@@ -313,8 +313,8 @@ def shapes_accuracy(pipe, opts: EvalOptions, device) -> dict:
         if key == "seen":  # a second seed of every prompt (seeds seed + n + i never met above)
             result |= {f"seen_background_{b}": v for b, v in om.background_shares(preds).items()}
             again = judge(generate(pipe, prompts, opts.seed + opts.n, opts.batch, opts.sampling))
-            real = judge(_renders(scenes))
-            real_again = judge(_renders([shapes.resample_unnamed(s, rng) for s in scenes]))
+            real = judge(shapes.render_tensor(scenes))
+            real_again = judge(shapes.render_tensor([shapes.resample_unnamed(s, rng) for s in scenes]))
             result["seen_background_tv_data"] = om.background_tv(real)
             result["background_seeds_differ"] = om.backgrounds_differ(preds, again)
             result["background_seeds_differ_data"] = om.backgrounds_differ(real, real_again)
@@ -355,15 +355,6 @@ def _oracle_predictions(oracle, images: torch.Tensor, batch: int, device) -> lis
         for chunk in images.split(batch):
             preds += predict(oracle(to_model(chunk.to(device))))
     return preds
-
-
-def _renders(scenes: list) -> torch.Tensor:
-    """uint8 (N, 3, 64, 64) renders of shapes scenes."""
-    import numpy as np
-
-    from t2i.data import shapes
-
-    return torch.from_numpy(np.stack([np.array(shapes.render(s, 64)) for s in scenes])).permute(0, 3, 1, 2)
 
 
 def _need_data(opts: EvalOptions, metric: str):

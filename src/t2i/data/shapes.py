@@ -207,6 +207,13 @@ def render(scene: Scene, size: int = 64) -> Image.Image:
     return image.reduce(SUPERSAMPLE)
 
 
+def render_tensor(scenes: list[Scene], size: int = 64) -> torch.Tensor:
+    """uint8 (N, 3, size, size) renders of scenes."""
+    import numpy as np
+
+    return torch.from_numpy(np.stack([np.asarray(render(s, size)) for s in scenes])).permute(0, 3, 1, 2).contiguous()
+
+
 # ---------------------------------------------------------------------------------------------
 # Captions. Each template is a format string over {a} and {b} (objects[0] and [1] as "size colour
 # shape") and {pos} (the position of a lone object); parse_prompt compiles the same strings into

@@ -253,7 +253,6 @@ def render_batch(batch_size: int, rng: random.Random, size: int = 64, split: str
     split=None draws over all (shape, colour) combinations, the held-out ones included.
     """
     scenes = [shapes.sample_scene(rng, split or "all") for _ in range(batch_size)]
-    pixels = np.stack([np.asarray(shapes.render(s, size)) for s in scenes])  # (B, S, S, 3)
-    images = to_model(torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous())
+    images = to_model(shapes.render_tensor(scenes, size))
     targets = [shapes.scene_targets(s) | shapes.unnamed_targets(s) for s in scenes]
     return images, {k: torch.stack([t[k] for t in targets]) for k in [*HEADS, *UNNAMED]}, scenes

@@ -72,8 +72,9 @@ HELP = {
     "vocab": "bert-base-uncased vocab.txt: tokenise with its WordPiece (a local file; paper256 needs it)",
     "clip": "frozen CLIP text tower instead of a trained text encoder: a `t2i train clip` run (its token states "
             "and its BPE), or ARCH:/path/to/weights of an open_clip model (e.g. ViT-L-14:/models/open_clip.safetensors; "
-            "its final token states and its own tokenizer, as Stable Diffusion reads them). On small data it makes "
-            "prompts followed far sooner than a jointly trained encoder (shapes: benchmarks/ldm_shapes.py)",
+            "its final token states and its own tokenizer, as Stable Diffusion reads them). On small data a CLIP that "
+            "binds attributes to objects makes prompts followed far sooner than a jointly trained encoder (shapes: "
+            "benchmarks/ldm_shapes.py, benchmarks/clip_binding.py)",
     "bpe": "`t2i train bpe` run (empty and no --vocab: train a BPE on the dataset's captions)",
     "bpe_vocab": "vocabulary size of a BPE trained here",
     "prediction": "what the UNet predicts: eps (LDM) or v (v-prediction)",
