@@ -24,24 +24,29 @@ def sh(args: list, log: Path | None = None) -> float:
     return time.time() - t0
 
 
-def run_parallel(commands: dict[str, tuple[list, Path]], jobs: int, threads: int = 1) -> None:
-    """Run labelled commands, `jobs` at a time with OMP_NUM_THREADS=threads each (one core a training on this
-    2-core machine beats two threads each), output to each one's log; fail loudly naming the one that failed."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    pending: dict[str, subprocess.Popen] = {}
-
-    def wait_all() -> None:
-        for label, proc in list(pending.items()):
-            if proc.wait():
-                raise SystemExit(f"{label} failed ({proc.returncode}); see {commands[label][1]}")
-            del pending[label]
-
-    for label, (cmd, log) in commands.items():
-        pending[label] = subprocess.Popen([str(c) for c in cmd], stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                                          env=env)
-        if len(pending) >= jobs:
-            wait_all()
-    wait_all()
+def run_parallel(commands: dict[str, tuple[list, Path]], jobs: int, threads: int | None = 1) -> dict[str, float]:
+    """Run labelled commands, up to `jobs` at a time with OMP_NUM_THREADS=threads each (None: inherited; one core a
+    training on this 2-core machine beats two threads each), output to each one's log; fail loudly naming the one
+    that failed (stopping the others). Returns each command's wall time in seconds."""
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    queue, running, walls = list(commands.items()), {}, {}
+    try:
+        while queue or running:
+            while queue and len(running) < jobs:
+                label, (cmd, log) = queue.pop(0)
+                running[label] = (subprocess.Popen([str(c) for c in cmd], stdout=open(log, "w"),
+                                                   stderr=subprocess.STDOUT, env=env), time.time())
+            for label, (proc, t0) in list(running.items()):
+                if proc.poll() is not None:
+                    if proc.returncode:
+                        raise SystemExit(f"{label} failed ({proc.returncode}); see {commands[label][1]}")
+                    walls[label] = time.time() - t0
+                    del running[label]
+            time.sleep(0.2)
+    finally:
+        for proc, _ in running.values():
+            proc.kill()
+    return walls
 
 
 def finished(outdir: Path, suffix: str) -> Path | None:
@@ -54,18 +59,26 @@ def finished(outdir: Path, suffix: str) -> Path | None:
     return None
 
 
+def stages(specs: dict[str, tuple[Path, str, list]], work: Path, walls: dict, threads: int | None = None) -> list[Path]:
+    """Run training stages {name: (outdir, run suffix, command)} side by side with `threads` each (None: inherited),
+    unless a finished run of one exists; record each one's wall time (a reused run's: its training time); their runs."""
+    todo = {name: (cmd + ["--outdir", outdir], work / f"{name}.log")
+            for name, (outdir, suffix, cmd) in specs.items() if finished(outdir, suffix) is None}
+    walls.update(run_parallel(todo, len(todo), threads) if todo else {})
+    runs = []
+    for name, (outdir, suffix, _) in specs.items():
+        runs.append(run := finished(outdir, suffix))
+        if name not in walls:
+            found = re.findall(r"^done: [\d.]+ kimg in ([\d.]+)s", (run / "log.txt").read_text(), re.M) \
+                if (run / "log.txt").exists() else []
+            walls[name] = sum(map(float, found))
+        print(f"{name}: {run} ({walls[name]:.0f}s)")
+    return runs
+
+
 def stage(name: str, outdir: Path, suffix: str, cmd: list, work: Path, walls: dict) -> Path:
-    """Run one training stage unless a finished run of it exists; record its wall time."""
-    run = finished(outdir, suffix)
-    if run is None:
-        walls[name] = sh(cmd + ["--outdir", outdir], work / f"{name}.log")
-        run = finished(outdir, suffix)
-    else:
-        found = re.findall(r"^done: [\d.]+ kimg in ([\d.]+)s", (run / "log.txt").read_text(), re.M) \
-            if (run / "log.txt").exists() else []
-        walls[name] = sum(map(float, found))
-    print(f"{name}: {run} ({walls[name]:.0f}s)")
-    return run
+    """Run one training stage (see `stages`)."""
+    return stages({name: (outdir, suffix, cmd)}, work, walls)[0]
 
 
 def metric(run: Path, name: str) -> dict:

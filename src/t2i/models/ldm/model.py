@@ -42,7 +42,7 @@ class LatentDiffusion(nn.Module):
         return self.text(ids, mask)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.unet(x, t, self.encode_text(ids, mask)[0])
+        return self.unet(x, t, *self.encode_text(ids, mask))
 
 
 PRESETS: dict[str, LdmConfig] = {

@@ -96,9 +96,9 @@ class LdmPipeline(PromptRouting):
     def model_fns(self, prompts: list[str], truncate: bool = False):
         """(conditional, unconditional) model functions (x_t, t) -> prediction; the unconditional one reads the
         empty caption, LDM's null condition."""
-        context = self.condition(prompts, truncate=truncate)[0]
-        null_context = self.text_condition([""] * len(prompts))[0]
-        return (lambda x, t: self.model.unet(x, t, context)), (lambda x, t: self.model.unet(x, t, null_context))
+        context = self.condition(prompts, truncate=truncate)
+        null_context = self.text_condition([""] * len(prompts))
+        return (lambda x, t: self.model.unet(x, t, *context)), (lambda x, t: self.model.unet(x, t, *null_context))
 
     def sample_latents(self, prompts: list[str], seeds: list[int], sampler: str = "ddim", steps: int = 50,
                        guidance: float = 7.5, eta: float = 0.0, truncate: bool = False) -> torch.Tensor:

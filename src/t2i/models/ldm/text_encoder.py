@@ -3,7 +3,8 @@
 LDM text2img (Rombach et al. 2022, arXiv 2112.10752, App. E.2) trains a BERT-like transformer jointly with
 the UNet: token embeddings + learned positions, pre-norm transformer layers (no causal mask), a final
 LayerNorm. Its token states (B, T, width) are the UNet's cross-attention context; the pooled state (B, width)
-is the state at the first position ([CLS] / <sot>). CompVis' BERTEmbedder (an x-transformers Encoder) differs
+is the state at the end token (the last unpadded position: a t2i CLIP's sentence feature), which the UNet adds
+to its timestep embedding when its `pooled_dim` is set. CompVis' BERTEmbedder (an x-transformers Encoder) differs
 from a textbook layer in three ways the config spells out, so that paper256 holds its weights exactly: 8 heads
 of 64 dimensions (attention width 512, not 1280), q/k/v without biases, and no padding mask (its [PAD]
 tokens are attended to). The alternative, a frozen CLIP text tower (t2i's small
@@ -125,7 +126,8 @@ class TextEncoder(nn.Module):
         h = self.token(ids) + self.position[:ids.shape[1]]                # (B, T, width)
         attn_mask = mask[:, None, None, :] if self.cfg.mask_padding else None   # (B, 1, 1, T): keys attended
         h = self.norm(self.layers(h, attn_mask))
-        return h, h[:, 0]
+        end = (mask.long().sum(1) - 1).clamp(min=0)       # the end token: a t2i CLIP's sentence feature
+        return h, h[torch.arange(len(h), device=h.device), end]
 
 
 def from_clip_text(clip) -> tuple[TextConfig, dict[str, torch.Tensor]]:
@@ -181,6 +183,15 @@ def from_open_clip(clip) -> tuple[TextConfig, dict[str, torch.Tensor]]:
     cfg = TextConfig(vocab_size=emb.shape[0], max_len=tower["positional_embedding"].shape[0], width=emb.shape[1],
                      layers=text_cfg["layers"], heads=text_cfg["heads"], frozen=True, open_clip=clip.arch)
     return cfg, {f"tower.{k}": v for k, v in tower.items()}
+
+
+def pooled_width(cfg: TextConfig) -> int:
+    """Width of the pooled state of the text module a config describes (open_clip's is projected)."""
+    if cfg.open_clip:
+        import open_clip
+
+        return open_clip.get_model_config(cfg.open_clip)["embed_dim"]
+    return cfg.width
 
 
 def build_text_encoder(cfg: TextConfig) -> nn.Module:

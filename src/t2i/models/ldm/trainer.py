@@ -30,6 +30,7 @@ from t2i.models.ldm.diffusion import (
     drop_captions,
 )
 from t2i.models.ldm.model import PRESETS, LatentDiffusion, LdmConfig
+from t2i.models.ldm.text_encoder import pooled_width
 from t2i.text.vocab import caption_vocabulary
 from t2i.training.loop import Phase, warmup_cosine
 from t2i.training.run import grid_picks
@@ -53,6 +54,7 @@ class LdmTrainConfig:
     null_text_prob: float = 0.1  # captions replaced by the empty caption (classifier-free guidance)
     min_snr: float = 0.0         # min-SNR-gamma loss weighting (0 = off; 5 is the paper's choice)
     train_text: bool = True      # train the text encoder with the UNet (0: frozen, e.g. fine-tuning paper256)
+    pooled_text: bool = False    # the pooled text state joins the UNet's timestep embedding (as SDXL's)
     grad_checkpointing: bool = False   # recompute UNet / text-encoder activations in backward: less memory
     offload_autoencoder: bool = False  # keep the frozen autoencoder in CPU memory, on the device only to encode/decode
 
@@ -85,6 +87,9 @@ HELP = {
     "train_text": "train the text encoder jointly with the UNet, as LDM does (1/0); 0 freezes it (fine-tuning "
                   "paper256 on one 24 GB GPU: the 32-layer encoder's gradients and Adam state do not fit beside "
                   "the UNet's)",
+    "pooled_text": "add the text encoder's pooled state (its end token's; a CLIP's sentence feature) to the UNet's "
+                   "timestep embedding, as SDXL adds its pooled text embedding, beside cross-attention to the token "
+                   "states (1/0); CompVis' models have none",
     "grad_checkpointing": "gradient checkpointing of the UNet's blocks and the text encoder's layers (1/0): "
                           "activations are recomputed in the backward pass, trading about a third more compute "
                           "for much less memory",
@@ -212,6 +217,8 @@ class LdmFamily:
 
                 self.net.text, clip_text = (from_open_clip if hasattr(clip, "arch") else from_clip_text)(clip)
                 self.net.unet.context_dim = self.net.text.width
+            if cfg.pooled_text:
+                self.net.unet.pooled_dim = pooled_width(self.net.text)
         self.model = LatentDiffusion(self.net).to(d.device)
         if clip is not None:
             self.model.text.load_state_dict(clip_text)
@@ -237,7 +244,9 @@ class LdmFamily:
 
     def phases(self) -> list[Phase]:
         params = [p for p in self.model.parameters() if p.requires_grad]   # no frozen CLIP tower, no --train_text 0
-        opt = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        # One fused kernel for all parameters rather than torch's default per-op (foreach) update: 11% of a tiny-preset
+        # step on this CPU (bf16, batch 32: 400 against 353 ms a step on one core).
+        opt = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay, fused=True)
         schedule = warmup_cosine(self.cfg.warmup_kimg * 1000, self.loop.kimg * 1000, self.loop.batch)
         return [Phase("main", self.model, opt, lr_scale=schedule)]
 
