@@ -81,6 +81,9 @@ def page(served):
 
 
 def natural_sizes(page, selector: str) -> list[list[int]]:
+    """Each image's decoded size, once every one has finished loading (a busy machine can show the page before the
+    browser has decoded them; an image that fails to load still counts as finished, at 0 x 0)."""
+    page.wait_for_function("sel => [...document.querySelectorAll(sel)].every(e => e.complete)", arg=selector)
     return page.eval_on_selector_all(selector, "els => els.map(e => [e.naturalWidth, e.naturalHeight])")
 
 
