@@ -298,6 +298,23 @@ def test_a_frozen_clip_text_tower_conditions_instead(shapes16, autoencoder_run, 
     assert pipe(["a large red circle"], [0], steps=3).shape == (1, 3, 16, 16)
 
 
+def test_training_on_a_cpu_runs_plain_attention_and_sampling_the_default(one_thread):
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    from t2i.models.ldm.model import LatentDiffusion
+
+    torch.manual_seed(0)
+    model = LatentDiffusion(PRESETS["test"])
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([10, 900])
+    ids, mask = torch.randint(4, 100, (2, 6)), torch.ones(2, 6, dtype=torch.bool)
+    trained = model(x, t, ids, mask)
+    assert {type(p) for p in model.unet.net.attn_processors.values()} == {AttnProcessor}
+    with torch.no_grad():
+        sampled = model(x, t, ids, mask)
+    assert {type(p) for p in model.unet.net.attn_processors.values()} == {AttnProcessor2_0}
+    torch.testing.assert_close(trained.detach(), sampled, rtol=1e-4, atol=1e-5)      # the same function
+
+
 def test_the_pooled_text_state_reaches_the_unet(one_thread):
     from t2i.models.ldm.model import LatentDiffusion
 
