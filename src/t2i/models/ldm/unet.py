@@ -66,6 +66,7 @@ def attention_kind(device: torch.device) -> str:
 
 
 def attention_processor(kind: str):
+    """diffusers' attention processor of an `attention_kind`."""
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
     return AttnProcessor() if kind == "plain" else AttnProcessor2_0()
