@@ -94,7 +94,7 @@ def evaluate(run: Path, data: Path, out: Path, opts: list, n: int, full: bool, w
 
 
 def one_seed(seed: int, args, data: Path, work: Path) -> list[tuple]:
-    """Train both stages with this seed and evaluate every sampling setting; the rows of the table."""
+    """Train every stage with this seed and evaluate every sampling setting; the rows of the table."""
     runs, walls = work / f"seed{seed}", {}
     runs.mkdir(parents=True, exist_ok=True)
     # The first stage and the CLIP do not depend on each other: they train side by side on one core each, then the
@@ -112,10 +112,10 @@ def one_seed(seed: int, args, data: Path, work: Path) -> list[tuple]:
                 T2I + ["train", "ldm", "--data", data, "--autoencoder", ae, "--kimg", args.ldm_kimg, "--seed", seed,
                        *text, *args.ldm_args.split()], work, walls)
     rec, ceiling = metric(ae, "psnr"), metric(ae, "shapes_recon")
-    *side_by_side, last = walls.values()
-    total = max(side_by_side) + last
+    last = walls[f"ldm-seed{seed}"]
+    total = max(walls[name] for name in first) + last
     print(f"seed {seed}: autoencoder PSNR {rec['psnr_db']:.2f} dB, round trip {ceiling['seen_all']:.3f} / "
-          f"{ceiling['heldout_all']:.3f} (seen / held-out); stages (" + " | ".join(f"{w:.0f}s" for w in side_by_side)
+          f"{ceiling['heldout_all']:.3f} (seen / held-out); stages (" + " | ".join(f"{walls[n]:.0f}s" for n in first)
           + f") + {last:.0f}s = {total:.0f}s (budget 1800s)")
     settings = {f"dpm++ 20, g {g:g}": ["--sampler", "dpm++", "--steps", "20", "--guidance", str(g)]
                 for g in args.guidances}
