@@ -78,6 +78,25 @@ def test_min_snr_weights():
     assert min_snr_weight(t, a, 5.0, "eps")[0] < 0.01 and min_snr_weight(t, a, 5.0, "eps")[-1] == 1.0
 
 
+def test_zero_terminal_snr_schedule_in_closed_form():
+    base, zero = alphas_cumprod(DiffusionConfig()), alphas_cumprod(DiffusionConfig(prediction="v", zero_snr=True))
+    s, s0, sT = base.sqrt(), base[0].sqrt(), base[-1].sqrt()
+    closed = (s - sT) * s0 / (s0 - sT)            # Lin et al. 2024, Algorithm 1: shifted to 0 at T, same at t = 1
+    assert torch.allclose(zero.sqrt(), closed, rtol=1e-9, atol=1e-12)
+    assert zero[-1] == 0 and zero[0] == base[0] and (zero.diff() < 0).all()
+    x0, eps = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    t = torch.tensor([999, 999])
+    assert torch.equal(q_sample(x0, t, eps, zero), eps)                     # x_T holds no image in training
+    assert torch.allclose(target(x0, t, eps, zero, "v"), -x0)               # v at T is -x_0
+    assert torch.equal(min_snr_weight(t, zero, 5.0, "v"), torch.zeros(2))   # finite, not nan
+    for sampler in SAMPLERS:   # every sampler starts at T on the model's schedule (alpha_bar_T lifted to 2^-24)
+        sched = make_scheduler(sampler, DiffusionConfig(prediction="v", zero_snr=True))
+        sched.set_timesteps(10)
+        assert int(sched.timesteps[0]) == 999
+        assert torch.allclose(sched.alphas_cumprod[:-1].double(), zero[:-1], rtol=1e-5)
+        assert float(sched.alphas_cumprod[-1]) == pytest.approx(2.0 ** -24)
+
+
 def test_null_caption_dropout_rate():
     caps = [f"caption {i}" for i in range(20000)]
     dropped = drop_captions(caps, 0.1, torch.Generator().manual_seed(0))
@@ -179,14 +198,16 @@ def test_dry_run_and_exact_resume(ldm_run, autoencoder_run, shapes16, copy_run, 
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_v_prediction_and_min_snr_train(shapes16, autoencoder_run, tmp_path, one_thread):
+def test_v_prediction_min_snr_and_zero_terminal_snr_train(shapes16, autoencoder_run, tmp_path, one_thread):
     cli("train", "ldm", "--data", shapes16, "--autoencoder", autoencoder_run, "--preset", "test", "--bpe_vocab", 300,
-        "--prediction", "v", "--min_snr", 5, "--kimg", 0.016, "--outdir", tmp_path)
+        "--prediction", "v", "--min_snr", 5, "--zero_snr", 1, "--kimg", 0.016, "--outdir", tmp_path)
     (run,) = tmp_path.glob("*-ldm-test")
     pipe = load_pipeline(run)
-    assert pipe.diffusion.prediction == "v"
+    assert pipe.diffusion.prediction == "v" and pipe.diffusion.zero_snr     # the snapshot carries the schedule
     assert make_scheduler("ddim", pipe.diffusion).config.prediction_type == "v_prediction"
-    assert pipe(["a large red circle"], [0], steps=3).shape == (1, 3, 16, 16)
+    for sampler in SAMPLERS:
+        images = pipe(["a large red circle"], [0], sampler=sampler, steps=3)
+        assert images.shape == (1, 3, 16, 16) and images.float().std() > 0
 
 
 # --- sampling --------------------------------------------------------------------------------------------------
@@ -252,7 +273,7 @@ def test_eval_takes_the_sampling_options(ldm_run, tmp_path):
 
 # --- bad input --------------------------------------------------------------------------------------------------
 
-def test_errors_name_the_value_and_the_fix(ldm_run, shapes16, vqgan_run, tmp_path, cli_error):
+def test_errors_name_the_value_and_the_fix(ldm_run, shapes16, vqgan_run, autoencoder_run, tmp_path, cli_error):
     base = ["train", "ldm", "--data", shapes16, "--preset", "test", "--outdir", tmp_path]
     msg = cli_error(*base, "--autoencoder", tmp_path / "missing")
     assert f"--autoencoder {tmp_path / 'missing'}: " in msg and "train one with `t2i train autoencoder" in msg
@@ -262,6 +283,7 @@ def test_errors_name_the_value_and_the_fix(ldm_run, shapes16, vqgan_run, tmp_pat
     assert not any(tmp_path.iterdir())                                       # no run left behind
     msg = cli_error("train", "ldm", "--data", shapes16, "--autoencoder", vqgan_run, "--preset", "paper256")
     assert "give --vocab /path/to/vocab.txt" in msg
+    assert "--zero_snr 1 needs --prediction v" in cli_error(*base, "--autoencoder", autoencoder_run, "--zero_snr", 1)
     assert "the prompt is empty" in cli_error("generate", "  ", "--model", ldm_run)
     assert "--eta 1.0: eta is DDIM's noise" in cli_error("generate", "a red circle", "--model", ldm_run,
                                                          "--sampler", "plms", "--eta", 1)

@@ -7,6 +7,13 @@ Forward process x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps. The net
 v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0 (Salimans & Ho 2022). Min-SNR-gamma weighting (Hang et
 al. 2023, arXiv 2303.09556) multiplies each sample's loss by min(SNR_t, gamma) / SNR_t (eps) or
 min(SNR_t, gamma) / (SNR_t + 1) (v), SNR_t = alpha_bar_t / (1 - alpha_bar_t).
+
+Zero terminal SNR (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed", Algorithm 1;
+`zero_snr`): the linear schedule ends at alpha_bar_T = 0.0047, so training's x_T still holds the image at 7% of its
+amplitude, and a model learns to read it, most strongly its low frequencies (an object's colour). Sampling starts
+from pure noise, whose chance low frequencies the model then reads as colour: on shapes the seed, not the caption,
+chose an object's colour. The rescaled schedule shifts sqrt(alpha_bar) so it reaches 0 at T (x_T is pure noise in
+training too) and scales it so alpha_bar_1 is unchanged. eps is then undefined at T: it needs v-prediction.
 """
 
 from __future__ import annotations
@@ -26,14 +33,21 @@ class DiffusionConfig:
     beta_end: float = 0.012
     timesteps: int = 1000
     prediction: str = "eps"      # eps | v
+    zero_snr: bool = False       # rescale the schedule to zero terminal SNR (needs v)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def betas(cfg: DiffusionConfig) -> torch.Tensor:
-    """(T,) float64 betas of CompVis' "linear" schedule (diffusers' "scaled_linear")."""
-    return torch.linspace(cfg.beta_start ** 0.5, cfg.beta_end ** 0.5, cfg.timesteps, dtype=torch.float64) ** 2
+    """(T,) float64 betas of CompVis' "linear" schedule (diffusers' "scaled_linear"), rescaled to zero terminal SNR
+    (beta_T = 1) with `zero_snr`."""
+    b = torch.linspace(cfg.beta_start ** 0.5, cfg.beta_end ** 0.5, cfg.timesteps, dtype=torch.float64) ** 2
+    if cfg.zero_snr:
+        from diffusers.schedulers.scheduling_ddim import rescale_zero_terminal_snr
+
+        b = rescale_zero_terminal_snr(b)
+    return b
 
 
 def alphas_cumprod(cfg: DiffusionConfig) -> torch.Tensor:

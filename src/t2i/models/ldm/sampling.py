@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 
 from t2i.errors import T2IError
-from t2i.models.ldm.diffusion import DiffusionConfig
+from t2i.models.ldm.diffusion import DiffusionConfig, betas
 
 SAMPLERS = ("ddim", "plms", "dpm++")
 
@@ -27,6 +27,14 @@ def make_scheduler(sampler: str, cfg: DiffusionConfig):
     common = {"num_train_timesteps": cfg.timesteps, "beta_start": cfg.beta_start, "beta_end": cfg.beta_end,
               "beta_schedule": "scaled_linear",   # = CompVis' "linear" (tested against diffusion.betas)
               "prediction_type": "epsilon" if cfg.prediction == "eps" else "v_prediction"}
+    if cfg.zero_snr:
+        # The model's own betas, alpha_bar_T lifted from 0 to 2^-24 as diffusers' DPM-Solver does (its log-SNR and
+        # PLMS's update divide by sqrt(alpha_bar)); "trailing" steps so sampling starts at T, the step whose x_T is
+        # pure noise in training as in sampling (Lin et al. 2024, Sec. 3.3).
+        b = betas(cfg)
+        bar = torch.cumprod(1 - b, 0)
+        b[-1] = 1 - 2.0 ** -24 / bar[-2]
+        common.update(trained_betas=b.numpy(), timestep_spacing="trailing")
     if sampler == "ddim":   # CompVis' DDIM: alpha_bar_prev of the last step is alpha_bar_0, timesteps offset by 1
         return DDIMScheduler(**common, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
     if sampler == "plms":

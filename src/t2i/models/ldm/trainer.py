@@ -53,6 +53,7 @@ class LdmTrainConfig:
     warmup_kimg: float = 1.0     # linear learning-rate warm-up, then cosine decay to 10% at --kimg
     null_text_prob: float = 0.1  # captions replaced by the empty caption (classifier-free guidance)
     min_snr: float = 0.0         # min-SNR-gamma loss weighting (0 = off; 5 is the paper's choice)
+    zero_snr: bool = False       # the schedule rescaled to zero terminal SNR (Lin et al. 2024; needs v)
     train_text: bool = True      # train the text encoder with the UNet (0: frozen, e.g. fine-tuning paper256)
     pooled_text: bool = False    # the pooled text state joins the UNet's timestep embedding (as SDXL's)
     grad_checkpointing: bool = False   # recompute UNet / text-encoder activations in backward: less memory
@@ -84,6 +85,8 @@ HELP = {
     "warmup_kimg": "linear lr warm-up in kimg, then cosine decay to 10%%",
     "null_text_prob": "probability of training on the empty caption (enables --guidance at sampling)",
     "min_snr": "min-SNR-gamma loss weighting, gamma (0 = off, uniform weights)",
+    "zero_snr": "rescale the noise schedule to zero terminal SNR (Lin et al. 2024) and sample from the last step "
+                "(1/0): the model cannot read colours out of the starting noise; needs --prediction v",
     "train_text": "train the text encoder jointly with the UNet, as LDM does (1/0); 0 freezes it (fine-tuning "
                   "paper256 on one 24 GB GPU: the 32-layer encoder's gradients and Adam state do not fit beside "
                   "the UNet's)",
@@ -127,6 +130,9 @@ def validate(cfg: LdmTrainConfig) -> None:
         raise T2IError(f"--null_text_prob {cfg.null_text_prob} must be in [0, 1)")
     if cfg.min_snr < 0:
         raise T2IError(f"--min_snr {cfg.min_snr} must be >= 0 (0 = off)")
+    if cfg.zero_snr and cfg.prediction != "v":
+        raise T2IError("--zero_snr 1 needs --prediction v: at zero SNR the last step's x_T holds no image, so its "
+                       "noise (eps) is x_T itself and cannot be learned")
     require_dataset(cfg.data, "t2i train ldm")
 
 
@@ -203,7 +209,7 @@ class LdmFamily:
         with self.autoencoder_on_device():
             self.mean, self.logvar = load_or_encode_latents(dataset, self.autoencoder, 1, d.device, log)  # (N, A, C, h, w)
         self.diffusion = DiffusionConfig(**init.meta["diffusion"]) if init is not None else \
-            DiffusionConfig(prediction=cfg.prediction)
+            DiffusionConfig(prediction=cfg.prediction, zero_snr=cfg.zero_snr)
         self.alpha_bar = alphas_cumprod(self.diffusion).to(d.device)
         if init is not None:
             self.net = LdmConfig.from_dict(init.meta["net"])
