@@ -88,7 +88,11 @@ def test_zero_terminal_snr_schedule_in_closed_form():
     t = torch.tensor([999, 999])
     assert torch.equal(q_sample(x0, t, eps, zero), eps)                     # x_T holds no image in training
     assert torch.allclose(target(x0, t, eps, zero, "v"), -x0)               # v at T is -x_0
-    assert torch.equal(min_snr_weight(t, zero, 5.0, "v"), torch.zeros(2))   # finite, not nan
+    assert torch.equal(min_snr_weight(t, zero, 5.0, "v", zero_snr=True), torch.ones(2))   # T keeps weight 1
+    t = torch.tensor([0, 300, 600, 999])
+    snr = zero[t] / (1 - zero[t])
+    assert torch.allclose(min_snr_weight(t, zero, 5.0, "v", zero_snr=True).double(),
+                          (snr + 1).clamp(max=5) / (snr + 1), rtol=1e-6)
     for sampler in SAMPLERS:   # every sampler starts at T on the model's schedule (alpha_bar_T lifted to 2^-24)
         sched = make_scheduler(sampler, DiffusionConfig(prediction="v", zero_snr=True))
         sched.set_timesteps(10)
