@@ -169,6 +169,24 @@ def test_lafite_learns_a_clip_token_towards_the_concepts_image_features(lafite_r
     assert "never saw" not in capsys.readouterr().err                          # the placeholder is a known word now
 
 
+def test_an_ldm_on_a_frozen_clip_tower_learns_rows_after_its_padded_table(shapes16, autoencoder_run, clip_run, concept,
+                                                                          tmp_path, one_thread):
+    cli("train", "ldm", "--data", shapes16, "--autoencoder", autoencoder_run, "--preset", "test", "--clip", clip_run,
+        "--kimg", 0.016, "--outdir", tmp_path / "runs")
+    (ldm,) = (tmp_path / "runs").glob("*-ldm-test")
+    base = load_pipeline(ldm)
+    rows = base.model.text.token.num_embeddings
+    assert text_side(base).vocab_size() < rows                 # the CLIP's table is padded past its BPE's tokens
+    cli("invert", "--model", ldm, "--images", concept, "--init_word", "small", "--steps", 3, "--outdir", tmp_path)
+    (run,) = tmp_path.glob("*-invert")
+    pipe = load_pipeline(ldm)
+    apply_embeds(pipe, [str(run)])
+    ids, _ = pipe.text(["a large red *"])
+    assert rows in ids.tolist()[0]                             # the placeholder reads the first row after the table
+    assert torch.equal(pipe.text_condition(["a large red circle"])[0], base.text_condition(["a large red circle"])[0])
+    assert not torch.equal(pipe.text_condition(["a large red *"])[0], base.text_condition(["a large red small"])[0])
+
+
 def test_attngan_learns_a_damsm_word_towards_the_concepts_images(attngan_run, concept, tmp_path, one_thread,
                                                                   capsys, cli_error):
     from t2i.concepts.invert import load_concept_images

@@ -238,6 +238,9 @@ class LdmTextSide(TextSide):
         from t2i.models.ldm.diffusion import alphas_cumprod
 
         self.alpha_bar = alphas_cumprod(pipe.diffusion)
+        # A frozen t2i CLIP tower's table may have more rows than its BPE has tokens (the CLIP's vocab_size):
+        # new tokens' ids are then sent to the rows appended after the table.
+        self.rows_follow_tokens = self.vocab_size() == self.table().num_embeddings
 
     def text(self) -> nn.Module:
         """The text encoder itself (inside an adapter, once one is installed)."""
