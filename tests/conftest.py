@@ -153,3 +153,9 @@ def _restore_grad_mode():
     """`t2i generate` disables autograd for its (normally short-lived) process; undo it between tests."""
     yield
     torch.set_grad_enabled(True)
+
+
+@pytest.fixture(autouse=True)
+def _work_in_tmp(tmp_path, monkeypatch):
+    """Every test runs in its own tmp_path: default outputs (out.png, runs/) must never land in the repository."""
+    monkeypatch.chdir(tmp_path)

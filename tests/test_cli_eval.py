@@ -11,12 +11,6 @@ from t2i.metrics.oracle_trainer import DEFAULT_ORACLE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture(autouse=True)
-def _work_in_tmp(tmp_path, monkeypatch):
-    """Default outputs (out.png, runs/) must never land in the repository."""
-    monkeypatch.chdir(tmp_path)
-
 needs_oracle = pytest.mark.skipif(not (DEFAULT_ORACLE.exists()),
                                   reason=f"no shipped shapes oracle at {DEFAULT_ORACLE} yet")
 

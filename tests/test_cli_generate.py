@@ -10,12 +10,6 @@ from t2i.models.routing import PromptRouting
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture(autouse=True)
-def _work_in_tmp(tmp_path, monkeypatch):
-    """Default outputs (out.png, runs/) must never land in the repository."""
-    monkeypatch.chdir(tmp_path)
-
 PROMPT = "a large red circle above a small blue square"
 
 

@@ -13,12 +13,6 @@ from t2i.training.snapshot import list_snapshots, load_snapshot
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(autouse=True)
-def _work_in_tmp(tmp_path, monkeypatch):
-    """Default outputs (out.png, runs/) must never land in the repository."""
-    monkeypatch.chdir(tmp_path)
-
-
 def dry_run(capsys, *argv) -> dict:
     capsys.readouterr()
     assert main(["train", *map(str, argv), "--dry-run"]) == 0
