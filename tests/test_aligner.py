@@ -42,7 +42,7 @@ def test_the_sentence_encoder_gives_unit_vectors_and_bad_specs_are_named():
         load_sentence_encoder("st:/nonexistent/model")
 
 
-@pytest.mark.parametrize("run", ["lafite_run", "ldm_run", "dalle_run"])
+@pytest.mark.parametrize("run", ["lafite_run", "ldm_run", "dalle_run", "attngan_run"])
 def test_the_aligner_outputs_each_familys_conditioning_and_a_route_mixes_rows(run, request, one_thread):
     pipe = load_pipeline(request.getfixturevalue(run))
     side = text_side(pipe)
@@ -204,7 +204,36 @@ def test_the_word_reader_reads_words_in_order_and_ignores_padding():
     assert not torch.allclose(a(v, w, mask), a(v, w[:, [1, 0, 2]], mask))   # two words swapped
 
 
-def test_an_aligner_for_attngan_is_refused_with_the_reason(attngan_run, shapes16, tmp_path, cli_error):
-    message = cli_error("train", "aligner", "--model", attngan_run, "--data", shapes16, "--lang", "ko", "--kimg", 0.1,
-                        "--outdir", tmp_path)
-    assert "not built for attngan" in message and "word counts" in message
+def test_a_length_head_counts_words_and_the_loss_ignores_positions_past_them():
+    torch.manual_seed(0)
+    a = Aligner(8, [[4], [5, 4], []], True, width=32, layers=1)   # AttnGAN's (sentence, words, word count)
+    a.set_scales((torch.ones(1, 4), torch.ones(1, 5, 4), torch.tensor([3])))
+    v = torch.randn(6, 8)
+    sentence, words, lengths = a(v)
+    assert lengths.dtype == torch.long and lengths.shape == (6,)
+    assert 1 <= int(lengths.min()) <= int(lengths.max()) <= 5
+    past = torch.arange(5) >= lengths[:, None]
+    assert past.any() and words[past].abs().max() == 0 and sentence.shape == (6, 4)
+    raw = a.raw(v)
+    assert raw[2].shape == (6, 6)                                   # logits over 0..5 words
+    target = [raw[0].detach(), raw[1].detach().clone(), lengths]
+    base, cos = alignment_loss(raw, target)
+    assert cos.item() == pytest.approx(1)
+    target[1][past] = torch.randn(int(past.sum()), 4)               # what lies past a caption's words
+    assert alignment_loss(raw, target)[0].item() == pytest.approx(base.item())
+    target[2] = (lengths + 1).clamp(max=5)                          # a wrong word count costs
+    assert alignment_loss(raw, target)[0].item() > base.item() + 0.1
+
+
+def test_an_attngan_aligner_trains_and_routes_korean_prompts(attngan_run, shapes16, tmp_path, one_thread):
+    cli("train", "aligner", "--model", attngan_run, "--data", shapes16, "--lang", "ko", "--kimg", 0.128,
+        "--batch", 32, "--width", 64, "--outdir", tmp_path / "runs")
+    (run,) = (tmp_path / "runs").glob("*-aligner-ko")
+    pipe = load_pipeline(attngan_run)
+    english = text_side(pipe).encode([EN])
+    apply_aligner(pipe, str(run))
+    routed = pipe.condition([KO, EN])
+    assert [t.shape[1:] for t in routed] == [t.shape[1:] for t in english] and routed[2].dtype == torch.long
+    assert all(torch.equal(r[1], e[0]) for r, e in zip(routed, english))    # English keeps its own encoder's
+    cli("generate", KO, "--model", attngan_run, "--aligner", run, "--n", 2, "--outdir", tmp_path / "out")
+    assert len(list((tmp_path / "out").glob("*.png"))) == 2

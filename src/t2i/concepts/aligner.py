@@ -4,13 +4,17 @@ trained aligner into a model's English conditioning, for every family with a tex
 The aligner is distillation on parallel captions (Reimers & Gurevych 2020): for each pair (English caption, the
 same scene's caption in `--lang`), the aligner's output for the foreign caption's sentence vector is pulled
 towards what the family's own English text encoder makes of the English caption (`TextSide.encode`): LAFITE's
-CLIP text feature, LDM's token states and pooled state, DALL-E's text input embeddings. The base model and the
-sentence encoder stay frozen; only the aligner trains.
+CLIP text feature, LDM's token states and pooled state, DALL-E's text input embeddings, AttnGAN's DAMSM sentence
+and word features with the word count. The base model and the sentence encoder stay frozen; only the aligner
+trains.
 
-A sentence encoder gives one vector per sentence, and a family may consume a sequence: each output tensor gets
-its own head, a vector head (an MLP) for (B, D) and a sequence head (learned position queries plus the sentence
-vector, through a small transformer) for (B, T, W). `--aligner RUN` on generate / eval installs a
-`PromptRoute` on the pipeline: prompts in the aligner's language take this path, the others the text encoder.
+A sentence encoder gives one vector per sentence, and a family may consume a sequence: each output tensor gets its
+own head, a vector head (an MLP) for (B, D), a sequence head (learned position queries plus the sentence vector,
+through a small transformer) for (B, T, W), and a length head (a classifier over 1..T) for an integer (B,) tensor,
+which holds how many positions of the conditioning's sequences are words (AttnGAN's word counts: its English
+encoder's word features are zero past them, and its generator attends to those positions only). `--aligner RUN` on
+generate / eval installs a `PromptRoute` on the pipeline: prompts in the aligner's language take this path, the
+others the text encoder.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ CONFIG = AlignerConfig
 LOOP_DEFAULTS = {"kimg": 300.0, "batch": 64, "tick_kimg": 10.0, "snap": 5}   # the LDM benchmark's length
 
 HELP = {
-    "model": "the base model (a LAFITE, LDM or DALL-E run or snapshot); it stays frozen",
+    "model": "the base model (a LAFITE, LDM, DALL-E or AttnGAN run or snapshot); it stays frozen",
     "data": "parallel captions: a t2i dataset whose images have `captions` (English) and `captions_<lang>`, or a "
             "UTF-8 TSV file of `english<TAB>other` lines",
     "lang": "the language of the prompts the aligner takes (ISO code; with a dataset, its `captions_<lang>`)",
@@ -57,7 +61,7 @@ HELP = {
              "alone",
     "width": "the aligner's hidden width",
     "layers": "transformer layers of the word reader and of the heads that output a sequence (LDM token states, "
-              "DALL-E text embeddings)",
+              "DALL-E text embeddings, AttnGAN word features)",
     "lr": "AdamW learning rate (warm-up over 5%% of the run, then cosine decay)",
 }
 
@@ -176,7 +180,8 @@ class WordReader(nn.Module):
 class Aligner(nn.Module):
     """Sentence vector (B, in_dim), and with `words` > 0 the vectors of the first `words` words (B, words, in_dim) and
     their mask -> a family's conditioning: one head per output tensor, with the shapes (without the batch dimension)
-    in `outputs`; `as_tuple` says whether the family's conditioning is a tuple."""
+    in `outputs`; `as_tuple` says whether the family's conditioning is a tuple. A 0-d shape `[]` is an integer
+    length: the number of valid positions of the sequence outputs, chosen by a classifier over 1..T."""
 
     def __init__(self, in_dim: int, outputs: list[list[int]], as_tuple: bool, width: int = 512, layers: int = 2,
                  words: int = 0):
@@ -187,8 +192,13 @@ class Aligner(nn.Module):
         else:
             self.trunk = nn.Sequential(nn.Linear(in_dim, width), nn.GELU(), nn.Linear(width, width), nn.GELU())
         heads = []
+        longest = max((shape[0] for shape in self.outputs if len(shape) == 2), default=0)
         for shape in self.outputs:
-            if len(shape) == 1:
+            if not shape:
+                if not longest:
+                    raise T2IError("a length output needs a sequence output whose positions it counts")
+                heads.append(nn.Linear(width, longest + 1))
+            elif len(shape) == 1:
                 heads.append(nn.Linear(width, shape[0]))
             elif len(shape) == 2:
                 # Half the trunk's width: T positions cost T times a vector head's work.
@@ -204,19 +214,45 @@ class Aligner(nn.Module):
 
     def set_scales(self, targets) -> None:
         """Take each output's scale from example targets (the family's conditioning of some English captions)."""
-        self.scales.copy_(torch.stack([t.float().square().mean().sqrt() for t in flatten(targets)]))
+        self.scales.copy_(torch.stack([t.float().square().mean().sqrt() if t.is_floating_point() else
+                                       torch.tensor(1.0) for t in flatten(targets)]))
+
+    def raw(self, v: torch.Tensor, w: torch.Tensor | None = None, mask: torch.Tensor | None = None
+            ) -> list[torch.Tensor]:
+        """Every head's output, a length head's as logits over 0..T (what the training loss reads)."""
+        h = self.trunk(v.float(), w.float(), mask) if self.words else self.trunk(v.float())
+        return [head(h) * scale if shape else head(h)
+                for head, scale, shape in zip(self.heads, self.scales, self.outputs)]
 
     def forward(self, v: torch.Tensor, w: torch.Tensor | None = None, mask: torch.Tensor | None = None):
-        h = self.trunk(v.float(), w.float(), mask) if self.words else self.trunk(v.float())
-        return rebuild([head(h) * scale for head, scale in zip(self.heads, self.scales)], self.as_tuple)
+        out = self.raw(v, w, mask)
+        # At least one word: a caption of none leaves the generator's word attention nothing to attend to.
+        lengths = [o[..., 1:].argmax(-1) + 1 for o, shape in zip(out, self.outputs) if not shape]
+        for i, shape in enumerate(self.outputs):
+            if not shape:
+                out[i] = lengths[0]
+            elif len(shape) == 2 and lengths:    # zero past the length, as the family's own encoder leaves them
+                out[i] = out[i] * (torch.arange(shape[0], device=v.device) < lengths[0][:, None])[..., None]
+        return rebuild(out, self.as_tuple)
 
 
-def alignment_loss(pred, target) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, mean cosine): per output tensor, the MSE relative to the target's mean square (so tensors of every
-    scale weigh alike), plus 1 - cosine per vector (per position of a sequence)."""
+def alignment_loss(pred: list[torch.Tensor], target) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, mean cosine) of the aligner's raw outputs (`Aligner.raw`) against a family's conditioning: per float
+    tensor, the MSE relative to the target's mean square (so tensors of every scale weigh alike), plus 1 - cosine per
+    vector (per position of a sequence); per integer length, the cross-entropy of its logits. Where the target
+    holds a length, a sequence's positions past it are left out (they hold no word)."""
+    target = flatten(target)
+    lengths = [t for t in target if not t.is_floating_point()]
     loss, cos = 0.0, []
-    for p, t in zip(flatten(pred), flatten(target)):
+    for p, t in zip(pred, target):
+        if not t.is_floating_point():
+            loss = loss + F.cross_entropy(p.float(), t.long().clamp(max=p.shape[-1] - 1))
+            continue
         t = t.float()
+        keep = torch.ones(t.shape[:-1], dtype=torch.bool, device=t.device)
+        if t.dim() == 3 and lengths:
+            keep = torch.arange(t.shape[1], device=t.device) < lengths[0][:, None].to(t.device)
+        p, t = p[keep], t[keep]                                                      # (N, W): the vectors that count
         c = F.cosine_similarity(p, t, dim=-1).mean()
         loss = loss + F.mse_loss(p, t) / t.square().mean().clamp(min=1e-8) + (1 - c)
         cos.append(c.detach())
@@ -339,9 +375,6 @@ class AlignerFamily:
         self.pairs = read_pairs(cfg.data, cfg.lang)
         with torch.no_grad():
             probe = self.side.encode([self.pairs[0][0]], truncate=True)
-        if not all(t.is_floating_point() for t in flatten(probe)):   # (AttnGAN's word lengths)
-            raise T2IError(f"an aligner is not built for {self.pipe.family} models yet: their conditioning holds "
-                           "integers (word counts) an aligner cannot regress")
         self.as_tuple = isinstance(probe, tuple)
         self.outputs = [list(t.shape[1:]) for t in flatten(probe)]
         # Every foreign caption's sentence vector once, up front: the encoder is frozen and runs on numpy.
@@ -381,7 +414,7 @@ class AlignerFamily:
         with torch.no_grad():
             target = self.side.encode(batch["english"], truncate=True)
         c = batch["caption"]
-        pred = self.aligner(*self.words.inputs(self.vectors[c], self.word_ids[c], self.word_mask[c], self.device))
+        pred = self.aligner.raw(*self.words.inputs(self.vectors[c], self.word_ids[c], self.word_mask[c], self.device))
         loss, cos = alignment_loss(pred, target)
         return loss, {"Loss/align": loss.detach()[None], "Align/cosine": cos[None]}
 
