@@ -51,6 +51,15 @@ def write_concept(folder: Path, n: int = 5, size: int = 64) -> None:
         render(Scene([star], background=rng.choice(tuple(BACKGROUNDS))), size).save(folder / f"star{i}.png")
 
 
+def write_keep_captions(path: Path, n: int) -> None:
+    """n captions of training scenes without a star (one or two objects), one per line."""
+    from t2i.data.shapes import captions, sample_scene
+
+    rng = random.Random(1)
+    lines = [captions(sample_scene(rng, "train", exclude_shape="star"), "en")[0] for _ in range(n)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
 @torch.no_grad()
 def clip_measures(model: str, embeds: Path | None, placeholder: bool, concept: Path, clip_spec: str, n: int,
                   options: list) -> dict:
@@ -94,6 +103,10 @@ def main() -> None:
     p.add_argument("--n", type=int, default=200, help="prompts scored per model")
     p.add_argument("--adapter", action="store_true", help="also invert with `--adapter 1` and score it, on the concept "
                    "prompts and on the base prompts (the word star, no placeholder) through the adapter")
+    p.add_argument("--keep_captions", type=int, default=0, help="with --adapter: hold the adapter to the identity on "
+                   "this many shapes captions without a star (`t2i invert --keep_prompts`; 0: its default, the "
+                   "templates with the init word)")
+    p.add_argument("--invert_args", default="", help="more `t2i invert` options, e.g. '--keep_weight 0'")
     p.add_argument("--sampling", default="", help="sampling options for every model, e.g. '--sampler dpm++ --steps 20 "
                    "--guidance 4' (each family ignores the others')")
     args = p.parse_args()
@@ -101,6 +114,11 @@ def main() -> None:
     concept = work / "concept"
     write_concept(concept)
     options = args.sampling.split()
+    invert_args = args.invert_args.split()
+    if args.keep_captions:
+        keep = work / "keep_prompts.txt"
+        write_keep_captions(keep, args.keep_captions)
+        invert_args += ["--keep_prompts", keep]
     rows = []
     for spec in args.model:
         name, _, model = spec.partition("=")
@@ -109,7 +127,7 @@ def main() -> None:
             tag = f"{name}-adapter" if adapter else name
             runs = work / f"runs-{tag}"
             wall = sh(T2I + ["invert", "--model", model, "--images", concept, "--placeholder", "*", "--init_word",
-                             args.init_word, "--steps", args.steps, "--adapter", int(adapter), "--outdir", runs],
+                             args.init_word, "--steps", args.steps, "--adapter", int(adapter), *invert_args, "--outdir", runs],
                       work / f"invert-{tag}.log")
             run = sorted(runs.glob("*-invert"))[-1]
             evals.append(("*", "adapter" if adapter else "embedding", ["--embeds", run, "--concept", "*=star"], wall))

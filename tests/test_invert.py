@@ -258,3 +258,39 @@ def test_invert_with_an_adapter_saves_it_and_applies_it(ldm_run, concept, tmp_pa
     cli("generate", "a large red * on the left", "--model", ldm_run, "--steps", 3, "--n", 2, "--embeds", run,
         "--out", out)
     assert Image.open(out).size == (32, 16)
+
+
+def test_the_keep_term_holds_the_adapter_to_the_identity_on_ordinary_prompts(lafite_run, concept, tmp_path,
+                                                                              cli_error, one_thread):
+    from t2i.concepts.adapter import bypassed
+    from t2i.concepts.invert import InvertConfig, keep_loss, keep_prompts
+
+    ordinary = ["a large red circle", "a small blue square on the left", "a photo of a small"]
+    prompts = tmp_path / "keep.txt"
+    prompts.write_text("\n".join(ordinary[:2]) + "\n", encoding="utf-8")
+
+    def drift(keep: float) -> float:
+        """How far the learned adapter moves ordinary prompts' conditioning (relative squared distance)."""
+        out = tmp_path / f"runs-{keep}"
+        cli("invert", "--model", lafite_run, "--images", concept, "--init_word", "small", "--adapter", 1,
+            "--steps", 30, "--batch", 4, "--lr", 0.02, "--keep_weight", keep, "--keep_prompts", prompts,
+            "--outdir", out)
+        (run,) = out.glob("*-invert")
+        pipe = load_pipeline(lafite_run)
+        apply_embeds(pipe, [str(run)])
+        side = text_side(pipe)
+        adapter = pipe.clip.text.adapter
+        with torch.no_grad():
+            moved = keep_loss(side, adapter, ordinary).item()
+            with bypassed(adapter):   # bypassed: the base model's conditioning exactly
+                assert torch.equal(side.encode(ordinary), text_side(load_pipeline(lafite_run)).encode(ordinary))
+        return moved
+
+    free, kept = drift(0), drift(10)
+    print(f"ordinary prompts' drift: {free:.4f} without the term, {kept:.4f} with --keep_weight 10")
+    assert kept < 0.5 * free, (kept, free)
+    assert keep_prompts(InvertConfig(init_word="circle"))[0] == "a circle"        # default: the templates
+    prompts.write_text("a red *\n", encoding="utf-8")
+    assert "writes the placeholder" in cli_error("invert", "--model", lafite_run, "--images", concept,
+                                                 "--init_word", "small", "--adapter", 1, "--keep_prompts", prompts,
+                                                 "--outdir", tmp_path / "bad")

@@ -1,13 +1,16 @@
 """The text adapter of `t2i invert --adapter`: a small residual MLP and one transformer layer over the frozen text
 encoder's output (the conditioning a family consumes), trained with the concept's embedding.
 
-Both residual branches end in zero-initialised projections, so a fresh adapter is exactly the identity and the
-base model's images are unchanged until it learns. Each family routes its conditioning through it at one place
-(`TextSide.install_adapter`): LDM's token states, DALL-E's text input embeddings, LAFITE's CLIP text feature.
+Both residual branches end in zero-initialised projections, so a fresh adapter is exactly the identity and the base
+model's images are unchanged until it learns. The adapter reads every prompt, not only the concept's: trained on the
+concept's loss alone it learns to send every prompt to the concept images, so `t2i invert` also holds it near the
+identity on ordinary prompts (`--keep_weight`, `keep_loss`). Each family routes its conditioning through it at one
+place (`TextSide.install_adapter`): LDM's token states, DALL-E's text input embeddings, LAFITE's CLIP text feature.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
@@ -44,12 +47,26 @@ class TextAdapter(nn.Module):
             nn.init.zeros_(proj.weight)
             nn.init.zeros_(proj.bias)
 
+    enabled = True   # False: the identity (`bypassed`), for the base model's own conditioning
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.enabled:
+            return x
         dtype = x.dtype
         x = x.float()
         x = x + self.mlp(x)
         pad = None if mask is None else ~mask.bool()
         return self.layer(x, src_key_padding_mask=pad).to(dtype)
+
+
+@contextmanager
+def bypassed(adapter: TextAdapter):
+    """The adapter as the identity within the block: the family's conditioning as the base model gives it."""
+    adapter.enabled = False
+    try:
+        yield
+    finally:
+        adapter.enabled = True
 
 
 class _AroundText(nn.Module):

@@ -37,6 +37,8 @@ class InvertConfig:
     vectors: int = 1             # embedding vectors the placeholder stands for
     lr: float = 5e-3             # Adam, with a short warm-up, cosine decay
     adapter: bool = False        # also train a text adapter over the frozen encoder's output (the seed's v1)
+    keep_weight: float = 1.0     # weight of the adapter's preservation term on ordinary prompts (0 = none)
+    keep_prompts: str = ""       # a file of ordinary prompts (one per line); default: the templates with init_word
 
 
 CONFIG = InvertConfig
@@ -52,6 +54,12 @@ HELP = {
     "lr": "Adam learning rate of the new embedding (and the adapter's)",
     "adapter": "also train a small residual adapter + one transformer layer over the frozen text encoder's output, "
                "zero-initialised (the identity at the start), saved beside the embedding and applied with it (1/0)",
+    "keep_weight": "with --adapter: weight of the term that keeps the adapter's output on ordinary prompts (no "
+                   "placeholder) equal to the base model's conditioning (relative squared error); without it the "
+                   "adapter learns to send every prompt to the concept images. 0 = no term",
+    "keep_prompts": "with --adapter: a UTF-8 file of ordinary prompts, one per line, for --keep_weight (e.g. captions "
+                    "of the base model's data); default: the caption templates with the init word ('a photo of a "
+                    "circle'), the concept's class as DreamBooth keeps it",
 }
 
 
@@ -71,7 +79,11 @@ def validate(cfg: InvertConfig) -> None:
         raise T2IError(f"--vectors {cfg.vectors} must be at least 1")
     if cfg.lr <= 0:
         raise T2IError(f"--lr {cfg.lr} must be > 0")
+    if cfg.keep_weight < 0:
+        raise T2IError(f"--keep_weight {cfg.keep_weight} must be >= 0")
     concept_files(cfg.images)
+    if cfg.adapter:
+        keep_prompts(cfg)
 
 
 def describe(cfg: InvertConfig) -> str:
@@ -102,6 +114,39 @@ def load_concept_images(folder: str, resolution: int) -> torch.Tensor:
         except (Unusable, OSError) as e:
             raise T2IError(f"--images: {path} cannot be read ({e}); remove or replace it") from None
     return torch.stack(images)
+
+
+def keep_prompts(cfg: InvertConfig) -> list[str]:
+    """The ordinary prompts the adapter is held to the identity on: --keep_prompts' lines, or the templates with the
+    init word. A prompt that writes the placeholder is refused (the adapter is meant to change those)."""
+    if not cfg.keep_prompts:
+        return [t.format(cfg.init_word) for t in TEMPLATES]
+    path = Path(cfg.keep_prompts)
+    try:
+        prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise T2IError(f"--keep_prompts {path}: cannot be read ({e}); give a UTF-8 file, one prompt per "
+                       "line") from None
+    if not prompts:
+        raise T2IError(f"--keep_prompts {path}: holds no prompts; give one ordinary prompt per line")
+    marked = [p for p in prompts if cfg.placeholder in p.split()]
+    if marked:
+        raise T2IError(f"--keep_prompts {path}: {marked[0]!r} writes the placeholder {cfg.placeholder!r}; give "
+                       "prompts without it (the adapter is kept as it is on those)")
+    return prompts
+
+
+def keep_loss(side, adapter, prompts: list[str]) -> torch.Tensor:
+    """Relative squared distance of the adapted conditioning of ordinary prompts to the base model's: per tensor of
+    the family's conditioning, the MSE over the target's mean square (so every tensor weighs alike)."""
+    from t2i.concepts.adapter import bypassed
+    from t2i.concepts.aligner import flatten
+
+    with torch.no_grad(), bypassed(adapter):
+        base = flatten(side.encode(prompts, truncate=True))
+    adapted = flatten(side.encode(prompts, truncate=True))
+    return sum(torch.nn.functional.mse_loss(a.float(), b.float()) / b.float().square().mean().clamp(min=1e-8)
+               for a, b in zip(adapted, base))
 
 
 class ConceptRows(nn.Module):
@@ -150,6 +195,7 @@ class InvertFamily:
             self.adapter = TextAdapter(AdapterConfig(width, adapter_heads(width))).to(d.device)
             self.side.adapt(self.adapter)
             self.modules["adapter"] = self.adapter
+            self.keep = keep_prompts(cfg)
         self.grid_prompts = [t.format(cfg.placeholder) for t in TEMPLATES[:4]]
         log(f"textual inversion of {cfg.placeholder!r} ({cfg.vectors} vector(s) of {self.side.width}, ids "
             f"{self.ids}, from {cfg.init_word!r}) on {len(self.images)} images of {cfg.images}; base "
@@ -173,8 +219,13 @@ class InvertFamily:
 
     def loss(self, phase: Phase, batch: dict):
         loss = self.side.inversion_loss(batch["images"], batch["captions"])
-        return loss, {"Loss/inversion": loss.detach()[None],
-                      "Embeds/norm": self.concept.rows.detach().norm(dim=1)}
+        stats = {"Loss/inversion": loss.detach()[None], "Embeds/norm": self.concept.rows.detach().norm(dim=1)}
+        if self.adapter is not None and self.cfg.keep_weight > 0:
+            pick = torch.randint(len(self.keep), (len(batch["captions"]),))   # (the loop restores this generator)
+            keep = keep_loss(self.side, self.adapter, [self.keep[int(k)] for k in pick])
+            loss = loss + self.cfg.keep_weight * keep
+            stats["Loss/keep"] = keep.detach()[None]
+        return loss, stats
 
     @torch.no_grad()
     def sample_images(self) -> torch.Tensor:

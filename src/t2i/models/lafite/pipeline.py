@@ -63,9 +63,8 @@ class LafitePipeline(PromptRouting):
         if text := self.text_prompts(prompts):
             self.clip.tokenize(text)
 
-    @torch.no_grad()
     def text_condition(self, prompts: list[str]) -> torch.Tensor:
-        """(N, c_dim) unit CLIP text features of prompts."""
+        """(N, c_dim) unit CLIP text features of prompts (with autograd, as `t2i invert`'s adapter needs)."""
         return F.normalize(self.clip.encode_text(prompts).float(), dim=-1)
 
     @torch.no_grad()
