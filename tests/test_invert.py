@@ -4,6 +4,7 @@ another base model and leaves prompts without the placeholder exactly as the bas
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -289,7 +290,10 @@ def test_the_keep_term_holds_the_adapter_to_the_identity_on_ordinary_prompts(laf
     free, kept = drift(0), drift(10)
     print(f"ordinary prompts' drift: {free:.4f} without the term, {kept:.4f} with --keep_weight 10")
     assert kept < 0.5 * free, (kept, free)
-    assert keep_prompts(InvertConfig(init_word="circle"))[0] == "a circle"        # default: the templates
+    meta = load_pipeline(lafite_run).meta                 # default: the base model's training captions
+    records = json.loads((Path(meta["config"]["data"]) / "dataset.json").read_text())["images"]
+    assert keep_prompts(InvertConfig(init_word="circle"), meta) == [r["captions"][0] for r in records]
+    assert keep_prompts(InvertConfig(init_word="circle"))[0] == "a circle"   # no data on disk: the templates
     prompts.write_text("a red *\n", encoding="utf-8")
     assert "writes the placeholder" in cli_error("invert", "--model", lafite_run, "--images", concept,
                                                  "--init_word", "small", "--adapter", 1, "--keep_prompts", prompts,
