@@ -16,9 +16,10 @@ reported, not asserted.
 
 Measured on the 2-core CPU (aligner batch 64, bf16, `--words 16`, LAFITE 100 kimg, LDM 300; Korean over English
 accuracy, seen / held-out; the session note of 2026-11-30 has the full tables):
-- LAFITE, n = 1000 per split. The embedded model: 97.1% / 93.0% Korean against 96.7% / 93.3% English, ratios
-  1.004 / 0.997 (aligner seed 0) and 1.004 / 0.992 (seed 1). Its own bilingual CLIP reading Korean directly: 0.898 /
-  0.864. A LAFITE on an English-only CLIP (40 kimg, 25% accurate): 0.992 / 1.008, Korean refused without the aligner.
+- LAFITE, n = 1000 per split. The embedded model (the one before the 2026-12-01 re-ship): 97.1% / 93.0% Korean
+  against 96.7% / 93.3% English, ratios 1.004 / 0.997 (aligner seed 0) and 1.004 / 0.992 (seed 1). Its own bilingual
+  CLIP reading Korean directly: 0.898 / 0.864. A LAFITE on an English-only CLIP (40 kimg, 25% accurate): 0.992 /
+  1.008, Korean refused without the aligner.
 - The sentence vector alone (`--words 0`) on the embedded model: 51.5% / 51.1% (colour 63%), ratios 0.53 / 0.55.
 - LDM (last session's seed-0 benchmark model, DPM++ 20, guidance 4, n = 200): the sentence vector alone at 100 kimg
   0.911 / 0.904, at 300 kimg 0.927 / 0.979; with the words at 100 kimg 0.911 / 0.979. At n = 200 these differ within

@@ -16,11 +16,12 @@ concept prompts and the base prompts (the word "star", no placeholder) through i
 the numbers depend on the machine and are reported.
 
 Measured on the 2-core CPU (500 steps, batch 4, 200 prompts, CLIP of the measures: the embedded default model):
-- LAFITE, the embedded default model (`--adapter`): the word "star" 98.5% shape, 98.5% all attributes; `*` learned
-  in 12 s: 95.5% star, 94.5% all (image-image 0.164, text-image 0.888 against the word's 0.194 / 0.915). With the
-  adapter `*` fell to 2.5% star, 0% all, and the base prompts through it to 0% all (text-image 0.155 and -0.016): on
-  LAFITE's loss (the templates' CLIP text features matched to the concept images' image features) the adapter,
-  which reads every prompt, learns to map every prompt onto the concept images (image-image rose to 0.299).
+- LAFITE, the embedded default model before its 2026-12-01 re-ship (same CLIP, `--adapter`): the word "star" 98.5%
+  shape, 98.5% all attributes; `*` learned in 12 s: 95.5% star, 94.5% all (image-image 0.164, text-image 0.888
+  against the word's 0.194 / 0.915). With the adapter `*` fell to 2.5% star, 0% all, and the base prompts through it
+  to 0% all (text-image 0.155 and -0.016): on LAFITE's loss (the templates' CLIP text features matched to the
+  concept images' image features) the adapter, which reads every prompt, learns to map every prompt onto the concept
+  images (image-image rose to 0.299).
 - The adapter's preservation term (`t2i invert --keep_weight`, on by default since; the runs above had none), same
   model and inversion seed, `--adapter --keep_captions 200` (200 captions of training scenes as the ordinary
   prompts): weight 1: `*` + adapter 27.5% star, 13.0% all; the base prompts through the adapter 90.5% star, 87.0%
