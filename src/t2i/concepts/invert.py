@@ -134,7 +134,8 @@ def keep_prompts(cfg: InvertConfig, base_meta: dict | None = None) -> list[str]:
 
             records = ImageTextDataset(data).records
             step = max(1, len(records) // KEEP_CAPTIONS)
-            captions = [r["captions"][0] for r in records[::step] if r.get("captions")]
+            captions = [r["captions"][0] for r in records[::step]
+                        if r.get("captions") and cfg.placeholder not in r["captions"][0].split()]
             if captions:
                 return captions
         return [t.format(cfg.init_word) for t in TEMPLATES]
