@@ -93,6 +93,9 @@ def test_zero_terminal_snr_schedule_in_closed_form():
     snr = zero[t] / (1 - zero[t])
     assert torch.allclose(min_snr_weight(t, zero, 5.0, "v", zero_snr=True).double(),
                           (snr + 1).clamp(max=5) / (snr + 1), rtol=1e-6)
+    for terminal in (0.0, 0.25):   # --terminal_weight: the weight at T, Hang et al.'s min-SNR at 0
+        w = min_snr_weight(t, zero, 5.0, "v", zero_snr=True, terminal=terminal).double()
+        assert torch.allclose(w, (snr + terminal).clamp(max=5) / (snr + 1), rtol=1e-6) and w[-1] == terminal
     for sampler in SAMPLERS:   # every sampler starts at T on the model's schedule (alpha_bar_T lifted to 2^-24)
         sched = make_scheduler(sampler, DiffusionConfig(prediction="v", zero_snr=True))
         sched.set_timesteps(10)
@@ -204,8 +207,10 @@ def test_dry_run_and_exact_resume(ldm_run, autoencoder_run, shapes16, copy_run, 
 
 def test_v_prediction_min_snr_and_zero_terminal_snr_train(shapes16, autoencoder_run, tmp_path, one_thread):
     cli("train", "ldm", "--data", shapes16, "--autoencoder", autoencoder_run, "--preset", "test", "--bpe_vocab", 300,
-        "--prediction", "v", "--min_snr", 5, "--zero_snr", 1, "--kimg", 0.016, "--outdir", tmp_path)
+        "--prediction", "v", "--min_snr", 5, "--zero_snr", 1, "--terminal_weight", 0.25, "--kimg", 0.016,
+        "--outdir", tmp_path)
     (run,) = tmp_path.glob("*-ldm-test")
+    assert json.loads((run / "config.json").read_text())["config"]["terminal_weight"] == 0.25
     pipe = load_pipeline(run)
     assert pipe.diffusion.prediction == "v" and pipe.diffusion.zero_snr     # the snapshot carries the schedule
     assert make_scheduler("ddim", pipe.diffusion).config.prediction_type == "v_prediction"
@@ -288,6 +293,8 @@ def test_errors_name_the_value_and_the_fix(ldm_run, shapes16, vqgan_run, autoenc
     msg = cli_error("train", "ldm", "--data", shapes16, "--autoencoder", vqgan_run, "--preset", "paper256")
     assert "give --vocab /path/to/vocab.txt" in msg
     assert "--zero_snr 1 needs --prediction v" in cli_error(*base, "--autoencoder", autoencoder_run, "--zero_snr", 1)
+    assert "--terminal_weight 2.0 must be in [0, 1]" in cli_error(*base, "--autoencoder", autoencoder_run,
+                                                                   "--terminal_weight", 2)
     assert "the prompt is empty" in cli_error("generate", "  ", "--model", ldm_run)
     assert "--eta 1.0: eta is DDIM's noise" in cli_error("generate", "a red circle", "--model", ldm_run,
                                                          "--sampler", "plms", "--eta", 1)

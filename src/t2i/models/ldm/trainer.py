@@ -54,6 +54,7 @@ class LdmTrainConfig:
     null_text_prob: float = 0.1  # captions replaced by the empty caption (classifier-free guidance)
     min_snr: float = 0.0         # min-SNR-gamma loss weighting (0 = off; 5 is the paper's choice)
     zero_snr: bool = False       # the schedule rescaled to zero terminal SNR (Lin et al. 2024; needs v)
+    terminal_weight: float = 1.0  # zero SNR + min-SNR: weight of x_0's error at SNR 0 (0 = Hang et al.'s)
     train_text: bool = True      # train the text encoder with the UNet (0: frozen, e.g. fine-tuning paper256)
     pooled_text: bool = False    # the pooled text state joins the UNet's timestep embedding (as SDXL's)
     grad_checkpointing: bool = False   # recompute UNet / text-encoder activations in backward: less memory
@@ -87,6 +88,9 @@ HELP = {
     "min_snr": "min-SNR-gamma loss weighting, gamma (0 = off, uniform weights)",
     "zero_snr": "rescale the noise schedule to zero terminal SNR (Lin et al. 2024) and sample from the last step "
                 "(1/0): the model cannot read colours out of the starting noise; needs --prediction v",
+    "terminal_weight": "with --zero_snr 1 and --min_snr G: the weight of x_0's error at the last step (SNR 0), "
+                       "each step weighted min(SNR + this, G) / (SNR + 1); 1 keeps the last steps, where layout and "
+                       "colours are decided, at full weight, 0 is Hang et al.'s min-SNR, which leaves them untrained",
     "train_text": "train the text encoder jointly with the UNet, as LDM does (1/0); 0 freezes it (fine-tuning "
                   "paper256 on one 24 GB GPU: the 32-layer encoder's gradients and Adam state do not fit beside "
                   "the UNet's)",
@@ -130,6 +134,8 @@ def validate(cfg: LdmTrainConfig) -> None:
         raise T2IError(f"--null_text_prob {cfg.null_text_prob} must be in [0, 1)")
     if cfg.min_snr < 0:
         raise T2IError(f"--min_snr {cfg.min_snr} must be >= 0 (0 = off)")
+    if not 0 <= cfg.terminal_weight <= 1:
+        raise T2IError(f"--terminal_weight {cfg.terminal_weight} must be in [0, 1] (1 = full weight at SNR 0)")
     if cfg.zero_snr and cfg.prediction != "v":
         raise T2IError("--zero_snr 1 needs --prediction v: at zero SNR the last step's x_T holds no image, so its "
                        "noise (eps) is x_T itself and cannot be learned")
@@ -272,7 +278,7 @@ class LdmFamily:
         self.model.train()
         ids, mask = self.tokenizer(batch["caption"], self.net.text.max_len, truncate=True)
         return diffusion_loss(self.model, batch["latent"].to(self.device), ids.to(self.device), mask.to(self.device),
-                              self.diffusion, self.alpha_bar, self.cfg.min_snr)
+                              self.diffusion, self.alpha_bar, self.cfg.min_snr, self.cfg.terminal_weight)
 
     def pipeline(self, module: str = "ldm_ema"):
         """An `LdmPipeline` over the current weights (the EMA's by default)."""
