@@ -14,6 +14,7 @@ import pytest
 
 from loop_fakes import LinearFamily
 from t2i.errors import T2IError
+from t2i.models import DEFAULT_MODEL
 from t2i.serve import Limits
 from t2i.serve.models import Catalog, check_option
 from t2i.serve.runs import inside, list_runs, run_detail, run_state, thin
@@ -21,6 +22,8 @@ from t2i.training.distributed import Dist
 from t2i.training.loop import LoopConfig, train
 
 PROMPT = "a large red circle above a small blue square"
+# the sampling default the embedded model records (docs/DEFAULT_MODEL.md), which the server must pass on
+DEFAULT_TRUNCATION = json.loads((DEFAULT_MODEL / "config.json").read_text())["sampling"]["truncation"]
 
 
 def loop_cfg(**kw) -> LoopConfig:
@@ -219,7 +222,7 @@ def test_generate_over_http_gives_pngs_with_their_parameters_and_the_oracles_ver
     status, png = call(server + job["images"][1]["url"])
     with Image.open(BytesIO(png)) as im:
         assert im.size == (64, 64) and im.text["prompt"] == PROMPT and im.text["seed"] == "6"
-        assert json.loads(im.text["options"]) == {"truncation": 0.5}
+        assert json.loads(im.text["options"]) == {"truncation": DEFAULT_TRUNCATION}   # the model's recorded default
     status, grid = call(f"{server}/api/jobs/{started['id']}/grid.png?model=default")
     with Image.open(BytesIO(grid)) as im:
         assert im.size == (128, 64)   # one prompt row, two seeds

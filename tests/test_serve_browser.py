@@ -5,6 +5,7 @@ saved as a screenshot under the test's folder (and under $T2I_SCREENSHOTS when s
 install the browser, when /usr/bin/chromium is missing, unless T2I_REQUIRE_BROWSER=1 (CI) makes that a failure.
 """
 
+import json
 import os
 import shutil
 import signal
@@ -14,6 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from t2i.models import DEFAULT_MODEL
 
 CHROMIUM = os.environ.get("T2I_CHROMIUM", "/usr/bin/chromium")
 # Flags for a sandboxed machine without a network: no background connections, no GPU, no first-run work.
@@ -91,7 +94,8 @@ def test_generate_with_the_default_model_shows_the_images_and_the_grid(page, tmp
     page.click("#tab-generate")
     page.fill("#prompts", f"{PROMPT}\na small green star on the left\n{KOREAN}")
     page.fill("#n", "3")
-    assert page.input_value("#model") == "default" and page.input_value("#opt-truncation") == "0.5"
+    truncation = json.loads((DEFAULT_MODEL / "config.json").read_text())["sampling"]["truncation"]
+    assert page.input_value("#model") == "default" and float(page.input_value("#opt-truncation")) == truncation
     assert "Korean prompts: read by the model's own text encoder" in page.inner_text("#korean-note")
     page.click("#generate")
     page.wait_for_selector("#grid-link", timeout=60000)
