@@ -98,7 +98,7 @@ AUTOENCODER_ARGS = ("--preset tiny --batch 32 --crop 32 --lr 7e-4 --lr_decay 1 -
 # / 0.76, TV 0.02 / 0.08); guidance 4 rescaled as Lin et al. propose (phi 0.7) 82.3% / 71.3% and 84.3% / 79.7%.
 # The sampler is not why shapes fail: seed 0's model with DDIM 50 at guidance 4 (300 prompts a split) drew 85.3% /
 # 74.3%, shape 91.9% / 84.1% (DPM-Solver++ 20: 84.4% / 74.4%, shape 90.8% / 84.0%).
-# The weight of the last steps is: their x_0 error is the image's whole spread around what the caption fixes (v-loss
+# What costs the shapes is the weight of the last steps: their x_0 error is the image's whole spread around what the caption fixes (v-loss
 # 0.35 / 0.59 at t = 900 / 999 against 0.03-0.05 for t in 100..700, seed 0's model below), so at weight 1 the steps
 # with SNR < 0.01 (t >= 850) carry 68% of the weighted loss, and the steps that draw outlines get little.
 # `--terminal_weight 0.25` (weights min(SNR + 0.25, 5) / (SNR + 1): 53% of the loss there; Hang et al.'s 0 leaves

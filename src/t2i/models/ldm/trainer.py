@@ -90,7 +90,8 @@ HELP = {
                 "(1/0): the model cannot read colours out of the starting noise; needs --prediction v",
     "terminal_weight": "with --zero_snr 1 and --min_snr G: the weight of x_0's error at the last step (SNR 0), "
                        "each step weighted min(SNR + this, G) / (SNR + 1); 1 keeps the last steps, where layout and "
-                       "colours are decided, at full weight, 0 is Hang et al.'s min-SNR, which leaves them untrained",
+                       "colours are decided, at full weight, 0 is Hang et al.'s min-SNR, which leaves them untrained "
+                       "(shapes: 0.25 drew the shapes best, benchmarks/ldm_shapes.py)",
     "train_text": "train the text encoder jointly with the UNet, as LDM does (1/0); 0 freezes it (fine-tuning "
                   "paper256 on one 24 GB GPU: the 32-layer encoder's gradients and Adam state do not fit beside "
                   "the UNet's)",
