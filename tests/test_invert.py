@@ -94,6 +94,16 @@ def test_init_word_of_several_tokens_names_them_and_suggests_vectors(ldm_run, co
     assert not list(tmp_path.iterdir())                                              # no run directory left behind
 
 
+def test_steps_default_to_5000_for_an_ldm_and_500_for_the_others(ldm_run, lafite_run, concept, capsys):
+    for model, steps in ((ldm_run, 5000), (lafite_run, 500)):
+        cli("invert", "--model", model, "--images", concept, "--init_word", "small", "--dry-run")
+        out = capsys.readouterr().out
+        assert json.loads(out[out.find("{"):])["loop"]["kimg"] == steps * 4 / 1000
+    cli("invert", "--model", ldm_run, "--images", concept, "--init_word", "small", "--steps", 7, "--dry-run")
+    out = capsys.readouterr().out
+    assert json.loads(out[out.find("{"):])["loop"]["kimg"] == 7 * 4 / 1000
+
+
 def test_several_vectors_and_their_round_trip(ldm_run, concept, tmp_path, one_thread):
     cli("invert", "--model", ldm_run, "--images", concept, "--placeholder", "<my-star>", "--init_word", "star",
         "--vectors", 3, "--steps", 2, "--batch", 2, "--outdir", tmp_path)
@@ -105,6 +115,34 @@ def test_several_vectors_and_their_round_trip(ldm_run, concept, tmp_path, one_th
     apply_embeds(pipe, [str(run)])
     ids, _ = pipe.text(["a small <my-star> at the top"])
     assert [i for i in ids[0].tolist() if i >= size] == [size, size + 1, size + 2]
+
+
+def test_an_image_with_a_caption_file_trains_on_its_captions(concept, tmp_path, cli_error, ldm_run):
+    import shutil
+
+    from t2i.concepts.invert import TEMPLATES, InvertConfig, InvertFamily, concept_captions
+
+    folder = tmp_path / "captioned"
+    shutil.copytree(concept, folder)
+    (folder / "star0.txt").write_text("a red * on the left\n\na small red * at the top\n", encoding="utf-8")
+    captions = concept_captions(str(folder), "*")
+    assert captions == [["a red * on the left", "a small red * at the top"], [], [], [], []]
+    family = InvertFamily.__new__(InvertFamily)     # the batches alone: the images, their captions, the placeholder
+    images = torch.zeros(5, 3, 4, 4, dtype=torch.uint8)
+    images[0] = 255                                  # image 0 (star0.png) is told apart by its pixels
+    family.cfg, family.images, family.captions = InvertConfig(placeholder="*"), images, captions
+    batches = family.batches(0, 8, 0, 1, 0)
+    seen = {0: set(), 1: set()}
+    for _ in range(20):
+        batch = next(batches)
+        for image, caption in zip(batch["images"], batch["captions"]):
+            seen[0 if image.flatten()[0] > 0 else 1].add(caption)
+    assert seen[0] == {"a red * on the left", "a small red * at the top"}
+    assert seen[1] <= {t.format("*") for t in TEMPLATES} and len(seen[1]) > 2
+    (folder / "star1.txt").write_text("a red star on the left\n", encoding="utf-8")
+    message = cli_error("invert", "--model", ldm_run, "--images", folder, "--init_word", "small", "--steps", 1,
+                        "--outdir", tmp_path / "runs")
+    assert "star1.txt" in message and "'a red star on the left' does not write the placeholder '*'" in message
 
 
 def test_bad_input_is_named(ldm_run, vqgan_run, concept, tmp_path, cli_error):

@@ -13,6 +13,26 @@ DESCRIPTION = ("Textual inversion: teach a trained model a new word (--placehold
                "--embeds RUN_DIR`.")
 
 
+# Steps by the base model's family when neither --steps nor --kimg is given (else 500 at batch 4). LDM's diffusion
+# loss moves the word slowly: on shapes (benchmarks/invert_shapes.py) the word still drew blobs at 1000 steps and
+# stars from about 2000; the textual-inversion paper trains 5000. LAFITE's and DALL-E's words are learned in 500.
+FAMILY_STEPS = {"ldm": 5000}
+
+
+def base_family(model: str) -> str | None:
+    """The family of the base model's snapshot, from its config alone (None when it cannot be read: the run then
+    names the problem)."""
+    import json
+
+    from t2i.errors import T2IError
+    from t2i.training.snapshot import CONFIG_FILE, resolve_snapshot
+
+    try:
+        return json.loads((resolve_snapshot(model) / CONFIG_FILE).read_text(encoding="utf-8")).get("family")
+    except (T2IError, OSError, ValueError, AttributeError):
+        return None
+
+
 def add_parser(sub) -> None:
     from t2i.concepts import invert
     from t2i.training.launch import add_loop_args
@@ -21,7 +41,7 @@ def add_parser(sub) -> None:
                        description=DESCRIPTION, formatter_class=HelpFormatter)
     invert.add_args(p)
     p.add_argument("--steps", type=int, default=argparse.SUPPRESS,
-                   help="optimizer steps (sets --kimg to steps x batch / 1000; default 500 at batch 4)")
+                   help="optimizer steps (sets --kimg to steps x batch / 1000; default 500, for an LDM 5000)")
     add_loop_args(p, invert)
     p.set_defaults(func=run)
 
@@ -31,6 +51,9 @@ def run(args: argparse.Namespace) -> int:
     from t2i.errors import T2IError
     from t2i.training.launch import run_training
 
+    family = base_family(getattr(args, "model", ""))
+    if not hasattr(args, "steps") and not hasattr(args, "kimg") and family in FAMILY_STEPS:
+        args.steps = FAMILY_STEPS[family]
     if hasattr(args, "steps"):
         if args.steps < 1:
             raise T2IError(f"--steps {args.steps} must be at least 1")

@@ -46,7 +46,9 @@ LOOP_DEFAULTS = {"kimg": 2.0, "batch": 4, "tick_kimg": 0.2, "snap": 5}   # 500 s
 
 HELP = {
     "model": "the base model: a run directory or snapshot of LDM, DALL-E or LAFITE; it stays frozen",
-    "images": "folder of the concept's images (3-5 are typical); each is centre-cropped to the model's resolution",
+    "images": "folder of the concept's images (3-5 are typical); each is centre-cropped to the model's resolution. "
+              "A text file beside an image with its name (cat1.png, cat1.txt) gives that image's captions, one per "
+              "line, writing the placeholder (e.g. 'a white * on a grey background'); the others get templates",
     "placeholder": "the new word, as prompts will write it (one word, e.g. '*' or '<my-cat>')",
     "init_word": "a word the model knows whose embedding the new one starts from (one token, unless --vectors "
                  "gives as many vectors as it has tokens)",
@@ -114,6 +116,32 @@ def load_concept_images(folder: str, resolution: int) -> torch.Tensor:
         except (Unusable, OSError) as e:
             raise T2IError(f"--images: {path} cannot be read ({e}); remove or replace it") from None
     return torch.stack(images)
+
+
+def concept_captions(folder: str, placeholder: str) -> list[list[str]]:
+    """Each concept image's own captions: the lines of the text file beside it with the same name (`cat1.png`,
+    `cat1.txt`, as kohya's trainers read them), each writing the placeholder; [] for an image without one, whose
+    captions are then the templates. A caption can name what the concept is not (its colour, its place, the
+    background) so that the word does not learn those too."""
+    captions = []
+    for image in concept_files(folder):
+        path = image.with_suffix(".txt")
+        if not path.is_file():
+            captions.append([])
+            continue
+        try:
+            lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise T2IError(f"--images: {path} cannot be read ({e}); give a UTF-8 file, one caption per line") from None
+        if not lines:
+            raise T2IError(f"--images: {path} holds no captions; write one per line, or remove it to use the "
+                           "templates")
+        unmarked = [line for line in lines if placeholder not in line.split()]
+        if unmarked:
+            raise T2IError(f"--images: {path}: the caption {unmarked[0]!r} does not write the placeholder "
+                           f"{placeholder!r} (as a word of its own); write the concept as {placeholder!r}")
+        captions.append(lines)
+    return captions
 
 
 KEEP_CAPTIONS = 2000   # at most this many of the base model's training captions for the preservation term
@@ -201,6 +229,7 @@ class InvertFamily:
         self.pipe = load_pipeline(cfg.model, d.device)
         self.side = text_side(self.pipe)
         self.images = load_concept_images(cfg.images, self.pipe.resolution)
+        self.captions = concept_captions(cfg.images, cfg.placeholder)
         rows = initial_rows(self.side, cfg.init_word, cfg.vectors)
         self.concept = ConceptRows(rows).to(d.device)
         self.ids = self.side.add_concept(cfg.placeholder, self.concept.rows)
@@ -220,7 +249,8 @@ class InvertFamily:
                 f"e.g. {self.keep[0]!r}")
         log(f"textual inversion of {cfg.placeholder!r} ({cfg.vectors} vector(s) of {self.side.width}, ids "
             f"{self.ids}, from {cfg.init_word!r}) on {len(self.images)} images of {cfg.images}; base "
-            f"{self.pipe.family} model {cfg.model} ({self.side.fingerprint()})")
+            f"{self.pipe.family} model {cfg.model} ({self.side.fingerprint()}); captions: "
+            f"{sum(map(bool, self.captions))} images their own (a .txt beside each), the others the templates")
 
     def phases(self) -> list[Phase]:
         trained = nn.ModuleDict(self.modules)
@@ -232,9 +262,12 @@ class InvertFamily:
         from t2i.data.loader import step_batches
         from t2i.data.transforms import to_model
 
+        templates = [t.format(self.cfg.placeholder) for t in TEMPLATES]
+
         def fetch(idx, g):
-            pick = torch.randint(len(TEMPLATES), (len(idx),), generator=g)
-            captions = [TEMPLATES[int(k)].format(self.cfg.placeholder) for k in pick]
+            pick = torch.randint(1 << 30, (len(idx),), generator=g).tolist()
+            choices = [self.captions[int(i)] or templates for i in idx]
+            captions = [c[k % len(c)] for c, k in zip(choices, pick)]
             return {"images": to_model(self.images[idx]), "captions": captions}
         return step_batches(len(self.images), fetch, step, batch, seed, rank)
 
