@@ -147,6 +147,7 @@ def main() -> None:
         write_keep_captions(keep, args.keep_captions)
         invert_args += ["--keep_prompts", keep]
     rows = []
+    steps = ["--steps", args.steps] if args.steps else []
     for spec in args.model:
         name, _, model = spec.partition("=")
         evals = [("star", "base", ["--concept", "star=star"], None)]   # the base model, the word "star" itself
@@ -154,9 +155,7 @@ def main() -> None:
             tag = f"{name}-adapter" if adapter else name
             runs = work / f"runs-{tag}"
             wall = sh(T2I + ["invert", "--model", model, "--images", concept, "--placeholder", "*", "--init_word",
-                             args.init_word, *(["--steps", args.steps] if args.steps else []), "--adapter", int(adapter),
-                             *invert_args,
-                             "--outdir", runs],
+                             args.init_word, *steps, "--adapter", int(adapter), *invert_args, "--outdir", runs],
                       work / f"invert-{tag}.log")
             run = sorted(runs.glob("*-invert"))[-1]
             evals.append(("*", "adapter" if adapter else "embedding", ["--embeds", run, "--concept", "*=star"], wall))
