@@ -20,20 +20,6 @@ DESCRIPTION = ("Textual inversion: teach a trained model a new word (--placehold
 FAMILY_STEPS = {"ldm": 5000}
 
 
-def base_family(model: str) -> str | None:
-    """The family of the base model's snapshot, from its config alone (None when it cannot be read: the run then
-    names the problem)."""
-    import json
-
-    from t2i.errors import T2IError
-    from t2i.training.snapshot import CONFIG_FILE, resolve_snapshot
-
-    try:
-        return json.loads((resolve_snapshot(model) / CONFIG_FILE).read_text(encoding="utf-8")).get("family")
-    except (T2IError, OSError, ValueError, AttributeError):
-        return None
-
-
 def add_parser(sub) -> None:
     from t2i.concepts import invert
     from t2i.training.launch import add_loop_args
@@ -48,11 +34,14 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from t2i.concepts.invert import LOOP_DEFAULTS
     from t2i.errors import T2IError
     from t2i.training.launch import run_training
+    from t2i.training.run import run_family
 
-    family = base_family(getattr(args, "model", ""))
+    family = run_family(Path(getattr(args, "model", "")))
     if not hasattr(args, "steps") and not hasattr(args, "kimg") and family in FAMILY_STEPS:
         args.steps = FAMILY_STEPS[family]
     if hasattr(args, "steps"):

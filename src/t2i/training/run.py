@@ -39,14 +39,15 @@ def latest_run_dir(outdir: Path, desc: str | None = None, family: str | None = N
     runs = sorted(
         ((int(m.group(1)), p) for p in outdir.iterdir()
          if (m := RUN_RE.match(p.name)) and p.is_dir() and (desc is None or m.group(2) == desc)
-         and (family is None or _run_family(p) == family)),
+         and (family is None or run_family(p) == family)),
         reverse=True,
     )
     # A run killed before its first snapshot (config.json and log.txt only) is skipped when one is needed.
     return next((p for _, p in runs if not with_snapshot or list_snapshots(p)), None)
 
 
-def _run_family(run: Path) -> str | None:
+def run_family(run: Path) -> str | None:
+    """The family a run directory or snapshot was written by, from its config.json alone (None if unreadable)."""
     try:
         return json.loads((run / "config.json").read_text(encoding="utf-8")).get("family")
     except (OSError, ValueError):
