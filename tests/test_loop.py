@@ -12,7 +12,7 @@ from torch import nn
 from loop_fakes import LinearFamily
 from t2i.errors import T2IError
 from t2i.training.distributed import Dist
-from t2i.training.loop import LoopConfig, ema_beta, split_batch, step_seed, train, update_ema, warmup_cosine
+from t2i.training.loop import LoopConfig, Phase, ema_beta, split_batch, step_seed, train, update_ema, warmup_cosine
 from t2i.training.snapshot import list_snapshots, load_snapshot, load_training_state
 
 
@@ -255,3 +255,34 @@ def test_grad_clip_bounds_the_update_and_is_logged(tmp_path):
     assert step.norm() <= 1e-3 * (1 + 1e-5)  # SGD lr 1 on the first step: update = clipped gradient
     line = json.loads((tmp_path / "run" / "stats.jsonl").read_text().splitlines()[0])
     assert line["Grad/main"] > 1e-3   # the logged norm is the one before clipping
+
+
+class FrozenPartFamily(LinearFamily):
+    """The trained module holds a frozen feature layer in front of the fitted head (as LDM holds a frozen CLIP text
+    tower, DAMSM a frozen Inception trunk); the optimizer has the head only."""
+
+    def __init__(self):
+        super().__init__(noise=0.0)
+        self.features = nn.Linear(4, 4).requires_grad_(False)
+        self.model = nn.Sequential(self.features, self.net)
+        self.modules, self.ema = {"model": self.model}, {}
+
+    def phases(self) -> list[Phase]:
+        return [Phase("main", self.model, torch.optim.SGD(self.net.parameters(), lr=self.lr))]
+
+    def loss(self, phase, batch):
+        loss = (self.model(batch["x"]).squeeze(1) - batch["y"]).square().mean()
+        return loss, {"Loss/mse": loss.detach()}
+
+
+def test_frozen_parameters_of_a_trained_module_get_no_gradient(tmp_path):
+    fam = FrozenPartFamily()
+    frozen, head = params(fam.features), params(fam.net)
+    train(fam, cfg(kimg=0.016, tick_kimg=0.016, grad_clip=1e9), tmp_path / "run", Dist())   # one step
+    assert all(p.grad is None and not p.requires_grad for p in fam.features.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(params(fam.features), frozen))
+    assert not torch.equal(params(fam.net)[0], head[0])
+    # The clipped (and logged) norm is the head's alone: the step's gradients are still on it.
+    line = json.loads((tmp_path / "run" / "stats.jsonl").read_text().splitlines()[0])
+    head_norm = torch.cat([p.grad.flatten() for p in fam.net.parameters()]).norm().item()
+    assert line["Grad/main"] == pytest.approx(head_norm, rel=1e-5)

@@ -144,6 +144,11 @@ def memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
 
 
+def phase_parameters(phase: Phase) -> list[nn.Parameter]:
+    """The parameters a phase trains: its optimizer's."""
+    return [p for group in phase.opt.param_groups for p in group["params"]]
+
+
 def run_phase(family: Family, phase: Phase, micro: list[dict], cfg: LoopConfig, d: Dist,
               trained: list[nn.Module], stats: dict[str, list[float]], nimg: int) -> None:
     """Accumulate one phase's gradients over the micro-batches, average over ranks, step."""
@@ -151,8 +156,14 @@ def run_phase(family: Family, phase: Phase, micro: list[dict], cfg: LoopConfig, 
         for group in phase.opt.param_groups:
             group.setdefault("base_lr", group["lr"])
             group["lr"] = group["base_lr"] * phase.lr_scale(nimg)
+    # Only what this phase's optimizer updates needs gradients: the other phases' modules (a GAN's D while G
+    # steps) and the frozen parts of this one (a frozen CLIP text tower, DAMSM's Inception trunk) are left out of
+    # backward, rather than differentiated and thrown away.
+    params = phase_parameters(phase)
     for m in trained:
-        m.requires_grad_(m is phase.module)
+        m.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
     phase.opt.zero_grad(set_to_none=True)
     use_bf16 = cfg.precision == "bf16"
     for mb in micro:
@@ -161,7 +172,6 @@ def run_phase(family: Family, phase: Phase, micro: list[dict], cfg: LoopConfig, 
         (loss / len(micro)).backward()
         for k, v in values.items():
             stats.setdefault(k, []).append(float(v.detach().float().mean()))
-    params = [p for p in phase.module.parameters() if p.requires_grad]
     distributed.average_gradients(params, d.world)
     for p in params:
         if p.grad is not None:
