@@ -81,6 +81,13 @@ def stage(name: str, outdir: Path, suffix: str, cmd: list, work: Path, walls: di
     return stages({name: (outdir, suffix, cmd)}, work, walls)[0]
 
 
+def metric_seconds(run: Path) -> float:
+    """Seconds a run spent evaluating its --metrics at snapshots (the `metric NAME at K kimg (Ns)` lines of its
+    log): evaluation inside a training stage's wall time."""
+    log = (run / "log.txt").read_text() if (run / "log.txt").exists() else ""
+    return sum(map(float, re.findall(r"^metric \S+ at [\d.]+ kimg \(([\d.]+)s\)", log, re.M)))
+
+
 def metric(run: Path, name: str) -> dict:
     """The last line of a run's metric-<name>.jsonl."""
     return json.loads((run / f"metric-{name}.jsonl").read_text().splitlines()[-1])["results"]
