@@ -286,3 +286,28 @@ def test_frozen_parameters_of_a_trained_module_get_no_gradient(tmp_path):
     line = json.loads((tmp_path / "run" / "stats.jsonl").read_text().splitlines()[0])
     head_norm = torch.cat([p.grad.flatten() for p in fam.net.parameters()]).norm().item()
     assert line["Grad/main"] == pytest.approx(head_norm, rel=1e-5)
+
+
+class AttentionFamily(LinearFamily):
+    """Attention over the inputs in the loss; records which kernel's backward the step built."""
+
+    def __init__(self):
+        super().__init__(noise=0.0)
+        self.kernels = []
+
+    def loss(self, phase, batch):
+        x = self.net.weight * batch["x"]                                   # (B, 4), differentiable
+        q = x.view(len(x), 1, 4, 1).repeat(1, 2, 1, 2)                     # (B, heads, T, d)
+        y = torch.nn.functional.scaled_dot_product_attention(q, q, q)
+        self.kernels.append(y.grad_fn.name())
+        loss = (y.sum((1, 2, 3)) - batch["y"]).square().mean()
+        return loss, {"Loss/mse": loss.detach()}
+
+
+def test_training_attention_on_a_cpu_is_the_math_kernel(tmp_path):
+    """torch's flash kernel's backward is slow on a CPU: a training step there takes SDPA's math kernel."""
+    fam = AttentionFamily()
+    train(fam, cfg(kimg=0.032), tmp_path / "run", Dist())
+    assert len(fam.kernels) == 2 and not any("Flash" in k for k in fam.kernels)
+    q = torch.randn(1, 2, 4, 2, requires_grad=True)   # outside training torch's default is left alone
+    assert "Flash" in torch.nn.functional.scaled_dot_product_attention(q, q, q).grad_fn.name()
