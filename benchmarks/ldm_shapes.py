@@ -110,15 +110,20 @@ AUTOENCODER_ARGS = ("--preset tiny --batch 32 --crop 32 --lr 7e-4 --lr_decay 1 -
 # seed 1's shapes still hold it under 90% at guidance 4. At guidance 2 (300 prompts a split) both seeds pass:
 # 93.7% / 89.7% and 92.0% / 89.0%, colour 99.6% / 99.8%, shape 96.3% / 95.0%, backgrounds of two seeds differ 0.75 /
 # 0.73 (data 0.75), TV 0.04 / 0.06 (data 0.05). So that is the recipe now and guidance 2 the chosen setting.
-# The whole benchmark with it (`--seeds 0 1 --eval_n 300`, every stage retrained; all attributes seen / held-out):
-# seed 0 stages (639 | 630) + 978 s = 1618 s, round trips 99.4% / 98.8%, 35.0 dB; DPM++ 20 at guidance 1 / 2 / 4 /
-# 7.5: 84.0 / 78.3, 94.3 / 93.3, 95.3 / 95.7, 85.3 / 88.3; DDIM 50 at guidance 2 94.7 / 93.7. Seed 1 stages (742 |
-# 728) + 1115 s = 1857 s (every stage 12-15% slower per kimg than seed 0's, nothing else running: the machine's
-# speed varies), 99.6% / 99.8%, 36.7 dB; 81.3 / 75.3, 91.7 / 89.0, 88.0 / 86.3, 76.3 / 78.7; DDIM 50 92.3 / 89.0.
-# At guidance 2: colour 100% / 99.3%, shape 96.5% / 95.2%, backgrounds of two seeds differ 0.76 / 0.75 (data
-# 0.75), TV 0.08 / 0.05, seed-diversity ratio 0.95 / 0.88, precision 0.90 / 0.86, recall 0.92 / 0.91, oracle FID
-# 69.9 / 69.9 (300 images). Images/s of the whole evaluation (seed 1, nothing else running): DPM++ 20 3.9 at
-# guidance 4, DDIM 50 1.55 at guidance 2.
+# The whole benchmark with it (`--seeds 0 1 --eval_n 300`, every stage retrained; all attributes seen / held-out),
+# first run: seed 0 stages (639 | 630) + 978 s = 1618 s, DPM++ 20 at guidance 2 94.3 / 93.3, DDIM 50 94.7 / 93.7;
+# seed 1 (742 | 728) + 1115 s = 1857 s, over the budget (the machine ran 12-15% slower per kimg that hour), 91.7 /
+# 89.0, DDIM 50 92.3 / 89.0. The loop then stopped differentiating the frozen CLIP tower inside the LDM module (the
+# UNet's step 9.2 -> 8.3 s/kimg, the same weights bit for bit) and took SDPA's math kernel for the CLIP's training
+# attention on a CPU (3.6 -> 2.55 s/kimg), and the budget stopped counting the autoencoder's metrics (about 120 s
+# of evaluation inside its run). Rerun on the slow machine (stages 8-13% slower per kimg for seed 1 than seed 0):
+# seed 0 stages (553 | 437) + 993 s = 1547 s, round trips 99.2% / 99.2%, 35.2 dB; DPM++ 20 at guidance 1 / 2 / 4 /
+# 7.5: 81.0 / 74.7, 92.7 / 90.0, 91.3 / 91.0, 86.3 / 86.7; DDIM 50 at guidance 2 93.3 / 90.0. Seed 1 (602 | 485) +
+# 1057 s = 1660 s, 99.8% / 98.8%, 36.3 dB; 87.0 / 81.0, 95.0 / 89.3, 87.7 / 86.3, 80.0 / 75.3; DDIM 50 95.0 / 90.3.
+# At guidance 2: colour 98.7% / 99.3%, shape 96.9% / 97.4%, backgrounds of two seeds differ 0.76 / 0.73 (data
+# 0.75), TV 0.05 / 0.05, seed-diversity ratio 0.95 / 0.86, precision 0.90 / 0.86, recall 0.92 / 0.92, oracle FID
+# 71.4 / 72.5 (300 images). Images/s of the whole evaluation with nothing else running: DPM++ 20 3.90 (seed 0,
+# guidance 4) and 4.73 (seed 1, guidance 7.5), DDIM 50 1.73 and 1.95 (guidance 2).
 CLIP_ARGS = "--langs en --precision bf16"
 LDM_ARGS = ("--preset tiny --batch 32 --lr 8e-4 --warmup_kimg 5 --min_snr 5 --precision bf16 --prediction v "
             "--zero_snr 1 --terminal_weight 0.25")
