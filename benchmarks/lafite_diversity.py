@@ -143,6 +143,7 @@ VARIANTS = {
     "ms1_maplr1": "--ms_weight 1 --mapping_lr_mul 1",
     "ms1_imle1": "--ms_weight 1 --imle_weight 1",   # pull the nearest of 4 fakes to each real (coverage)
     "ms1_imle10": "--ms_weight 1 --imle_weight 10",
+    "ms1_clip0.08_gitd0": "--ms_weight 1 --ms_clip 0.08 --itd_g 0",  # D reads the prompt, G is not asked to help it
 }
 
 

@@ -299,6 +299,23 @@ def test_mode_seeking_term_is_the_inverse_image_to_latent_distance_ratio():
     assert "Loss/G/ms" in stats and math.isfinite(loss.item())
 
 
+def test_itd_g_sets_the_generators_weight_on_itd_and_leaves_the_discriminators():
+    torch.manual_seed(0)
+    z, c, real = torch.randn(8, 16), F.normalize(torch.randn(8, 4), dim=-1), torch.randn(8, 3, 4, 4)
+    G = ShiftG(2.0)
+    D = lambda img, c: (img.mean([1, 2, 3]), img.flatten(1)[:, :4] + c)   # noqa: E731
+    itd = {}
+    for itd_g in (-1.0, 0.0, 3.0):
+        loss = LafiteLoss(G, D, None, LossWeights(itd=2.0, itd_g=itd_g, itc=0))
+        torch.manual_seed(1)
+        (g, gs), (d, ds) = loss.g_main(z, c), loss.d_main(z, c, real)
+        assert ds["Loss/D/itd"] > 0 and d.item() == pytest.approx(ds["Loss/D/adv"].item() + 2 * ds["Loss/D/itd"].item())
+        itd[itd_g] = (g - gs["Loss/G/adv"]).item(), gs.get("Loss/G/itd")
+    assert itd[0.0] == (pytest.approx(0.0), None)                       # G not asked to make D read its prompt
+    assert itd[-1.0][0] == pytest.approx(2 * itd[-1.0][1].item())        # -1: the same weight as D's (--itd)
+    assert itd[3.0][0] == pytest.approx(3 * itd[3.0][1].item())
+
+
 def test_mode_seeking_cap_and_pooling():
     torch.manual_seed(0)
     z, c = torch.randn(8, 16), torch.randn(8, 4)

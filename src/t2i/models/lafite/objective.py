@@ -59,6 +59,7 @@ class LossWeights:
 
     gamma: float = 0.1           # R1 weight: gamma / 2 * ||grad D(real)||^2
     itd: float = 10.0            # contrastive D-features <-> condition
+    itd_g: float = -1.0          # G's weight on itd (of its fakes' D features); < 0 = the same as itd
     itc: float = 10.0            # contrastive CLIP(fake) <-> condition (G only)
     temp: float = 0.5            # contrastive temperature
     pl_weight: float = 0.0       # StyleGAN2 path-length regulariser (0 = off)
@@ -127,9 +128,10 @@ class LafiteLoss:
         logit, fts = self.D(img, c)
         loss = F.softplus(-logit).mean()
         stats = {"Loss/G/adv": loss.detach(), "Scores/fake": logit.detach().mean()}
-        if self.w.itd > 0:
+        itd_g = self.w.itd if self.w.itd_g < 0 else self.w.itd_g
+        if itd_g > 0:
             itd = info_nce(F.normalize(fts.float(), dim=-1), c, self.w.temp)
-            loss = loss + self.w.itd * itd
+            loss = loss + itd_g * itd
             stats["Loss/G/itd"] = itd.detach()
         if self.w.itc > 0:
             crop = random_crop_resize(img, self.w.itc_crop_min, img.shape[-1])

@@ -91,6 +91,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
         "workers": "DataLoader processes decoding shards when --data streams them (0 = in the training "
                    "process); the batches are the same for any number, so it may change on --resume",
         "gamma": "R1 weight", "itd": "weight of the D-feature/condition contrastive loss",
+        "itd_g": "the generator's weight on that loss (its fakes' D features must name their condition); -1 = --itd",
         "itc": "weight of the CLIP(fake)/condition contrastive loss", "temp": "contrastive temperature",
         "pl_weight": "path-length regulariser weight (0 = off)",
         "itc_crop_min": "smallest crop (fraction of the side) of fakes fed to CLIP for itc",
