@@ -105,6 +105,17 @@ Measured on the 2-core CPU at 30 kimg (500 prompts per split; two seeds of a pro
   CLIP that itc scores with does not prefer a contrasting background for any colour (text-image cosine of the same
   prompts' renders on each background within 0.0013 of each other per colour), so itc is not what rewards it; what
   is left to test is the D side that also reads the prompt off the image (G's itd term and the projection term).
+- It is G's itd term. D keeps learning to read the prompt off real images (itd on reals), but G is no longer asked
+  to make its fakes' D features name their prompt (ms1_clip0.08_gitd0, `--itd_g 0`; the term is AC-GAN's classifier
+  loss on fakes, which is known to favour the samples a classifier reads most easily). At 40 kimg (seed 0, 500
+  prompts a split) it changed little: 37.2% / 36.6% against 40.8% / 48.0%, olive dropped by both, no colour
+  dependence yet in either. At 200 kimg (the first 40 resumed; 5066 s / 4781 s on one core each; 1000 prompts a
+  split), seeds 0 / 1: 98.3% / 94.1% and 94.7% / 91.3% seen / held-out, backgrounds differ 0.718 / 0.695 (data
+  0.729), TV 0.076 / 0.160, ratio 0.81 / 0.85, precision 0.89 / 0.89, recall 0.84 / 0.80, oracle FID 47.7 / 76.0
+  (real-vs-real 14.9), against 0.206 / 0.176 TV and FID 96 / 147 with G's itd. The contrast preference is gone on
+  both seeds (`--by_prompt`: orange objects on slate 0.22 / 0.27, yellow 0.17 / 0.25, blue 0.32 / 0.31; backgrounds
+  by colour within 0.11-0.33 for seed 0), and accuracy rose. Seed 1's TV is the olive mode still short (grey / slate
+  / olive / tan 0.29 / 0.28 / 0.10 / 0.33), the grey-olive merge above. Seed 0 is the shipped default since.
 """
 
 from __future__ import annotations
