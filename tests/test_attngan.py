@@ -74,6 +74,21 @@ def test_channel_attention_option():
     assert G(torch.randn(2, cfg.z_dim), condition(cfg)).images[-1].shape == (2, 3, 16, 16)
 
 
+def test_projection_discriminator_reads_the_sentence_by_an_inner_product():
+    """--d_condition projection: the conditional logit is the unconditional-style 4x4 logit plus <W s, sum-pooled h>,
+    with no jointConv; concat keeps AttnGAN's layout."""
+    cfg = replace(PRESETS["test"], d_condition="projection")
+    D = Discriminators(cfg).stages[0]
+    assert D.COND_DNET.jointConv is None and D.UNCOND_DNET.embed is None
+    h, s = torch.randn(3, cfg.df * 8, 4, 4), torch.randn(3, cfg.embed_dim)
+    by_hand = D.COND_DNET.outlogits(h).view(-1) + ((s @ D.COND_DNET.embed.weight.t()) * h.sum((2, 3))).sum(-1)
+    assert torch.allclose(D.COND_DNET(h, s), by_hand, atol=1e-5)
+    assert not torch.allclose(D.COND_DNET(h, s), D.COND_DNET(h, -s))
+    assert Discriminators(PRESETS["test"]).stages[0].COND_DNET.embed is None
+    with pytest.raises(T2IError, match="projection"):
+        AttnGanConfig(d_condition="dot")
+
+
 def test_gradient_checkpointing_gives_the_same_step_and_batch_norm_statistics():
     """Checkpointed G stages and D image codes: same outputs, same gradients, and BatchNorm's running statistics
     updated once (the recomputation in backward must not apply the momentum again)."""
@@ -193,6 +208,32 @@ def test_attngan_options_are_checked(cli_error, shapes16, damsm_run, lafite_run,
                                          "--outdir", tmp_path)
     assert "--g_lr" in cli_error("train", "attngan", "--data", shapes16, "--damsm", damsm_run, "--g_lr", 0,
                                  "--outdir", tmp_path)
+
+
+def test_mode_seeking_term_reaches_the_generators_latent_path(shapes16, damsm_run):
+    """--ms_weight: G's loss gains MSGAN's term on the last stage (same CA noise, a second z), and its gradient
+    reaches the initial stage, the only layer that reads z; the other terms are those of a run without it."""
+    from types import SimpleNamespace
+
+    from t2i.models.attngan.trainer import AttnGanTrainConfig, build
+
+    device = SimpleNamespace(device=torch.device("cpu"))
+    losses = {}
+    for w in (0.0, 2.0):
+        torch.manual_seed(0)
+        fam = build(AttnGanTrainConfig(data=str(shapes16), damsm=str(damsm_run), preset="test", ms_weight=w), None,
+                    device, lambda _: None)
+        batch = fam.data.fetch(torch.arange(8), torch.Generator().manual_seed(0), fam.damsm.vocab, fam.damsm.words)
+        g_phase = fam.phases()[1]
+        torch.manual_seed(1)
+        total, stats = fam.loss(g_phase, batch)
+        total.backward()
+        losses[w] = (total, stats, fam.G.h_net1.fc[0].weight.grad)
+    (base, plain, grad0), (total, stats, grad) = losses[0.0], losses[2.0]
+    assert "Loss/G_ms" not in plain and stats["Loss/G_ms"] > 0
+    assert torch.equal(stats["Loss/G_adv"], plain["Loss/G_adv"])      # same weights, same draws
+    assert total.item() == pytest.approx(base.item() + 2.0 * stats["Loss/G_ms"].item(), rel=1e-5)
+    assert (grad - grad0).abs().sum() > 0                               # the term's own gradient reaches z's layer
 
 
 def test_r_precision_damsm(attngan_run, lafite_run, damsm_run, shapes16, tmp_path, cli_error):

@@ -25,6 +25,7 @@ from t2i.models.attngan.networks import (PRESETS, AttnGanConfig, Discriminators,
                                          checkpointed)
 from t2i.models.attngan.objective import (GAMMA_HELP, DamsmWeights, d_stage_loss, damsm_loss, g_stage_loss,
                                           batch_negatives, kl_loss)
+from t2i.models.mode_seeking import mode_seeking
 from t2i.training.loop import Phase
 from t2i.training.run import grid_picks, save_grid
 
@@ -41,6 +42,9 @@ class AttnGanTrainConfig(DamsmWeights):
     damsm_weight: float = 5.0    # lambda of L_DAMSM (AttnGAN: 5 on CUB, 50 on COCO)
     kl_weight: float = 1.0       # weight of CA's KL term
     channel_attention: bool = False  # ControlGAN's word-level channel-wise attention beside the spatial one
+    d_condition: str = ""        # how D's conditional logits read the sentence: concat | projection ("" = preset's)
+    ms_weight: float = 0.0       # MSGAN's mode-seeking term on the last stage (two z of one caption must differ)
+    ms_clip: float = 0.0         # saturate its per-pixel distance at this (0 = plain L1)
     class_mask: bool = True      # same-class pairs are not negatives in L_DAMSM (with attributes.class_id)
     subset: int = 0              # train on the first N images only (0 = all)
     grad_checkpointing: bool = False  # recompute G's attention stages, D's image codes and the DAMSM image encoder
@@ -63,6 +67,14 @@ HELP = {
     "damsm_weight": "lambda of the DAMSM term in G's loss (AttnGAN: 5 for CUB, 50 for COCO)",
     "kl_weight": "weight of conditioning augmentation's KL term",
     "channel_attention": "1/0: add ControlGAN's word-level channel-wise attention to each attention stage",
+    "d_condition": "how each discriminator's conditional logit reads the sentence: concat (AttnGAN's jointConv, "
+                   "the sentence tiled beside the 4x4 features; the paper and test presets) or projection (Miyato & "
+                   "Koyama 2018: an inner product of the projected sentence with the pooled features; the tiny "
+                   "preset). Default: the preset's",
+    "ms_weight": "weight of MSGAN's mode-seeking term on the last stage: two latents z of one caption (same CA "
+                 "noise) must give different images; AttnGAN's G otherwise learns to ignore z",
+    "ms_clip": "saturate the mode-seeking distance of each pixel at this (images in [-1, 1]; 0 = plain L1), so that "
+               "the term does not favour the pair of colours furthest apart",
     "class_mask": "1/0: same-class pairs are not negatives in the DAMSM term (needs attributes.class_id)",
     "subset": "train on the first N images only (0 = all)",
     "grad_checkpointing": "1/0: gradient checkpointing of G's attention stages, each D's image code and the frozen "
@@ -87,9 +99,12 @@ def validate(cfg: AttnGanTrainConfig) -> None:
     if not cfg.data or not cfg.damsm:
         raise T2IError("t2i train attngan needs --data DATASET and --damsm RUN (train one with `t2i train damsm`)")
     require_dataset(cfg.data, "t2i train attngan")
-    if cfg.g_lr <= 0 or cfg.d_lr <= 0 or cfg.damsm_weight < 0 or cfg.kl_weight < 0:
+    if cfg.d_condition not in ("", "concat", "projection"):
+        raise T2IError(f"--d_condition {cfg.d_condition!r}: choose concat or projection (or leave it to the preset)")
+    if cfg.g_lr <= 0 or cfg.d_lr <= 0 or min(cfg.damsm_weight, cfg.kl_weight, cfg.ms_weight, cfg.ms_clip) < 0:
         raise T2IError(f"--g_lr {cfg.g_lr}, --d_lr {cfg.d_lr}, --damsm_weight {cfg.damsm_weight}, --kl_weight "
-                       f"{cfg.kl_weight}: learning rates must be positive and weights non-negative")
+                       f"{cfg.kl_weight}, --ms_weight {cfg.ms_weight}, --ms_clip {cfg.ms_clip}: learning rates must "
+                       "be positive and weights non-negative")
 
 
 def describe(cfg: AttnGanTrainConfig) -> str:
@@ -123,7 +138,8 @@ class AttnGanFamily:
         else:
             preset = PRESETS[cfg.preset]
             net = replace(preset, resolutions=stage_resolutions(preset, self.data.dataset.resolution[0], cfg.data),
-                          embed_dim=self.damsm.arch.embed_dim, channel_attention=cfg.channel_attention)
+                          embed_dim=self.damsm.arch.embed_dim, channel_attention=cfg.channel_attention,
+                          d_condition=cfg.d_condition or preset.d_condition)
         if net.resolutions[-1] != self.data.dataset.resolution[0]:
             raise T2IError(f"{cfg.data} has {self.data.dataset.resolution[0]}px images, the snapshot's G makes "
                            f"{net.resolutions[-1]}px; fine-tune on data of its size")
@@ -174,15 +190,25 @@ class AttnGanFamily:
                 total = total + loss
                 stats |= {f"D{k}/{name}": v for name, v in parts.items()}
             return total, {"Loss/D": total.detach(), **stats}
-        out = self.G(z, cond)
+        eps = torch.randn(len(z), self.net.c_dim, device=self.device)     # CA's noise, drawn here for the ms term
+        out = self.G(z, cond, eps)
         adv = sum(g_stage_loss(D, fake, cond.sentence) for D, fake in zip(self.D.stages, out.images))
         regions, glob = checkpointed(self.damsm.image_encoder, out.images[-1], enabled=self.cfg.grad_checkpointing)
         masked = batch_negatives(batch["ids"].to(self.device), batch.get("class_id"))
         match, parts = damsm_loss(cond.words, cond.sentence, cond.lengths, regions, glob, self.cfg, masked)
         kl = kl_loss(out.mu, out.logvar)
         total = adv + self.cfg.damsm_weight * match + self.cfg.kl_weight * kl
-        return total, {"Loss/G_adv": adv.detach(), "Loss/G_damsm": match.detach(), "Loss/G_kl": kl.detach(),
-                       "Damsm/fake_top1": parts["Damsm/batch_top1"]}
+        stats = {"Loss/G_adv": adv.detach(), "Loss/G_damsm": match.detach(), "Loss/G_kl": kl.detach(),
+                 "Damsm/fake_top1": parts["Damsm/batch_top1"]}
+        if self.cfg.ms_weight > 0:
+            def second(z2: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:   # G's last stage for those captions
+                return self.G(z2, WordCondition(*(t[rows] for t in cond)), eps[rows]).images[-1]
+
+            rows = torch.arange(len(z), device=self.device)
+            ms = mode_seeking(second, out.images[-1], z, rows, clip=self.cfg.ms_clip)
+            total = total + self.cfg.ms_weight * ms
+            stats["Loss/G_ms"] = ms.detach()
+        return total, stats
 
     @torch.no_grad()
     def _grid(self, seeds: int):

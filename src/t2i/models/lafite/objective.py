@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from t2i.clip.loss import info_nce
+from t2i.models.mode_seeking import mode_seeking
 
 
 def unit_noise_like(f: torch.Tensor) -> torch.Tensor:
@@ -71,33 +72,6 @@ class LossWeights:
     imle_weight: float = 0.0     # pull, for each real, the nearest of imle_k fakes of its caption towards it (0 = off)
     imle_k: int = 4              # fakes drawn per real for that pull
     imle_pool: int = 8           # side of the average-pooled images it compares (the layout and colours, not details)
-
-
-def mode_seeking(G, img: torch.Tensor, z: torch.Tensor, c: torch.Tensor, tau: float = 0.0, pool: int = 0,
-                 clip: float = 0.0, eps: float = 1e-5) -> torch.Tensor:
-    """MSGAN's mode-seeking term (Mao et al. 2019, Eq. 3): for the first half of the batch, a second latent z2
-    of the same condition; maximise mean|G(z1, c) - G(z2, c)| / mean|z1 - z2| by minimising its inverse.
-
-    tau > 0 caps the ratio (as DSGAN, Yang et al. 2019, caps theirs): images that already differ that much
-    get no further push. pool > 0 measures the distance on images average-pooled to pool x pool, so that
-    only their coarse layout (background, placement) is pushed apart, not the details a prompt names.
-
-    clip > 0 saturates each pixel's distance (mean |a - b| over its channels) at clip. The plain L1 rewards two
-    images more the further apart their colours lie, so it prefers the pair of backgrounds (or objects' places)
-    that is furthest apart, and starves a colour in the middle; saturated, every change of a pixel counts alike
-    once it exceeds clip."""
-    n = max(1, len(z) // 2)
-    z2 = torch.randn_like(z[:n])
-    a, b = img[:n], G(z2, c[:n])
-    if pool:
-        a, b = F.adaptive_avg_pool2d(a, pool), F.adaptive_avg_pool2d(b, pool)
-    d = (a - b).abs().float().mean(1)                                          # (n, H, W) per pixel
-    if clip > 0:
-        d = d.clamp(max=clip)
-    ratio = d.mean() / (z[:n] - z2).abs().float().mean()
-    if tau > 0:
-        ratio = ratio.clamp(max=tau)
-    return 1.0 / (ratio + eps)
 
 
 def nearest_fake_pull(G, real: torch.Tensor, c: torch.Tensor, k: int, pool: int, n: int) -> torch.Tensor:
