@@ -12,22 +12,23 @@ budget and seeds: `concat_d` AttnGAN's own conditional logits, `no_channel_atten
 
     python benchmarks/attngan_shapes.py --workdir /tmp/t2i-attngan --seeds 0 1 [--variants recipe concat_d]
 
-Measured on the 2-core CPU, each seed on one core beside the other (DAMSM 30 kimg, AttnGAN 20 kimg at batch 16,
-1000 prompts a split), 2026-12-02: seed 0 322 s + 1589 s (31.8 min), DAMSM R@1 (image to text) 0.58 word / 0.96
-sentence, 21.9% / 20.5% all attributes seen / held-out, colour 55.5%, two seeds' backgrounds differ 0.005 (data
-0.75), background TV 0.263, precision 0.81, recall 0.11, oracle FID 278.6, R-precision 82.0%; seed 1 373 s + 1582 s
-(32.6 min), 0.60 / 0.97, 14.3% / 12.7%, colour 55.8%, 0.001, 0.070, 0.84, 0.18, 210.8, 77.1%. Still far from the
-target (90% / 75% in 30 minutes). The 16px stage draws nearly the same faint blob for every prompt and seed (the
-later stages paint the objects through word attention), the words' attention maps are nearly uniform over the image,
-objects are often placed on the wrong side, and G ignores z.
-Before (AttnGAN's concat D, no channel attention, bf16, 28 kimg): 6.3% / 7.6% and 8.6% / 9.1%, colour 50.6% / 48.8%,
-R-precision 59.1% / 61.0%, FID 246.6 / 265.1, 32.7 / 32.3 min. At 20 kimg (500 prompts a split) channel attention
-had won on both seeds: 16.2% / 13.0% (seed 0) and 11.8% / 13.2% (seed 1) against plain AttnGAN's 4.0% / 3.0% and
-2.6% / 4.0%, R-precision 70.0% / 79.6% against 54% / 55%.
-MSGAN's mode-seeking term (`--ms_weight 1 --ms_clip 0.08`, the LAFITE default model's values; seed 0, 8 kimg, 200
-prompts a split, one core beside another run): two seeds' backgrounds differ 0.64 instead of 0.015, at 8.5% / 8.5%
-against 15.5% / 14.5% all attributes (R-precision 73.5% against 77.5%) and 83 against 73 s/kimg. Not in the recipe:
-one seed, and on LAFITE the same term's accuracy cost took long training to recover.
+Measured on the 2-core CPU (AVX-512, no AMX: fp32), each seed on one core beside the other (DAMSM 30 kimg, AttnGAN
+20 kimg, batch 16, 1000 prompts a split), 2026-12-02: seed 0 322 s + 1589 s (31.8 min), DAMSM R@1 (image to text)
+0.58 word / 0.96 sentence, 21.9% / 20.5% all attributes seen / held-out, colour 55.5%, two seeds' backgrounds differ
+0.005 (data 0.75), background TV 0.263, precision 0.81, recall 0.11, oracle FID 278.6, R-precision 82.0%; seed 1 373
+s + 1582 s (32.6 min), 0.60 / 0.97, 14.3% / 12.7%, colour 55.8%, 0.001, 0.070, 0.84, 0.18, 210.8, 77.1%. Still far
+from the target (90% / 75% in 30 minutes). The 16px stage draws nearly the same faint blob for every prompt and seed
+(the later stages paint the objects through word attention), the words' attention maps are nearly uniform over the
+image, objects are often placed on the wrong side, and G ignores z.
+Before (AttnGAN's concat D, no channel attention, bf16 on an AMX CPU, 28 kimg): 6.3% / 7.6% and 8.6% / 9.1%, colour
+50.6% / 48.8%, R-precision 59.1% / 61.0%, FID 246.6 / 265.1, 32.7 / 32.3 min. At 20 kimg (500 prompts a split) channel
+attention had won on both seeds: 16.2% / 13.0% (seed 0) and 11.8% / 13.2% (seed 1) against plain AttnGAN's 4.0% / 3.0%
+and 2.6% / 4.0%, R-precision 70.0% / 79.6% against 54% / 55%.
+MSGAN's mode-seeking term (`--ms_weight 1 --ms_clip 0.08`, the LAFITE default model's values; 8 kimg, 200 prompts a
+split, one core beside another run), seeds 0 / 1: two seeds' backgrounds differ 0.64 / 0.475 instead of 0.015 /
+0.005, at 8.5% / 11.5% seen and 8.5% / 10.0% held-out against 15.5% / 12.5% and 14.5% / 11.5% (R-precision 73.5% /
+65.5% against 77.5% / 69.0%), 81 / 79 against 73 s/kimg. Not in the recipe yet: at this budget it costs accuracy,
+and on LAFITE the same term's cost took long training to recover.
 
 A stage whose run already finished in the work directory is reused (delete it, or give another --workdir, to
 retrain). Nothing here is a test: the numbers depend on the machine and are reported.
@@ -43,8 +44,9 @@ from common import T2I, metric, sh, stage
 DAMSM_ARGS = "--preset tiny --batch 48"
 # At 12 kimg (one core each, 200 prompts a split) batch 16 with AttnGAN's lr 2e-4 drew 18% / 18% of colours right
 # (1% / 2% all attributes), lr 5e-4 32% / 30% (0.5% / 1%); at 8 kimg lambda 20 drew 11% / 6%, batch 8 21% / 20%.
-# fp32, not bf16: on this CPU a step of these small convolutions took 1.25 s in fp32 and 2.0 s under bf16 autocast
-# (batch 16, one core each beside another run). The tiny preset's D reads the sentence by projection; at 8 kimg
+# fp32, not bf16: on the CPU of 2026-12-02 (AVX-512 without AMX or AVX512-BF16) a step took 1.25 s in fp32 and 2.0 s
+# under bf16 autocast (batch 16, one core each beside another run); the earlier bf16 figures below came from a CPU
+# with AMX, where the old recipe ran at 57 s/kimg. The tiny preset's D reads the sentence by projection; at 8 kimg
 # (seeds 0 / 1, channel attention, 200 prompts a split) it drew 15.5% / 12.5% of seen prompts right against 6.0% /
 # 8.5% with AttnGAN's concat (`--d_condition concat`), R-precision 77.5% / 69.0% against 66.0% / 69.5%, in 585 s /
 # 581 s against 677 s / 704 s. Without channel attention the projection D drew 0.5% (seed 0).

@@ -12,7 +12,8 @@ from torch import nn
 from loop_fakes import LinearFamily
 from t2i.errors import T2IError
 from t2i.training.distributed import Dist
-from t2i.training.loop import LoopConfig, Phase, ema_beta, split_batch, step_seed, train, update_ema, warmup_cosine
+from t2i.training.loop import (LoopConfig, Phase, ema_beta, slow_bf16_note, split_batch, step_seed, train, update_ema,
+                               warmup_cosine)
 from t2i.training.snapshot import list_snapshots, load_snapshot, load_training_state
 
 
@@ -311,3 +312,13 @@ def test_training_attention_on_a_cpu_is_the_math_kernel(tmp_path):
     assert len(fam.kernels) == 2 and not any("Flash" in k for k in fam.kernels)
     q = torch.randn(1, 2, 4, 2, requires_grad=True)   # outside training torch's default is left alone
     assert "Flash" in torch.nn.functional.scaled_dot_product_attention(q, q, q).grad_fn.name()
+
+
+def test_slow_bf16_note_only_for_bf16_on_a_cpu_without_bf16_hardware(monkeypatch):
+    cpu = torch.device("cpu")
+    for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        monkeypatch.setattr(torch.cpu, name, lambda: False, raising=False)
+    assert "--precision fp32" in slow_bf16_note(cpu, "bf16")
+    assert slow_bf16_note(cpu, "fp32") is None and slow_bf16_note(torch.device("cuda"), "bf16") is None
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert slow_bf16_note(cpu, "bf16") is None
