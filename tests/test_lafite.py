@@ -11,12 +11,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from t2i.clip.loss import info_nce
+from t2i.models.mode_seeking import mode_seeking
 from t2i.models.lafite.networks import PRESETS, Discriminator, Generator, modulated_conv2d
 from t2i.models.lafite.objective import (
     LafiteLoss,
     LossWeights,
     mix_conditions,
-    mode_seeking,
     nearest_fake_pull,
     perturbed_text_features,
     pseudo_text_features,

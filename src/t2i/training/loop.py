@@ -143,8 +143,7 @@ def slow_bf16_note(device: torch.device, precision: str) -> str | None:
     emulates bf16 arithmetic (on such a CPU the shapes presets' steps took 1.6x (AttnGAN) to 3x (DALL-E) longer)."""
     if precision != "bf16" or device.type != "cpu":
         return None
-    has = [getattr(torch.cpu, f"_is_{name}_supported", lambda: True)() for name in ("amx_tile", "avx512_bf16")]
-    if any(has):
+    if any(getattr(torch.cpu, f"_is_{name}_supported", lambda: True)() for name in ("amx_tile", "avx512_bf16")):
         return None
     return ("note: this CPU has neither AMX nor AVX512-BF16, so bf16 autocast runs slower than fp32 here "
             "(1.6-3x on the shapes presets); --precision fp32 is faster on it")
