@@ -32,6 +32,10 @@ accuracy, seen / held-out; the session note of 2026-11-30 has the full tables):
 - LAFITE, the embedded model re-shipped on 2026-12-02 (`--itd_g 0`), n = 1000, 100 kimg (80 s / 76 s on one core):
   English 98.3% / 94.1%; Korean through the aligner, aligner seeds 0 / 1: 97.8% / 93.9% (ratios 0.995 / 0.998) and
   98.0% / 92.7% (0.997 / 0.985); its bilingual CLIP reading Korean directly 85.9% / 77.1% (0.874 / 0.819).
+- AttnGAN, benchmarks/attngan_shapes.py's seed-0 recipe model of 2026-12-02 (its DAMSM's word and sentence
+  features; n = 300, aligner seed 0, `--train '--precision fp32'`, 300 kimg in 1191 s on one core beside another
+  run, a CPU without AMX): English 21.3% / 21.3%, Korean through the aligner 21.3% / 21.0% (ratios 1.000 / 0.984).
+  Korean straight into the model is refused: no word of a Korean prompt is in its DAMSM vocabulary.
 """
 
 from __future__ import annotations

@@ -54,6 +54,21 @@ Measured on the 2-core CPU (500 steps, batch 4, 200 prompts, CLIP of the measure
   steps): guidance 2, the word 83.0% / 82.5%, `*` 83.5% / 83.0% (0.205 / 0.910 against 0.193 / 0.904); guidance 4,
   the word 88.0% / 88.0%, `*` 86.0% / 86.0%. `*` draws stars as often as the word does; this base model draws the
   word "star" below 90% itself, so the 90% target is bounded by the base model, not by the inversion.
+- With `--captions`, 2026-12-02 (a CPU without AMX, everything in fp32; inversion seed 0, 500 steps):
+  - AttnGAN, benchmarks/attngan_shapes.py's recipe models (seeds 0 / 1; they draw 14-22% of that benchmark's
+    prompts right): the word "star" 44.5% / 39.0% star, 44.5% / 25.5% all; `*` (12 s / 11 s) 41.5% / 40.0% star,
+    32.0% / 26.5% all (image-image 0.089 / 0.054, text-image 0.612 / 0.565 against the word's 0.089 / 0.048 and
+    0.631 / 0.580). As often stars as the word; the base model is the limit.
+  - DALL-E, benchmarks/dalle_shapes.py's recipe (seed 0, transformer in fp32, 50 kimg in 3204 s on one core; it
+    draws 55.0% / 27.0% of that benchmark's prompts right plain, 64.5% / 40.0% at guidance 2, 200 a split),
+    guidance 2, no reranking (`--sampling '--guidance 2'`): the word "star" 59.0% star, 54.5% all; `*` (137 s)
+    57.0% / 46.0% (image-image 0.121, text-image 0.769 against 0.149 / 0.823): the shape as often as the word, the
+    colours less often (84.5% against 95.0%).
+  - The hard case, LAFITE on data without a star (`t2i data shapes --exclude_shape star`; its CLIP too: `--langs
+    en`, 100 kimg, 647 s; LAFITE the embedded model's recipe in fp32, stopped at its 20-kimg snapshot, 1330 s
+    on one core): the word "star", which its CLIP never saw in a caption, 27.5% star (the oracle's reading
+    of the blobs it gets), 14.5% all; `*` (20 s) 32.5% / 20.5% (image-image 0.075, text-image 0.629 against 0.048 /
+    0.591). A 20-kimg model is weak on every attribute (colour 53-60% on these prompts), so this row says little yet.
 """
 
 from __future__ import annotations
