@@ -57,7 +57,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=300, help="prompts per split")
     p.add_argument("--sampling", default="", help="sampling options for every model, e.g. '--sampler dpm++ --steps 20 "
                    "--guidance 4' (each family ignores the others')")
-    p.add_argument("--train", default="--precision bf16", help="extra options of `t2i train aligner`")
+    p.add_argument("--train", default="--precision auto", help="extra options of `t2i train aligner`")
     args = p.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)

@@ -128,7 +128,7 @@ from pathlib import Path
 from common import T2I, run_parallel, sh
 
 DEFAULT_CLIP = Path(__file__).resolve().parent.parent / "src" / "t2i" / "assets" / "default-lafite"
-RECIPE = ("--preset tiny --batch 16 --precision bf16 --itc_crop_min 0.9 --gamma 0.05 --tick_kimg 2 --snap 5 "
+RECIPE = ("--preset tiny --batch 16 --precision auto --itc_crop_min 0.9 --gamma 0.05 --tick_kimg 2 --snap 5 "
           "--mixing_prob 0.0")
 VARIANTS = {
     "baseline": "",

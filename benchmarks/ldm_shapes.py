@@ -31,7 +31,7 @@ from common import T2I, metric, metric_seconds, sh, stage, stages
 # `t2i train autoencoder` (whole images, lr 1e-4, fp32) 20 kimg took 747 s and its round trips kept only
 # 51% / 44% of scenes (the shapes blurred); this recipe reached 99.2% / 99.0% and 34.8 dB at 80 kimg, 99.4% / 98.8%
 # and 35.1 dB at 96 kimg (423 s).
-AUTOENCODER_ARGS = ("--preset tiny --batch 32 --crop 32 --lr 7e-4 --lr_decay 1 --warmup_kimg 5 --precision bf16 "
+AUTOENCODER_ARGS = ("--preset tiny --batch 32 --crop 32 --lr 7e-4 --lr_decay 1 --warmup_kimg 5 --precision auto "
                     "--disc_start_kimg 1000")
 # The UNet's budget is counted in optimizer steps more than in images: at 60 kimg, batch 64 and lr 5e-4 (940 steps)
 # sampled 18% / 7% all-attribute (seen / held-out; DPM++ 20, guidance 4, 150 prompts a split), batch 32 and lr 8e-4
@@ -124,8 +124,8 @@ AUTOENCODER_ARGS = ("--preset tiny --batch 32 --crop 32 --lr 7e-4 --lr_decay 1 -
 # 0.75), TV 0.05 / 0.05, seed-diversity ratio 0.95 / 0.86, precision 0.90 / 0.86, recall 0.92 / 0.92, oracle FID
 # 71.4 / 72.5 (300 images). Images/s of the whole evaluation with nothing else running: DPM++ 20 3.90 (seed 0,
 # guidance 4) and 4.73 (seed 1, guidance 7.5), DDIM 50 1.73 and 1.95 (guidance 2).
-CLIP_ARGS = "--langs en --precision bf16"
-LDM_ARGS = ("--preset tiny --batch 32 --lr 8e-4 --warmup_kimg 5 --min_snr 5 --precision bf16 --prediction v "
+CLIP_ARGS = "--langs en --precision auto"
+LDM_ARGS = ("--preset tiny --batch 32 --lr 8e-4 --warmup_kimg 5 --min_snr 5 --precision auto --prediction v "
             "--zero_snr 1 --terminal_weight 0.25")
 
 

@@ -12,8 +12,8 @@ from torch import nn
 from loop_fakes import LinearFamily
 from t2i.errors import T2IError
 from t2i.training.distributed import Dist
-from t2i.training.loop import (LoopConfig, Phase, ema_beta, slow_bf16_note, split_batch, step_seed, train, update_ema,
-                               warmup_cosine)
+from t2i.training.loop import (LoopConfig, Phase, effective_precision, ema_beta, slow_bf16_note, split_batch, step_seed,
+                               train, update_ema, warmup_cosine)
 from t2i.training.snapshot import list_snapshots, load_snapshot, load_training_state
 
 
@@ -322,3 +322,38 @@ def test_slow_bf16_note_only_for_bf16_on_a_cpu_without_bf16_hardware(monkeypatch
     assert slow_bf16_note(cpu, "fp32") is None and slow_bf16_note(torch.device("cuda"), "bf16") is None
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
     assert slow_bf16_note(cpu, "bf16") is None
+
+
+def test_precision_auto_is_bf16_only_where_it_is_fast(monkeypatch):
+    cpu = torch.device("cpu")
+    for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        monkeypatch.setattr(torch.cpu, name, lambda: False, raising=False)
+    assert effective_precision(cpu, "auto") == "fp32"
+    assert effective_precision(cpu, "bf16") == "bf16" and effective_precision(cpu, "fp32") == "fp32"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert effective_precision(cpu, "auto") == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert effective_precision(torch.device("cuda"), "auto") == "fp32"
+
+
+class AutocastFamily(LinearFamily):
+    """Records whether each step's loss ran under CPU bf16 autocast."""
+
+    def __init__(self):
+        super().__init__()
+        self.autocast = []
+
+    def loss(self, phase, batch):
+        self.autocast.append(torch.is_autocast_enabled("cpu"))
+        return super().loss(phase, batch)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_the_loop_steps_in_the_precision_auto_resolves_to(tmp_path, monkeypatch, fast):
+    for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        monkeypatch.setattr(torch.cpu, name, lambda: fast, raising=False)
+    fam = AutocastFamily()
+    train(fam, cfg(kimg=0.032, precision="auto"), tmp_path / "run", Dist())
+    assert fam.autocast == [fast, fast]
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert f"precision auto ({'bf16' if fast else 'fp32'})" in log

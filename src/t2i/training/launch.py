@@ -74,8 +74,9 @@ def add_loop_args(p: argparse.ArgumentParser, mod=None) -> None:
     g.add_argument("--snap", type=int, default=S, help=f"snapshot every N ticks, 0 = only at the end ({d('snap')})")
     g.add_argument("--keep", type=int, default=S, help="keep only the newest N snapshots (default: all)")
     g.add_argument("--seed", type=int, default=S, help="random seed (default 0)")
-    g.add_argument("--precision", choices=["fp32", "bf16"], default=S,
-                   help="bf16 autocast on CUDA, or on CPUs with AVX512-BF16/AMX (default fp32)")
+    g.add_argument("--precision", choices=["fp32", "bf16", "auto"], default=S,
+                   help="bf16 autocast (fast on CUDA and on CPUs with AMX or AVX512-BF16, slower than fp32 on other "
+                        "CPUs), fp32, or auto: bf16 where it is fast, else fp32 (default fp32)")
     g.add_argument("--ema_kimg", type=float, default=S, help=f"EMA half-life in kimg ({d('ema_kimg')})")
     g.add_argument("--ema_rampup", type=float, default=S, help=f"EMA ramp-up ratio, 0 = off ({d('ema_rampup')})")
     g.add_argument("--grad_clip", type=float, default=S, help="clip gradient norm per phase (0 = off)")

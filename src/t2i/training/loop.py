@@ -41,7 +41,7 @@ class LoopConfig:
     snap: int = 5               # snapshot every this many ticks (and at the end); 0 = only at the end
     keep: int = 0               # keep only the newest N snapshots (0 = keep all)
     seed: int = 0
-    precision: str = "fp32"     # fp32 | bf16 (autocast; fast on CUDA and on CPUs with AVX512-BF16/AMX only)
+    precision: str = "fp32"     # fp32 | bf16 (autocast; fast on CUDA and on CPUs with AVX512-BF16/AMX only) | auto
     ema_kimg: float = 10.0      # EMA half-life in kimg (for families with EMA modules)
     ema_rampup: float = 0.05    # EMA half-life at most this fraction of images seen so far (0 = off)
     grad_clip: float = 0.0      # max gradient norm per phase (0 = off)
@@ -138,15 +138,30 @@ def ema_beta(cfg: LoopConfig, nimg: int) -> float:
     return 0.5 ** (cfg.batch / max(half_life, 1e-8))
 
 
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bf16 autocast pays on this device: CUDA with bf16 support, or a CPU with AMX or AVX512-BF16. A CPU
+    with neither emulates bf16 arithmetic (there the shapes presets' steps took 1.6x (AttnGAN) to 3x (DALL-E) longer
+    than in fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return any(getattr(torch.cpu, f"_is_{name}_supported", lambda: True)() for name in ("amx_tile", "avx512_bf16"))
+    return False
+
+
+def effective_precision(device: torch.device, precision: str) -> str:
+    """`--precision` as the steps run it: auto is bf16 where `fast_bf16`, else fp32 (the config keeps "auto", so a
+    resume with the same options is the same run)."""
+    return ("bf16" if fast_bf16(device) else "fp32") if precision == "auto" else precision
+
+
 def slow_bf16_note(device: torch.device, precision: str) -> str | None:
-    """A line for the log when bf16 autocast will run slower than fp32: a CPU with neither AMX nor AVX512-BF16
-    emulates bf16 arithmetic (on such a CPU the shapes presets' steps took 1.6x (AttnGAN) to 3x (DALL-E) longer)."""
-    if precision != "bf16" or device.type != "cpu":
-        return None
-    if any(getattr(torch.cpu, f"_is_{name}_supported", lambda: True)() for name in ("amx_tile", "avx512_bf16")):
+    """A line for the log when bf16 autocast was asked for where it runs slower than fp32 (a CPU without AMX or
+    AVX512-BF16)."""
+    if precision != "bf16" or device.type != "cpu" or fast_bf16(device):
         return None
     return ("note: this CPU has neither AMX nor AVX512-BF16, so bf16 autocast runs slower than fp32 here "
-            "(1.6-3x on the shapes presets); --precision fp32 is faster on it")
+            "(1.6-3x on the shapes presets); --precision fp32 (or auto) is faster on it")
 
 
 def memory_gb(device: torch.device) -> float:
@@ -190,7 +205,7 @@ def run_phase(family: Family, phase: Phase, micro: list[dict], cfg: LoopConfig, 
     for p in params:
         p.requires_grad_(True)
     phase.opt.zero_grad(set_to_none=True)
-    use_bf16 = cfg.precision == "bf16"
+    use_bf16 = effective_precision(d.device, cfg.precision) == "bf16"
     for mb in micro:
         with torch.autocast(device_type=d.device.type, dtype=torch.bfloat16, enabled=use_bf16), \
                 training_attention(d.device):
@@ -271,7 +286,9 @@ def train(family: Family, cfg: LoopConfig, run_dir: Path, d: Dist, resume_state:
     stats: dict[str, list[float]] = {}
     tick_start_nimg, tick_start_time, start_time = prog.nimg, time.time(), time.time()
     log.print(f"training {family.name} to {cfg.kimg} kimg, batch {cfg.batch} on {d.world} process(es), "
-              f"device {d.device}, precision {cfg.precision}, starting at {prog.nimg / 1000:.3f} kimg")
+              f"device {d.device}, precision {cfg.precision}"
+              + (f" ({effective_precision(d.device, 'auto')})" if cfg.precision == "auto" else "")
+              + f", starting at {prog.nimg / 1000:.3f} kimg")
     if note := slow_bf16_note(d.device, cfg.precision):
         log.print(note)
     try:
