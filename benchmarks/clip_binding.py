@@ -61,15 +61,44 @@ def binding(clip, test: list) -> dict[str, float]:
     return out
 
 
+@torch.no_grad()
+def damsm_binding(damsm, test: list) -> dict[str, float]:
+    """`binding` for an AttnGAN DAMSM, by its word-level score R(Q, D) and by its sentence cosine."""
+    from t2i.models.attngan.objective import DamsmWeights, word_scores
+
+    w = DamsmWeights()
+    regions, glob = damsm.image_encoder(to_model(shapes.render_tensor(test)))
+
+    def scores(captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        words, sentence, lengths = damsm.encode_text(captions)
+        word = torch.stack([word_scores(words[i:i + 1], lengths[i:i + 1], regions[i:i + 1], w)[0][0, 0]
+                            for i in range(len(captions))])
+        return word, F.cosine_similarity(glob, sentence, dim=-1)
+
+    true_word, true_sentence = scores([shapes.prompt(s) for s in test])
+    out = {}
+    for k in ATTRIBUTES:
+        word, sentence = scores([shapes.prompt(swapped(s, k)) for s in test])
+        out[f"{k} (word)"] = (true_word > word).float().mean().item()
+        out[f"{k} (sentence)"] = (true_sentence > sentence).float().mean().item()
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("clips", nargs="+", help="t2i CLIP runs or snapshots (or a default model folder)")
+    p.add_argument("clips", nargs="*", help="t2i CLIP runs or snapshots (or a default model folder)")
+    p.add_argument("--damsm", nargs="*", default=[], help="AttnGAN DAMSM runs or snapshots (`t2i train damsm`)")
     p.add_argument("--n", type=int, default=300, help="test scenes")
     p.add_argument("--seed", type=int, default=0, help="seed of the scenes")
     args = p.parse_args()
     test = scenes(args.n, args.seed)
     for spec in args.clips:
         result = binding(load_clip(spec).eval(), test)
+        print(f"{spec}: " + " / ".join(f"{k} {v:.3f}" for k, v in result.items()))
+    for spec in args.damsm:
+        from t2i.models.attngan.damsm import load_damsm
+
+        result = damsm_binding(load_damsm(spec), test)
         print(f"{spec}: " + " / ".join(f"{k} {v:.3f}" for k, v in result.items()))
 
 

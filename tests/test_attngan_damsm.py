@@ -106,6 +106,46 @@ def test_matching_loss_by_hand_and_class_masking():
     assert negatives_mask(None, same, 3, "cpu")[0, 1]
 
 
+def test_hard_negatives_join_the_image_to_text_softmax_only():
+    scores = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
+    g3 = 10.0
+    extra = torch.tensor([0.7, float("-inf")])          # image 0 has a hard negative, image 1 none
+    i2t, t2i = matching_loss(scores, g3, None, extra)
+    row0 = -math.log(math.exp(g3 * 0.9) / sum(math.exp(g3 * x) for x in (0.9, 0.1, 0.7)))
+    row1 = -math.log(math.exp(g3 * 0.8) / sum(math.exp(g3 * x) for x in (0.2, 0.8)))
+    assert i2t.item() == pytest.approx((row0 + row1) / 2, rel=1e-5)
+    assert t2i.item() == pytest.approx(matching_loss(scores, g3, None)[1].item(), rel=1e-6)
+
+
+def test_hard_negative_batches_swap_two_words_of_one_kind(shapes16):
+    """With --hard_negatives a batch carries each caption with two interchangeable words swapped; a caption with no
+    such pair (one object) is marked invalid; the captions themselves are those of a batch without."""
+    from t2i.models.attngan.captions import CaptionedImages
+
+    data = CaptionedImages(str(shapes16), 0, "test", lambda _: None)
+    vocab = WordVocab.build(c for caps in data.all_captions for c in caps)
+    data.keep_known(vocab)
+    plain = data.fetch(torch.arange(64), torch.Generator().manual_seed(3), vocab, 30)
+    data.use_hard_negatives(lambda _: None)
+    batch = data.fetch(torch.arange(64), torch.Generator().manual_seed(3), vocab, 30)
+    assert torch.equal(batch["ids"], plain["ids"])
+    # A caption cut to fewer words keeps the same positions in its negative: at most the two swapped words differ.
+    short = data.fetch(torch.arange(64), torch.Generator().manual_seed(3), vocab, 8)
+    assert torch.equal(short["neg_lengths"], short["lengths"])
+    assert ((short["neg_ids"] != short["ids"]).sum(1) <= 2).all() and (short["neg_ids"] != short["ids"]).any()
+    valid = batch["neg_valid"]
+    assert 0 < valid.sum() < 64
+    for k in range(64):
+        pos = vocab.decode(batch["ids"][k], int(batch["lengths"][k]))
+        neg = vocab.decode(batch["neg_ids"][k], int(batch["neg_lengths"][k]))
+        if not valid[k]:
+            assert neg == pos
+            continue
+        assert sorted(neg) == sorted(pos) and neg != pos
+        diff = [i for i in range(len(pos)) if pos[i] != neg[i]]
+        assert len(diff) == 2 and pos[diff[0]] == neg[diff[1]] and pos[diff[1]] == neg[diff[0]]
+
+
 def test_damsm_loss_is_low_for_matched_and_gradients_reach_both_encoders():
     cfg = DamsmConfig(vocab_size=10, word_dim=8, embed_dim=8, resolution=16, regions=4, channels=4)
     from t2i.models.attngan.damsm import image_encoder
@@ -122,6 +162,22 @@ def test_damsm_loss_is_low_for_matched_and_gradients_reach_both_encoders():
     loss.backward()
     assert text.encoder.weight.grad.abs().sum() > 0 and image.emb_features.weight.grad.abs().sum() > 0
     assert set(stats) >= {"Loss/damsm_w0", "Loss/damsm_s1", "Damsm/batch_top1"}
+    # Hard negatives: image 0 ranks its caption's negative too (image 1 has none); only the i2t terms change.
+    from t2i.models.attngan.objective import HardNegatives
+
+    text.zero_grad()
+    words, sentence = text(ids, lengths)
+    neg_ids = torch.tensor([[3, 2, 1], [4, 5, 0]])
+    neg_words, neg_sentence = text(neg_ids, lengths)
+    negatives = HardNegatives(neg_words, neg_sentence, lengths, torch.tensor([True, False]))
+    with_neg, neg_stats = damsm_loss(words, sentence, lengths, regions.detach(), glob.detach(), DamsmWeights(),
+                                     negatives=negatives)
+    _, stats = damsm_loss(words, sentence, lengths, regions.detach(), glob.detach(), DamsmWeights())
+    assert neg_stats["Loss/damsm_w0"] > stats["Loss/damsm_w0"] and neg_stats["Loss/damsm_s0"] > stats["Loss/damsm_s0"]
+    assert neg_stats["Loss/damsm_w1"] == pytest.approx(stats["Loss/damsm_w1"].item(), rel=1e-6)
+    assert 0 <= neg_stats["Damsm/beats_hard_negative"] <= 1
+    with_neg.backward()
+    assert text.encoder.weight.grad[3].abs().sum() > 0
 
 
 def test_inception_encoder_regions_and_frozen_trunk(tmp_path):

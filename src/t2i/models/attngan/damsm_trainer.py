@@ -18,7 +18,7 @@ import torch
 from t2i.data.loader import data_name, load_images, require_dataset, step_batches
 from t2i.data.transforms import to_model
 from t2i.errors import T2IError
-from t2i.models.attngan.captions import CaptionedImages
+from t2i.models.attngan.captions import CaptionedImages, batch_hard_negatives
 from t2i.models.attngan.damsm import PRESETS, Damsm, DamsmConfig, load_damsm
 from t2i.models.attngan.objective import (GAMMA_HELP, DamsmWeights, batch_negatives, damsm_loss, same_caption,
                                           sentence_scores, word_scores)
@@ -40,6 +40,7 @@ class DamsmTrainConfig(DamsmWeights):
     words: int = 0               # words per caption; 0 = the 95th percentile of the training captions' lengths
     lr: float = 0.002
     class_mask: bool = True      # same-class pairs are not negatives (when every image has attributes.class_id)
+    hard_negatives: bool = False  # each image also ranks its caption with two interchangeable words swapped
     subset: int = 0              # train on the first N images only (0 = all)
 
 
@@ -60,6 +61,9 @@ HELP = {
              "training captions' lengths, printed in the log",
     "lr": "Adam learning rate (betas 0.5, 0.999 as AttnGAN)",
     "class_mask": "1/0: pairs from the same class are not negatives (needs attributes.class_id on every image)",
+    "hard_negatives": "1/0: each image also ranks its caption with two interchangeable words swapped (\"a red "
+                      "circle above a blue square\" -> \"a blue circle above a red square\"; NegCLIP's swap, as "
+                      "`t2i train clip` does), so the encoders must bind attributes to objects (AttnGAN: 0)",
     "subset": "train on the first N images only (0 = all)",
     **GAMMA_HELP,
 }
@@ -121,6 +125,8 @@ class DamsmFamily:
                 arch = replace(arch, resolution=data.dataset.resolution[0])
             words = cfg.words or words_per_caption((c for caps in data.all_captions for c in caps), vocab)
         data.keep_known(vocab)
+        if cfg.hard_negatives:
+            data.use_hard_negatives(log)
         self.damsm = Damsm(arch, vocab, words).to(d.device)
         if init is None and arch.image_encoder == "inception":
             if cfg.inception == "none":
@@ -149,7 +155,8 @@ class DamsmFamily:
         words, sentence = self.damsm.text_encoder(ids, lengths)
         regions, global_features = self.damsm.image_encoder(to_model(batch["image"].to(self.device)))
         masked = batch_negatives(ids, batch.get("class_id"))
-        return damsm_loss(words, sentence, lengths, regions, global_features, self.cfg, masked)
+        negatives = batch_hard_negatives(batch, self.damsm.text_encoder, self.device)
+        return damsm_loss(words, sentence, lengths, regions, global_features, self.cfg, masked, negatives)
 
     def sample_images(self):
         return None

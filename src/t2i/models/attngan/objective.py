@@ -8,6 +8,7 @@ Score matrices are (images, captions): entry [i, j] scores image i against capti
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -88,30 +89,60 @@ def batch_negatives(ids: torch.Tensor, class_ids: torch.Tensor | None) -> torch.
     return negatives_mask(class_ids, same_caption(ids), len(ids), ids.device)
 
 
-def matching_loss(scores: torch.Tensor, gamma3: float, masked: torch.Tensor | None
+def matching_loss(scores: torch.Tensor, gamma3: float, masked: torch.Tensor | None, extra: torch.Tensor | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 11-13 both ways on matched pairs (i, i): -log P(D_i | Q_i) over captions (image -> text) and
-    -log P(Q_i | D_i) over images (text -> image), masked pairs excluded from the softmax."""
+    -log P(Q_i | D_i) over images (text -> image), masked pairs excluded from the softmax. `extra` (B,): the score
+    of image i against one more caption of its own, a hard negative, in the image -> text direction only (-inf
+    where there is none)."""
     logits = gamma3 * scores
     if masked is not None:
         logits = logits.masked_fill(masked, float("-inf"))
     target = torch.arange(len(scores), device=scores.device)
-    return F.cross_entropy(logits, target), F.cross_entropy(logits.t(), target)
+    i2t = logits if extra is None else torch.cat([logits, gamma3 * extra[:, None]], 1)
+    return F.cross_entropy(i2t, target), F.cross_entropy(logits.t(), target)
+
+
+class HardNegatives(NamedTuple):
+    """Each caption's hard negative (its words with two interchangeable ones swapped, `t2i.clip.negatives`), as
+    text-encoder features: words (B, T, D), sentence (B, D), lengths (B,), and valid (B,) where one exists."""
+
+    words: torch.Tensor
+    sentence: torch.Tensor
+    lengths: torch.Tensor
+    valid: torch.Tensor
+
+
+def hard_negative_scores(negatives: HardNegatives, regions: torch.Tensor, global_features: torch.Tensor,
+                         w: DamsmWeights) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image i against caption i's hard negative: word-level and sentence scores (B,) each, -inf where none."""
+    ws = word_scores(negatives.words.float(), negatives.lengths, regions.float(), w)[0].diagonal()
+    ss = F.cosine_similarity(global_features.float(), negatives.sentence.float(), dim=-1, eps=1e-8)
+    off = ~negatives.valid
+    return ws.masked_fill(off, float("-inf")), ss.masked_fill(off, float("-inf"))
 
 
 def damsm_loss(words: torch.Tensor, sentence: torch.Tensor, lengths: torch.Tensor, regions: torch.Tensor,
-               global_features: torch.Tensor, w: DamsmWeights, masked: torch.Tensor | None = None
-               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """L_DAMSM = L1^w + L2^w + L1^s + L2^s (Eq. 13-14) for a batch of matched (image, caption) pairs; the stats
-    dict holds each term and the batch's word-level image->text top-1 accuracy."""
+               global_features: torch.Tensor, w: DamsmWeights, masked: torch.Tensor | None = None,
+               negatives: HardNegatives | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """L_DAMSM = L1^w + L2^w + L1^s + L2^s (Eq. 13-14) for a batch of matched (image, caption) pairs; with
+    `negatives` each image also ranks its caption's hard negative (image -> text terms). The stats dict holds each
+    term and the batch's word-level image->text top-1 accuracy (and how often the true caption beats its hard
+    negative)."""
     ws, _ = word_scores(words.float(), lengths, regions.float(), w)
     ss = sentence_scores(global_features.float(), sentence.float())
-    w0, w1 = matching_loss(ws, w.gamma3, masked)
-    s0, s1 = matching_loss(ss, w.gamma3, masked)
+    neg_w = neg_s = None
+    if negatives is not None:
+        neg_w, neg_s = hard_negative_scores(negatives, regions, global_features, w)
+    w0, w1 = matching_loss(ws, w.gamma3, masked, neg_w)
+    s0, s1 = matching_loss(ss, w.gamma3, masked, neg_s)
     hit = ws.masked_fill(masked, float("-inf")) if masked is not None else ws
     acc = (hit.argmax(1) == torch.arange(len(ws), device=ws.device)).float().mean()
     stats = {"Loss/damsm_w0": w0.detach(), "Loss/damsm_w1": w1.detach(), "Loss/damsm_s0": s0.detach(),
              "Loss/damsm_s1": s1.detach(), "Damsm/batch_top1": acc}
+    if negatives is not None and negatives.valid.any():
+        beats = (ws.diagonal() > neg_w)[negatives.valid]
+        stats["Damsm/beats_hard_negative"] = beats.float().mean()
     return w0 + w1 + s0 + s1, stats
 
 

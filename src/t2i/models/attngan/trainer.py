@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from t2i.data.loader import data_name, require_dataset, step_batches
 from t2i.data.transforms import to_model, to_uint8
 from t2i.errors import T2IError
-from t2i.models.attngan.captions import CaptionedImages
+from t2i.models.attngan.captions import CaptionedImages, batch_hard_negatives
 from t2i.models.attngan.damsm import damsm_from_meta, load_damsm
 from t2i.models.attngan.networks import (PRESETS, AttnGanConfig, Discriminators, Generator, WordCondition,
                                          checkpointed)
@@ -40,12 +40,14 @@ class AttnGanTrainConfig(DamsmWeights):
     g_lr: float = 0.0002
     d_lr: float = 0.0002
     damsm_weight: float = 5.0    # lambda of L_DAMSM (AttnGAN: 5 on CUB, 50 on COCO)
+    damsm_stages: str = "last"   # which stages' images L_DAMSM scores: last (AttnGAN) | all (each upsampled)
     kl_weight: float = 1.0       # weight of CA's KL term
     channel_attention: bool = False  # ControlGAN's word-level channel-wise attention beside the spatial one
     d_condition: str = ""        # how D's conditional logits read the sentence: concat | projection ("" = preset's)
     ms_weight: float = 0.0       # MSGAN's mode-seeking term on the last stage (two z of one caption must differ)
     ms_clip: float = 0.0         # saturate its per-pixel distance at this (0 = plain L1)
     class_mask: bool = True      # same-class pairs are not negatives in L_DAMSM (with attributes.class_id)
+    hard_negatives: bool = False  # L_DAMSM also ranks each caption's word-swapped copy below the fake
     subset: int = 0              # train on the first N images only (0 = all)
     grad_checkpointing: bool = False  # recompute G's attention stages, D's image codes and the DAMSM image encoder
 
@@ -65,6 +67,9 @@ HELP = {
               "networks, 64/128/256)",
     "g_lr": "generator Adam learning rate (betas 0.5, 0.999)", "d_lr": "discriminators' Adam learning rate",
     "damsm_weight": "lambda of the DAMSM term in G's loss (AttnGAN: 5 for CUB, 50 for COCO)",
+    "damsm_stages": "which stages' images the DAMSM term scores: last (AttnGAN's) or all (the earlier stages "
+                    "upsampled to the last one's side, a sum over stages), so that the first stage, which lays out "
+                    "the scene, gets the text's gradient directly",
     "kl_weight": "weight of conditioning augmentation's KL term",
     "channel_attention": "1/0: add ControlGAN's word-level channel-wise attention to each attention stage",
     "d_condition": "how each discriminator's conditional logit reads the sentence: concat (AttnGAN's jointConv, "
@@ -76,6 +81,9 @@ HELP = {
     "ms_clip": "saturate the mode-seeking distance of each pixel at this (images in [-1, 1]; 0 = plain L1), so that "
                "the term does not favour the pair of colours furthest apart",
     "class_mask": "1/0: same-class pairs are not negatives in the DAMSM term (needs attributes.class_id)",
+    "hard_negatives": "1/0: the DAMSM term also ranks each fake against its caption with two interchangeable words "
+                      "swapped (as `t2i train damsm --hard_negatives 1`), so G is told which attribute goes with "
+                      "which object (AttnGAN: 0)",
     "subset": "train on the first N images only (0 = all)",
     "grad_checkpointing": "1/0: gradient checkpointing of G's attention stages, each D's image code and the frozen "
                           "DAMSM image encoder: their activations are recomputed in the backward pass, for less "
@@ -101,6 +109,8 @@ def validate(cfg: AttnGanTrainConfig) -> None:
     require_dataset(cfg.data, "t2i train attngan")
     if cfg.d_condition not in ("", "concat", "projection"):
         raise T2IError(f"--d_condition {cfg.d_condition!r}: choose concat or projection (or leave it to the preset)")
+    if cfg.damsm_stages not in ("last", "all"):
+        raise T2IError(f"--damsm_stages {cfg.damsm_stages!r}: choose last or all")
     if cfg.g_lr <= 0 or cfg.d_lr <= 0 or min(cfg.damsm_weight, cfg.kl_weight, cfg.ms_weight, cfg.ms_clip) < 0:
         raise T2IError(f"--g_lr {cfg.g_lr}, --d_lr {cfg.d_lr}, --damsm_weight {cfg.damsm_weight}, --kl_weight "
                        f"{cfg.kl_weight}, --ms_weight {cfg.ms_weight}, --ms_clip {cfg.ms_clip}: learning rates must "
@@ -133,6 +143,8 @@ class AttnGanFamily:
                       else load_damsm(cfg.damsm, d.device))
         self.data = CaptionedImages(cfg.data, cfg.subset, "t2i train attngan", log, cfg.class_mask)
         self.data.keep_known(self.damsm.vocab)
+        if cfg.hard_negatives:
+            self.data.use_hard_negatives(log)
         if init is not None:
             net = AttnGanConfig(**init.meta["net"])
         else:
@@ -193,13 +205,23 @@ class AttnGanFamily:
         eps = torch.randn(len(z), self.net.c_dim, device=self.device)     # CA's noise, drawn here for the ms term
         out = self.G(z, cond, eps)
         adv = sum(g_stage_loss(D, fake, cond.sentence) for D, fake in zip(self.D.stages, out.images))
-        regions, glob = checkpointed(self.damsm.image_encoder, out.images[-1], enabled=self.cfg.grad_checkpointing)
         masked = batch_negatives(batch["ids"].to(self.device), batch.get("class_id"))
-        match, parts = damsm_loss(cond.words, cond.sentence, cond.lengths, regions, glob, self.cfg, masked)
+        with torch.no_grad():
+            negatives = batch_hard_negatives(batch, self.damsm.text_encoder, self.device)
+        side = out.images[-1].shape[-2:]
+        match = 0.0
+        for img in out.images if self.cfg.damsm_stages == "all" else out.images[-1:]:
+            img = img if img.shape[-2:] == side else F.interpolate(img, size=side, mode="bilinear", align_corners=False)
+            regions, glob = checkpointed(self.damsm.image_encoder, img, enabled=self.cfg.grad_checkpointing)
+            term, parts = damsm_loss(cond.words, cond.sentence, cond.lengths, regions, glob, self.cfg, masked,
+                                     negatives)
+            match = match + term        # parts: the last stage's (the loop ends on it)
         kl = kl_loss(out.mu, out.logvar)
         total = adv + self.cfg.damsm_weight * match + self.cfg.kl_weight * kl
         stats = {"Loss/G_adv": adv.detach(), "Loss/G_damsm": match.detach(), "Loss/G_kl": kl.detach(),
                  "Damsm/fake_top1": parts["Damsm/batch_top1"]}
+        if "Damsm/beats_hard_negative" in parts:
+            stats["Damsm/fake_beats_hard_negative"] = parts["Damsm/beats_hard_negative"]
         if self.cfg.ms_weight > 0:
             def second(z2: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:   # G's last stage for those captions
                 return self.G(z2, WordCondition(*(t[rows] for t in cond)), eps[rows]).images[-1]
