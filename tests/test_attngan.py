@@ -249,26 +249,31 @@ def test_r_precision_damsm(attngan_run, lafite_run, damsm_run, shapes16, tmp_pat
     assert json.loads((tmp_path / "l" / "metric-r_precision_damsm.jsonl").read_text())["results"]["n"] == 8
 
 
+def g_phase(shapes16, damsm_run, n: int = 8, **options):
+    """A fresh test-preset AttnGAN (weights drawn under seed 0) and one G-phase loss on the first n images (draws
+    under seed 1): (family, batch, stats)."""
+    from types import SimpleNamespace
+
+    from t2i.models.attngan.trainer import AttnGanTrainConfig, build
+
+    torch.manual_seed(0)
+    fam = build(AttnGanTrainConfig(data=str(shapes16), damsm=str(damsm_run), preset="test", **options), None,
+                SimpleNamespace(device=torch.device("cpu")), lambda _: None)
+    batch = fam.data.fetch(torch.arange(n), torch.Generator().manual_seed(0), fam.damsm.vocab, fam.damsm.words)
+    torch.manual_seed(1)
+    return fam, batch, fam.loss(fam.phases()[1], batch)[1]
+
+
 def test_damsm_term_on_every_stage(shapes16, damsm_run):
     """--damsm_stages all: L_DAMSM is the sum over stages, the earlier stages' images upsampled to the last one's
     side (checked against the term recomputed by hand from the same draws); the adversarial term is unchanged."""
-    from types import SimpleNamespace
-
     import torch.nn.functional as F
 
     from t2i.models.attngan.objective import batch_negatives, damsm_loss
-    from t2i.models.attngan.trainer import AttnGanTrainConfig, build
 
-    device = SimpleNamespace(device=torch.device("cpu"))
-    stats = {}
-    for which in ("last", "all"):
-        torch.manual_seed(0)
-        fam = build(AttnGanTrainConfig(data=str(shapes16), damsm=str(damsm_run), preset="test", damsm_stages=which),
-                    None, device, lambda _: None)
-        batch = fam.data.fetch(torch.arange(8), torch.Generator().manual_seed(0), fam.damsm.vocab, fam.damsm.words)
-        torch.manual_seed(1)
-        stats[which] = fam.loss(fam.phases()[1], batch)[1]
-    assert torch.equal(stats["all"]["Loss/G_adv"], stats["last"]["Loss/G_adv"])
+    _, _, last = g_phase(shapes16, damsm_run, damsm_stages="last")
+    fam, batch, every = g_phase(shapes16, damsm_run, damsm_stages="all")
+    assert torch.equal(every["Loss/G_adv"], last["Loss/G_adv"])
     cond = fam.condition(batch["ids"], batch["lengths"])
     torch.manual_seed(1)
     z = torch.randn(8, fam.net.z_dim)
@@ -277,26 +282,14 @@ def test_damsm_term_on_every_stage(shapes16, damsm_run):
     first = F.interpolate(out.images[0], size=out.images[-1].shape[-2:], mode="bilinear", align_corners=False)
     extra = damsm_loss(cond.words, cond.sentence, cond.lengths, *fam.damsm.image_encoder(first), fam.cfg, masked)[0]
     assert len(out.images) == 2
-    assert stats["all"]["Loss/G_damsm"].item() == pytest.approx(stats["last"]["Loss/G_damsm"].item() + extra.item(),
-                                                                rel=1e-5)
+    assert every["Loss/G_damsm"].item() == pytest.approx(last["Loss/G_damsm"].item() + extra.item(), rel=1e-5)
 
 
 def test_hard_negatives_in_the_generators_damsm_term(shapes16, damsm_run):
     """--hard_negatives 1: the same batch and draws, and L_DAMSM also ranks each fake against its caption with two
     words swapped, so the term can only grow; the adversarial term is unchanged."""
-    from types import SimpleNamespace
-
-    from t2i.models.attngan.trainer import AttnGanTrainConfig, build
-
-    device = SimpleNamespace(device=torch.device("cpu"))
-    stats = {}
-    for hard in (False, True):
-        torch.manual_seed(0)
-        fam = build(AttnGanTrainConfig(data=str(shapes16), damsm=str(damsm_run), preset="test", hard_negatives=hard),
-                    None, device, lambda _: None)
-        batch = fam.data.fetch(torch.arange(16), torch.Generator().manual_seed(0), fam.damsm.vocab, fam.damsm.words)
-        torch.manual_seed(1)
-        stats[hard] = fam.loss(fam.phases()[1], batch)[1]
-    assert batch["neg_valid"].any() and "Damsm/fake_beats_hard_negative" in stats[True]
-    assert torch.equal(stats[True]["Loss/G_adv"], stats[False]["Loss/G_adv"])
-    assert stats[True]["Loss/G_damsm"] > stats[False]["Loss/G_damsm"]
+    _, _, plain = g_phase(shapes16, damsm_run, 16)
+    _, batch, hard = g_phase(shapes16, damsm_run, 16, hard_negatives=True)
+    assert batch["neg_valid"].any() and "Damsm/fake_beats_hard_negative" in hard
+    assert torch.equal(hard["Loss/G_adv"], plain["Loss/G_adv"])
+    assert hard["Loss/G_damsm"] > plain["Loss/G_damsm"]
