@@ -176,6 +176,12 @@ def test_damsm_loss_is_low_for_matched_and_gradients_reach_both_encoders():
     assert neg_stats["Loss/damsm_w0"] > stats["Loss/damsm_w0"] and neg_stats["Loss/damsm_s0"] > stats["Loss/damsm_s0"]
     assert neg_stats["Loss/damsm_w1"] == pytest.approx(stats["Loss/damsm_w1"].item(), rel=1e-6)
     assert 0 <= neg_stats["Damsm/beats_hard_negative"] <= 1
+    from t2i.models.attngan.objective import hard_negative_scores
+
+    pair_w, pair_s = hard_negative_scores(negatives, regions, glob, DamsmWeights())   # the pairs (i, i) only
+    all_pairs = word_scores(neg_words, lengths, regions, DamsmWeights())[0]
+    assert pair_w[0].item() == pytest.approx(all_pairs[0, 0].item(), rel=1e-5) and pair_w[1] == float("-inf")
+    assert pair_s[0].item() == pytest.approx(torch.cosine_similarity(glob[0], neg_sentence[0], dim=0).item(), rel=1e-5)
     with_neg.backward()
     assert text.encoder.weight.grad[3].abs().sum() > 0
 

@@ -115,8 +115,10 @@ class HardNegatives(NamedTuple):
 
 def hard_negative_scores(negatives: HardNegatives, regions: torch.Tensor, global_features: torch.Tensor,
                          w: DamsmWeights) -> tuple[torch.Tensor, torch.Tensor]:
-    """Image i against caption i's hard negative: word-level and sentence scores (B,) each, -inf where none."""
-    ws = word_scores(negatives.words.float(), negatives.lengths, regions.float(), w)[0].diagonal()
+    """Image i against caption i's hard negative: word-level and sentence scores (B,) each, -inf where none. The
+    word-level scores of the B pairs only (vmap over pairs), not of all B x B as `word_scores` gives."""
+    pair = lambda e, n, v: word_scores(e[None], n[None], v[None], w)[0][0, 0]  # noqa: E731
+    ws = torch.vmap(pair)(negatives.words.float(), negatives.lengths, regions.float())
     ss = F.cosine_similarity(global_features.float(), negatives.sentence.float(), dim=-1, eps=1e-8)
     off = ~negatives.valid
     return ws.masked_fill(off, float("-inf")), ss.masked_fill(off, float("-inf"))
