@@ -50,6 +50,16 @@ DAMSM_ARGS = "--preset tiny --batch 48"
 # (seeds 0 / 1, channel attention, 200 prompts a split) it drew 15.5% / 12.5% of seen prompts right against 6.0% /
 # 8.5% with AttnGAN's concat (`--d_condition concat`), R-precision 77.5% / 69.0% against 66.0% / 69.5%, in 585 s /
 # 581 s against 677 s / 704 s. Without channel attention the projection D drew 0.5% (seed 0).
+# The recipe's fakes bind colours to the wrong object ("a large purple circle above a large black diamond" draws
+# both purple-black), yet its DAMSM tells a render's caption from the same caption with the two objects' colour,
+# shape or size swapped 100% / 96% / 100% of the time by its word-level score (72% / 76% / 88% by the sentence
+# cosine; benchmarks/clip_binding.py --damsm). Tried on top of the recipe at 8 kimg (seed 0, 200 prompts a split,
+# all attributes seen / held-out, against the recipe's 15.5% / 14.5%): the DAMSM term on every stage
+# (`--damsm_stages all`) 12.0% / 12.0% (colour 52% against 42%); a DAMSM trained with word-swapped hard negatives
+# (`t2i train damsm --hard_negatives 1`: sentence binding 89% / 83% / 94%, R@1 0.61 / 0.95 word / sentence against
+# 0.58 / 0.96; 788 s for 30 kimg beside two other runs) 11.0% / 12.5%, and with G's DAMSM term also ranking the
+# swapped captions (`--hard_negatives 1`) 8.0% / 11.5%. None wins on seed 0 (seed noise is 3-4 points here), so
+# the recipe keeps neither.
 ATTNGAN_ARGS = "--preset tiny --precision fp32 --batch 16 --g_lr 0.0005 --d_lr 0.0005 --channel_attention 1"
 VARIANTS = {"recipe": "", "no_channel_attention": "--channel_attention 0", "concat_d": "--d_condition concat"}
 

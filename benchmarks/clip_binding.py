@@ -14,6 +14,11 @@ Measured (300 scenes; colour / shape / size): the default model's CLIP (200 kimg
 0.467. The same with `--kimg 200` (its snapshots; seeds 0 / 1): at 82 kimg 0.977 / 0.567 / 0.543 and 0.863 / 0.713 /
 0.523, at 123 kimg 0.993 / 0.807 / 0.537 and 0.773 / 0.900 / 0.927, at 164 and 200 kimg 1.000 / 1.000 / 1.000 on
 both (886 s on one core beside the other seed). Binding comes late in a CLIP's training.
+
+`--damsm RUN` scores an AttnGAN DAMSM by its word-level score and by its sentence cosine. benchmarks/attngan_shapes.py's
+DAMSMs of 2026-12-02 (30 kimg), seeds 0 / 1, word-level 1.000 / 0.963 / 1.000 and 1.000 / 0.967 / 1.000, sentence
+0.723 / 0.757 / 0.883 and 0.833 / 0.820 / 0.983; seed 0 with `--hard_negatives 1`: word-level 1.000 / 0.977 / 1.000,
+sentence 0.887 / 0.827 / 0.940.
 """
 
 from __future__ import annotations
