@@ -55,7 +55,8 @@ DAMSM_ARGS = "--preset tiny --batch 48"
 # shape or size swapped 100% / 96% / 100% of the time by its word-level score (72% / 76% / 88% by the sentence
 # cosine; benchmarks/clip_binding.py --damsm). Tried on top of the recipe at 8 kimg (seed 0, 200 prompts a split,
 # all attributes seen / held-out, against the recipe's 15.5% / 14.5%): the DAMSM term on every stage
-# (`--damsm_stages all`) 12.0% / 12.0% (colour 52% against 42%); a DAMSM trained with word-swapped hard negatives
+# (`--damsm_stages all`) 12.0% / 12.0% (colour 52% against 42%; seed 1 12.5% / 11.5%, the recipe's own, colour 51%
+# against 42%); a DAMSM trained with word-swapped hard negatives
 # (`t2i train damsm --hard_negatives 1`: sentence binding 89% / 83% / 94%, R@1 0.61 / 0.95 word / sentence against
 # 0.58 / 0.96; 788 s for 30 kimg beside two other runs) 11.0% / 12.5%, and with G's DAMSM term also ranking the
 # swapped captions (`--hard_negatives 1`) 8.0% / 11.5%. None wins on seed 0 (seed noise is 3-4 points here), so
