@@ -74,6 +74,31 @@ def test_channel_attention_option():
     assert G(torch.randn(2, cfg.z_dim), condition(cfg)).images[-1].shape == (2, 3, 16, 16)
 
 
+def test_cond_norm_starts_as_plain_attngan_and_feeds_c_and_z_to_every_stage():
+    """--cond_norm: the modulations are zero-initialised (the same G as without them, AttnGAN's keys kept), and once
+    trained they make every stage's features depend on (c, z) through each batch norm."""
+    cfg = replace(PRESETS["test"], resolutions=[8, 16, 32], cond_norm=True)
+    torch.manual_seed(0)
+    G = Generator(cfg).eval()
+    plain = Generator(replace(cfg, cond_norm=False)).eval()
+    extra = plain.load_state_dict(G.state_dict(), strict=False).unexpected_keys
+    assert extra and all(".mods." in k for k in extra)
+    assert len(extra) == 2 * (len(G.h_net1.mods) + 2 * (1 + cfg.res_blocks * 2))   # weight + bias per batch norm
+    z, cond, eps = torch.randn(2, cfg.z_dim), condition(cfg), torch.randn(2, cfg.c_dim)
+    for a, b in zip(G(z, cond, eps).images, plain(z, cond, eps).images):
+        assert torch.equal(a, b)
+    with torch.no_grad():
+        for m in G.modules():
+            if type(m).__name__ == "Modulation":
+                m.affine.weight.normal_(0, 0.3)
+    y = torch.cat([G.ca_net(cond.sentence)[0] + torch.exp(0.5 * G.ca_net(cond.sentence)[1]) * eps, z], 1)
+    h = G.h_net1(z, y[:, :cfg.c_dim])
+    other = y.clone()
+    other[:, cfg.c_dim:] += 1.0                                    # another z, read only through the modulations
+    assert not torch.allclose(G.h_net2(h, cond, y)[0], G.h_net2(h, cond, other)[0])
+    assert not torch.allclose(G(z, cond, eps).images[-1], plain(z, cond, eps).images[-1])
+
+
 def test_projection_discriminator_reads_the_sentence_by_an_inner_product():
     """--d_condition projection: the conditional logit is the unconditional-style 4x4 logit plus <W s, sum-pooled h>,
     with no jointConv; concat keeps AttnGAN's layout."""

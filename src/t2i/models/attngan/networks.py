@@ -38,6 +38,7 @@ class AttnGanConfig:
     res_blocks: int = 2          # residual blocks per attention stage (GAN.R_NUM)
     channel_attention: bool = False  # ControlGAN's word-level channel-wise attention beside the spatial one
     d_condition: str = "concat"  # D's conditional logit: concat (AttnGAN's jointConv) | projection (Miyato 2018)
+    cond_norm: bool = False      # every batch norm of G also scaled and shifted per sample from (c, z)
 
     def __post_init__(self):
         if self.d_condition not in ("concat", "projection"):
@@ -94,13 +95,47 @@ def up_block(cin: int, cout: int) -> nn.Sequential:
                          nn.BatchNorm2d(cout * 2), GLU())
 
 
+class Modulation(nn.Module):
+    """Conditional batch norm's per-sample part (as BigGAN's, Brock et al. 2019; DF-GAN's sentence affines):
+    y (B, cond_dim) -> x * (1 + gamma(y)) + beta(y) over channels. Zero-initialised: it starts as the identity."""
+
+    def __init__(self, cond_dim: int, channels: int):
+        super().__init__()
+        self.affine = nn.Linear(cond_dim, 2 * channels)
+        nn.init.zeros_(self.affine.weight)
+        nn.init.zeros_(self.affine.bias)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        gamma, beta = self.affine(y)[:, :, None, None].chunk(2, dim=1)
+        return x * (1 + gamma) + beta
+
+
+def modulations(seq: nn.Sequential, cond_dim: int) -> nn.ModuleList:
+    """One Modulation per batch norm of `seq`, in order."""
+    return nn.ModuleList(Modulation(cond_dim, m.num_features) for m in seq if isinstance(m, nn.BatchNorm2d))
+
+
+def run_modulated(seq: nn.Sequential, x: torch.Tensor, mods: nn.ModuleList | None, y: torch.Tensor | None):
+    """seq(x), each batch norm followed by its Modulation of y (plainly seq(x) without them). The modulations
+    live beside the Sequential, not in it, so the layers keep AttnGAN's key names."""
+    if mods is None:
+        return seq(x)
+    k = 0
+    for layer in seq:
+        x = layer(x)
+        if isinstance(layer, nn.BatchNorm2d):
+            x, k = mods[k](x, y), k + 1
+    return x
+
+
 class ResBlock(nn.Module):
-    def __init__(self, c: int):
+    def __init__(self, c: int, cond_dim: int = 0):
         super().__init__()
         self.block = nn.Sequential(conv3x3(c, c * 2), nn.BatchNorm2d(c * 2), GLU(), conv3x3(c, c), nn.BatchNorm2d(c))
+        self.mods = modulations(self.block, cond_dim) if cond_dim else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.block(x)
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return x + run_modulated(self.block, x, self.mods, y)
 
 
 class CANet(nn.Module):
@@ -118,19 +153,22 @@ class CANet(nn.Module):
 class InitStage(nn.Module):
     """(z, c) -> (B, gf, r0, r0): a linear layer to 4x4 at gf * 2^k channels, then k upsamplings."""
 
-    def __init__(self, in_dim: int, gf: int, ups: int):
+    def __init__(self, in_dim: int, gf: int, ups: int, cond_norm: bool = False):
         super().__init__()
         self.c0 = gf * 2 ** ups
         width = self.c0 * 4 * 4 * 2    # 4x4 maps of c0 channels, doubled for the GLU
         self.fc = nn.Sequential(nn.Linear(in_dim, width, bias=False), nn.BatchNorm1d(width), GLU())
         for i in range(1, ups + 1):
             setattr(self, f"upsample{i}", up_block(self.c0 // 2 ** (i - 1), self.c0 // 2 ** i))
+        self.mods = (nn.ModuleList(modulations(getattr(self, f"upsample{i}"), in_dim) for i in range(1, ups + 1))
+                     if cond_norm else None)
         self.ups = ups
 
     def forward(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        h = self.fc(torch.cat([c, z], 1)).view(len(z), self.c0, 4, 4)
+        y = torch.cat([c, z], 1)
+        h = self.fc(y).view(len(z), self.c0, 4, 4)
         for i in range(1, self.ups + 1):
-            h = getattr(self, f"upsample{i}")(h)
+            h = run_modulated(getattr(self, f"upsample{i}"), h, self.mods[i - 1] if self.mods else None, y)
         return h
 
 
@@ -177,13 +215,19 @@ class NextStage(nn.Module):
         self.att = WordAttention(cfg.gf, cfg.embed_dim)
         self.channel_att = ChannelAttention(side, cfg.embed_dim) if cfg.channel_attention else None
         width = cfg.gf * (3 if cfg.channel_attention else 2)
-        self.residual = nn.Sequential(*[ResBlock(width) for _ in range(cfg.res_blocks)])
+        cond_dim = cfg.c_dim + cfg.z_dim if cfg.cond_norm else 0
+        self.residual = nn.Sequential(*[ResBlock(width, cond_dim) for _ in range(cfg.res_blocks)])
         self.upsample = up_block(width, cfg.gf)
+        self.mods = modulations(self.upsample, cond_dim) if cond_dim else None
 
-    def forward(self, h: torch.Tensor, cond: WordCondition) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, h: torch.Tensor, cond: WordCondition, y: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`y`: (c, z) of each sample, read by the modulations when the config has `cond_norm`."""
         context, attn = self.att(h, cond)
-        parts = [h, context] + ([self.channel_att(h, cond)] if self.channel_att is not None else [])
-        return self.upsample(self.residual(torch.cat(parts, 1))), attn
+        h = torch.cat([h, context] + ([self.channel_att(h, cond)] if self.channel_att is not None else []), 1)
+        for block in self.residual:
+            h = block(h, y)
+        return run_modulated(self.upsample, h, self.mods, y), attn
 
 
 class ImageHead(nn.Module):
@@ -204,7 +248,7 @@ class Generator(nn.Module):
         self.cfg = cfg
         self.grad_checkpointing = False
         self.ca_net = CANet(cfg.embed_dim, cfg.c_dim)
-        self.h_net1 = InitStage(cfg.z_dim + cfg.c_dim, cfg.gf, int(math.log2(cfg.resolutions[0] // 4)))
+        self.h_net1 = InitStage(cfg.z_dim + cfg.c_dim, cfg.gf, int(math.log2(cfg.resolutions[0] // 4)), cfg.cond_norm)
         self.img_net1 = ImageHead(cfg.gf)
         for k, r in enumerate(cfg.resolutions[1:], start=2):
             setattr(self, f"h_net{k}", NextStage(cfg, r // 2))
@@ -215,10 +259,11 @@ class Generator(nn.Module):
         eps = torch.randn_like(mu) if ca_noise is None else ca_noise
         c = mu + torch.exp(0.5 * logvar) * eps
         h = self.h_net1(z, c)
+        y = torch.cat([c, z], 1) if self.cfg.cond_norm else None
         images, attention = [self.img_net1(h)], []
         on = self.grad_checkpointing
         for k in range(2, len(self.cfg.resolutions) + 1):
-            h, attn = checkpointed(getattr(self, f"h_net{k}"), h, cond, enabled=on)
+            h, attn = checkpointed(getattr(self, f"h_net{k}"), h, cond, y, enabled=on)
             images.append(checkpointed(getattr(self, f"img_net{k}"), h, enabled=on))
             attention.append(attn)
         return GOutput(images, attention, mu, logvar)

@@ -43,6 +43,7 @@ class AttnGanTrainConfig(DamsmWeights):
     damsm_stages: str = "last"   # which stages' images L_DAMSM scores: last (AttnGAN) | all (each upsampled)
     kl_weight: float = 1.0       # weight of CA's KL term
     channel_attention: bool = False  # ControlGAN's word-level channel-wise attention beside the spatial one
+    cond_norm: bool = False      # G's batch norms scaled and shifted per sample from (c, z)
     d_condition: str = ""        # how D's conditional logits read the sentence: concat | projection ("" = preset's)
     ms_weight: float = 0.0       # MSGAN's mode-seeking term on the last stage (two z of one caption must differ)
     ms_clip: float = 0.0         # saturate its per-pixel distance at this (0 = plain L1)
@@ -72,6 +73,9 @@ HELP = {
                     "the scene, gets the text's gradient directly",
     "kl_weight": "weight of conditioning augmentation's KL term",
     "channel_attention": "1/0: add ControlGAN's word-level channel-wise attention to each attention stage",
+    "cond_norm": "1/0: conditional batch norm in G: after every batch norm of its stages, a per-sample scale and "
+                 "shift computed from CA's code and z (BigGAN's conditional batch norm; DF-GAN's sentence affines), "
+                 "zero-initialised, so the sentence and the noise reach every layer and not only the first (AttnGAN: 0)",
     "d_condition": "how each discriminator's conditional logit reads the sentence: concat (AttnGAN's jointConv, "
                    "the sentence tiled beside the 4x4 features; the paper and test presets) or projection (Miyato & "
                    "Koyama 2018: an inner product of the projected sentence with the pooled features; the tiny "
@@ -151,7 +155,7 @@ class AttnGanFamily:
             preset = PRESETS[cfg.preset]
             net = replace(preset, resolutions=stage_resolutions(preset, self.data.dataset.resolution[0], cfg.data),
                           embed_dim=self.damsm.arch.embed_dim, channel_attention=cfg.channel_attention,
-                          d_condition=cfg.d_condition or preset.d_condition)
+                          cond_norm=cfg.cond_norm, d_condition=cfg.d_condition or preset.d_condition)
         if net.resolutions[-1] != self.data.dataset.resolution[0]:
             raise T2IError(f"{cfg.data} has {self.data.dataset.resolution[0]}px images, the snapshot's G makes "
                            f"{net.resolutions[-1]}px; fine-tune on data of its size")
