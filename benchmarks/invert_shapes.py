@@ -69,15 +69,15 @@ Measured on the 2-core CPU (500 steps, batch 4, 200 prompts, CLIP of the measure
     on one core): the word "star", which its CLIP never saw in a caption, 27.5% star (the oracle's reading
     of the blobs it gets), 14.5% all; `*` (20 s) 32.5% / 20.5% (image-image 0.075, text-image 0.629 against 0.048 /
     0.591). A 20-kimg model is weak on every attribute (colour 53-60% on these prompts), so this row says little yet.
-- The hard case on an LDM, 2026-12-02 (a CPU with AVX512-BF16, `--precision auto` = bf16): the data without stars
-  as above, benchmarks/ldm_shapes.py's stages on it with seed 0 (its CLIP 164 kimg in 633 s, autoencoder 72 kimg in 1175 s: 36.3 dB,
-  round trips 98.2% / 97.6%; UNet 112 kimg in 2272 s on one core beside other runs), a good base model: 80.0% /
-  80.0% of that data's own prompts right (seen / held-out, 150 a split, DPM++ 20, guidance 2; two seeds'
-  backgrounds differ 0.727, data 0.74). Inversion with `--captions`, 5000 steps (904 s), guidance 2: the word
-  "star" 1.0% star, `*` 3.0%, colour, size and position 100% for both (image-image -0.019 / -0.002, text-image
-  0.702 / 0.720). The word draws what the model knows, small diamonds and crosses in the named colour, size and
-  place: one row of the text encoder's table does not teach a frozen UNet a shape it never drew, whereas the same
-  inversion on a base that has drawn stars draws them as often as the word itself does (above).
+- The hard case on an LDM, 2026-12-02 (a CPU with AVX512-BF16, `--precision auto` = bf16): the data without stars as
+  above, benchmarks/ldm_shapes.py's stages on it with seed 0 (its CLIP 164 kimg in 633 s, autoencoder 72 kimg in 1175
+  s: 36.3 dB, round trips 98.2% / 97.6%; UNet 112 kimg in 2272 s on one core beside other runs), a good base model:
+  80.0% / 80.0% of that data's own prompts right (seen / held-out, 150 a split, DPM++ 20, guidance 2; two seeds'
+  backgrounds differ 0.727, data 0.74). Inversion with `--captions`, 5000 steps (904 s), guidance 2: the word "star"
+  1.0% star, `*` 3.0%, colour, size and position 100% for both (image-image -0.019 / -0.002, text-image 0.702 /
+  0.720). The word draws what the model knows, small diamonds and crosses in the named colour, size and place: one row
+  of the text encoder's table does not teach a frozen UNet a shape it never drew, whereas the same inversion on a base
+  that has drawn stars draws them as often as the word itself does (above).
 """
 
 from __future__ import annotations
