@@ -148,6 +148,24 @@ def test_kl_loss():
     assert kl_loss(mu, logvar).item() == pytest.approx(by_hand)
 
 
+def test_without_conditioning_augmentation_c_is_mu_and_there_is_no_kl(shapes16, damsm_run):
+    """--ca 0: G reads c = mu (CA's noise changes nothing; with CA on it does) and G's loss has no KL term."""
+    cfg = PRESETS["test"]
+    torch.manual_seed(0)
+    G = Generator(replace(cfg, ca=False)).eval()
+    z, cond = torch.randn(2, cfg.z_dim), condition(cfg)
+    mu = G.ca_net(cond.sentence)[0]
+    out = G(z, cond, torch.randn(2, cfg.c_dim))
+    assert torch.equal(out.images[-1], G(z, cond, torch.randn(2, cfg.c_dim)).images[-1])
+    assert torch.equal(out.images[0], G.img_net1(G.h_net1(z, mu)))
+    with_ca = Generator(cfg).eval()
+    with_ca.load_state_dict(G.state_dict())                       # the same keys: CA's layers stay
+    assert not torch.equal(with_ca(z, cond, torch.randn(2, cfg.c_dim)).images[-1], out.images[-1])
+    _, _, on = g_phase(shapes16, damsm_run)
+    _, _, off = g_phase(shapes16, damsm_run, ca=False)
+    assert on["Loss/G_kl"].item() > 0 and off["Loss/G_kl"].item() == 0
+
+
 class ScriptedD(nn.Module):
     """A discriminator whose logits are set by hand: features = the input's mean per image."""
 

@@ -39,6 +39,7 @@ class AttnGanConfig:
     channel_attention: bool = False  # ControlGAN's word-level channel-wise attention beside the spatial one
     d_condition: str = "concat"  # D's conditional logit: concat (AttnGAN's jointConv) | projection (Miyato 2018)
     cond_norm: bool = False      # every batch norm of G also scaled and shifted per sample from (c, z)
+    ca: bool = True              # conditioning augmentation: c ~ N(mu, sigma^2) (AttnGAN); off: c = mu
 
     def __post_init__(self):
         if self.d_condition not in ("concat", "projection"):
@@ -240,7 +241,8 @@ class ImageHead(nn.Module):
 
 
 class Generator(nn.Module):
-    """G(z, cond, ca_noise) -> GOutput; `ca_noise` (B, c_dim) is CA's epsilon (drawn when None).
+    """G(z, cond, ca_noise) -> GOutput; `ca_noise` (B, c_dim) is CA's epsilon (drawn when None; unused when the
+    config turns CA off).
     `grad_checkpointing`: the attention stages and their image heads recompute their activations in backward."""
 
     def __init__(self, cfg: AttnGanConfig):
@@ -256,8 +258,11 @@ class Generator(nn.Module):
 
     def forward(self, z: torch.Tensor, cond: WordCondition, ca_noise: torch.Tensor | None = None) -> GOutput:
         mu, logvar = self.ca_net(cond.sentence)
-        eps = torch.randn_like(mu) if ca_noise is None else ca_noise
-        c = mu + torch.exp(0.5 * logvar) * eps
+        if self.cfg.ca:
+            eps = torch.randn_like(mu) if ca_noise is None else ca_noise
+            c = mu + torch.exp(0.5 * logvar) * eps
+        else:
+            c = mu
         h = self.h_net1(z, c)
         y = torch.cat([c, z], 1) if self.cfg.cond_norm else None
         images, attention = [self.img_net1(h)], []

@@ -44,6 +44,7 @@ class AttnGanTrainConfig(DamsmWeights):
     kl_weight: float = 1.0       # weight of CA's KL term
     channel_attention: bool = False  # ControlGAN's word-level channel-wise attention beside the spatial one
     cond_norm: bool = False      # G's batch norms scaled and shifted per sample from (c, z)
+    ca: bool = True              # conditioning augmentation (off: c = mu, no KL term)
     d_condition: str = ""        # how D's conditional logits read the sentence: concat | projection ("" = preset's)
     ms_weight: float = 0.0       # MSGAN's mode-seeking term on the last stage (two z of one caption must differ)
     ms_clip: float = 0.0         # saturate its per-pixel distance at this (0 = plain L1)
@@ -76,6 +77,8 @@ HELP = {
     "cond_norm": "1/0: conditional batch norm in G: after every batch norm of its stages, a per-sample scale and "
                  "shift computed from CA's code and z (BigGAN's conditional batch norm; DF-GAN's sentence affines), "
                  "zero-initialised, so the sentence and the noise reach every layer and not only the first (AttnGAN: 0)",
+    "ca": "1/0: conditioning augmentation: G's sentence code is drawn from N(mu, sigma^2) with the KL term (AttnGAN: "
+          "1); 0 takes c = mu, a deterministic code of the sentence, and drops the KL term",
     "d_condition": "how each discriminator's conditional logit reads the sentence: concat (AttnGAN's jointConv, "
                    "the sentence tiled beside the 4x4 features; the paper and test presets) or projection (Miyato & "
                    "Koyama 2018: an inner product of the projected sentence with the pooled features; the tiny "
@@ -155,7 +158,7 @@ class AttnGanFamily:
             preset = PRESETS[cfg.preset]
             net = replace(preset, resolutions=stage_resolutions(preset, self.data.dataset.resolution[0], cfg.data),
                           embed_dim=self.damsm.arch.embed_dim, channel_attention=cfg.channel_attention,
-                          cond_norm=cfg.cond_norm, d_condition=cfg.d_condition or preset.d_condition)
+                          cond_norm=cfg.cond_norm, ca=cfg.ca, d_condition=cfg.d_condition or preset.d_condition)
         if net.resolutions[-1] != self.data.dataset.resolution[0]:
             raise T2IError(f"{cfg.data} has {self.data.dataset.resolution[0]}px images, the snapshot's G makes "
                            f"{net.resolutions[-1]}px; fine-tune on data of its size")
@@ -220,7 +223,7 @@ class AttnGanFamily:
             term, parts = damsm_loss(cond.words, cond.sentence, cond.lengths, regions, glob, self.cfg, masked,
                                      negatives)
             match = match + term        # parts: the last stage's (the loop ends on it)
-        kl = kl_loss(out.mu, out.logvar)
+        kl = kl_loss(out.mu, out.logvar) if self.G.cfg.ca else torch.zeros((), device=self.device)
         total = adv + self.cfg.damsm_weight * match + self.cfg.kl_weight * kl
         stats = {"Loss/G_adv": adv.detach(), "Loss/G_damsm": match.detach(), "Loss/G_kl": kl.detach(),
                  "Damsm/fake_top1": parts["Damsm/batch_top1"]}
