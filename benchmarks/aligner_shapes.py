@@ -32,6 +32,13 @@ accuracy, seen / held-out; the session note of 2026-11-30 has the full tables):
 - LAFITE, the embedded model re-shipped on 2026-12-02 (`--itd_g 0`), n = 1000, 100 kimg (80 s / 76 s on one core):
   English 98.3% / 94.1%; Korean through the aligner, aligner seeds 0 / 1: 97.8% / 93.9% (ratios 0.995 / 0.998) and
   98.0% / 92.7% (0.997 / 0.985); its bilingual CLIP reading Korean directly 85.9% / 77.1% (0.874 / 0.819).
+- LAFITE on a CLIP that read English captions only, 2026-12-03 (a CPU with AVX512-BF16, `--precision auto`):
+  `t2i train clip --data shapes64 --langs en --kimg 100 --tick_kimg 4 --lr 1e-3` (410 s), then the embedded model's
+  recipe (docs/DEFAULT_MODEL.md) on it for 60 kimg (1876 s on one core beside another run); n = 1000, aligner 100
+  kimg (173 s / 171 s): English 42.5% / 43.0%; Korean through the aligner, aligner seeds 0 / 1: 42.5% / 42.4%
+  (ratios 1.000 / 0.986) and 42.5% / 42.1% (1.000 / 0.979). Two seeds of a prompt draw different backgrounds 0.616
+  English, 0.617 / 0.615 Korean. Korean straight into the model is refused: its CLIP's English-only tokenizer spells a
+  Korean prompt in 43 tokens, over its 30.
 - AttnGAN, benchmarks/attngan_shapes.py's seed-0 recipe model of 2026-12-02 (its DAMSM's word and sentence
   features; n = 300, aligner seed 0, `--train '--precision fp32'`, 300 kimg in 1191 s on one core beside another
   run, a CPU without AMX): English 21.3% / 21.3%, Korean through the aligner 21.3% / 21.0% (ratios 1.000 / 0.984).
