@@ -7,8 +7,11 @@ target: at most 30 minutes together on this 2-core CPU), the DAMSM's retrieval R
 generator's oracle accuracy (seen and held-out compositions, all attributes and colour) next to its diversity
 (how often two seeds of a prompt get different backgrounds, the background distribution's TV distance to the
 data's, precision, recall, oracle FID) and its DAMSM R-precision. The recipe is the tiny preset (its D reads the
-sentence by projection) with ControlGAN's channel attention, in fp32; the variants change one thing on the same
-budget and seeds: `concat_d` AttnGAN's own conditional logits, `no_channel_attention` plain AttnGAN's stages.
+sentence by projection) with ControlGAN's channel attention and conditional batch norm from (c, z) without CA's
+noise (`--cond_norm 1 --ca 0`), at `--precision auto`; the variants change one thing on the same budget and seeds:
+`no_cond_norm` the recipe before 2026-12-03 (AttnGAN's G: CA's sampled code read by the first stage only),
+`ca_noise` conditional batch norm with CA's sampled code (no KL), `concat_d` AttnGAN's own conditional logits,
+`no_channel_attention` plain AttnGAN's stages.
 
     python benchmarks/attngan_shapes.py --workdir /tmp/t2i-attngan --seeds 0 1 [--variants recipe concat_d]
 
@@ -44,9 +47,9 @@ from common import T2I, metric, sh, stage
 DAMSM_ARGS = "--preset tiny --batch 48"
 # At 12 kimg (one core each, 200 prompts a split) batch 16 with AttnGAN's lr 2e-4 drew 18% / 18% of colours right
 # (1% / 2% all attributes), lr 5e-4 32% / 30% (0.5% / 1%); at 8 kimg lambda 20 drew 11% / 6%, batch 8 21% / 20%.
-# fp32, not bf16: on the CPU of 2026-12-02 (AVX-512 without AMX or AVX512-BF16) a step took 1.25 s in fp32 and 2.0 s
-# under bf16 autocast (batch 16, one core each beside another run); the earlier bf16 figures below came from a CPU
-# with AMX, where the old recipe ran at 57 s/kimg. The tiny preset's D reads the sentence by projection; at 8 kimg
+# `--precision auto`: on a CPU with AVX-512 but neither AMX nor AVX512-BF16 a step took 1.25 s in fp32 and 2.0 s under
+# bf16 autocast (batch 16, one core each beside another run), so auto takes fp32 there; with AVX512-BF16 bf16 ran
+# 36 s/kimg against 57 in fp32, and auto takes bf16. The tiny preset's D reads the sentence by projection; at 8 kimg
 # (seeds 0 / 1, channel attention, 200 prompts a split) it drew 15.5% / 12.5% of seen prompts right against 6.0% /
 # 8.5% with AttnGAN's concat (`--d_condition concat`), R-precision 77.5% / 69.0% against 66.0% / 69.5%, in 585 s /
 # 581 s against 677 s / 704 s. Without channel attention the projection D drew 0.5% (seed 0).
@@ -61,8 +64,10 @@ DAMSM_ARGS = "--preset tiny --batch 48"
 # 0.58 / 0.96; 788 s for 30 kimg beside two other runs) 11.0% / 12.5%, and with G's DAMSM term also ranking the
 # swapped captions (`--hard_negatives 1`) 8.0% / 11.5%. None wins on seed 0 (seed noise is 3-4 points here), so
 # the recipe keeps neither.
-ATTNGAN_ARGS = "--preset tiny --precision fp32 --batch 16 --g_lr 0.0005 --d_lr 0.0005 --channel_attention 1"
-VARIANTS = {"recipe": "", "no_channel_attention": "--channel_attention 0", "concat_d": "--d_condition concat"}
+ATTNGAN_ARGS = ("--preset tiny --precision auto --batch 16 --g_lr 0.0005 --d_lr 0.0005 --channel_attention 1 "
+                "--cond_norm 1 --ca 0")
+VARIANTS = {"recipe": "", "no_cond_norm": "--cond_norm 0 --ca 1", "ca_noise": "--ca 1 --kl_weight 0",
+            "no_channel_attention": "--channel_attention 0", "concat_d": "--d_condition concat"}
 
 
 def one_seed(seed: int, variant: str, args, data: Path, test: Path, work: Path) -> dict:
