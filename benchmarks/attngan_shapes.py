@@ -38,6 +38,10 @@ batch 16, 1000 prompts a split, 2026-12-02/03 (seen / held-out all attributes, c
   On seed 1 the recipe leads by 9.3 / 3.5 points; on seed 0 it trails by 1.7 on seen prompts and leads by 1.0 on
   held-out ones (within seed noise); its FID is lower on every seed and budget. Seed 0's G had learnt to ignore z
   again by 40 kimg; seed 1's had not. Still far from the target (90% / 75%).
+- The recipe with MSGAN's term (`--attngan_args '--ms_weight 1 --ms_clip 0.08'`, 20 kimg, 900 / 895 s):
+  16.7% / 12.9%, 52.4%, 0.716, 0.095, 0.84, 0.42, 153.5, 80.9% | 14.9% / 13.0%, 59.9%, 0.688, 0.133, 0.79, 0.49,
+  160.9, 80.1%: backgrounds as varied as the data's and a lower FID on both seeds, but accuracy split (+2.0 / -8.8
+  seen) and steps 40% slower; not in the recipe.
 The recipe before, fp32 on a CPU with AVX-512 but no bf16 (1.25 s a step against 2.0 in bf16), 20 kimg, 2026-12-02:
 seed 0 322 s + 1589 s (31.8 min), DAMSM R@1 (image to text)
 0.58 word / 0.96 sentence, 21.9% / 20.5% all attributes seen / held-out, colour 55.5%, two seeds' backgrounds differ
