@@ -93,7 +93,12 @@ DAMSM_ARGS = "--preset tiny --batch 48"
 # the recipe keeps neither.
 ATTNGAN_ARGS = ("--preset tiny --precision auto --batch 16 --g_lr 0.0005 --d_lr 0.0005 --channel_attention 1 "
                 "--cond_norm 1 --ca 0")
-VARIANTS = {"recipe": "", "no_cond_norm": "--cond_norm 0 --ca 1", "ca_noise": "--ca 1 --kl_weight 0",
+VARIANTS = {"recipe": "", "pos_attention": "--pos_attention 1",
+            "d_hard_negatives": "--d_hard_negatives 1", "attn_gamma": "--attn_gamma 5",
+            "attn_gamma_pos": "--attn_gamma 5 --pos_attention 1", "no_cond_norm": "--cond_norm 0 --ca 1",
+            "ca_noise": "--ca 1 --kl_weight 0", "gp_wide": "--attn_gamma 5 --pos_attention 1 --init_channels 256",
+            "gp_hard": "--attn_gamma 5 --pos_attention 1 --hard_negatives 1",
+            "gp_joint": "--attn_gamma 5 --pos_attention 1 --d_joint_batch 1",
             "no_channel_attention": "--channel_attention 0", "concat_d": "--d_condition concat"}
 
 
@@ -142,14 +147,15 @@ def main() -> None:
         sh(T2I + ["data", "shapes", "--out", test, "--n", 1000, "--size", 64, "--seed", 2, "--split", "test-seen"])
     rows = [one_seed(s, v, args, data, test, work) for s in args.seeds for v in args.variants]
     print(f"\n{'seed':>4} {'variant':>17} {'damsm s':>8} {'gan s':>6} {'total min':>9} {'R@1 w/s':>11} "
-          f"{'seen':>6} {'held':>6} {'colour':>6} {'bg diff':>7} {'bg TV':>6} {'prec':>5} {'rec':>5} {'FID':>6} "
-          f"{'R-prec':>6}")
+          f"{'seen':>6} {'held':>6} {'1 obj':>6} {'2 obj':>6} {'colour':>6} {'bg diff':>7} {'bg TV':>6} {'prec':>5} "
+          f"{'rec':>5} {'FID':>6} {'R-prec':>6}")
     for r in rows:
         a = r["acc"]
         r1 = r["r_at_1"]
         print(f"{r['seed']:>4} {r['variant']:>17} {r['damsm_s']:>8.0f} {r['attngan_s']:>6.0f} "
               f"{(r['damsm_s'] + r['attngan_s']) / 60:>9.1f} {r1['i2t_word']:>5.2f}/{r1['i2t_sentence']:<5.2f} "
-              f"{a['seen_all']:>6.1%} {a['heldout_all']:>6.1%} {a['seen_colour']:>6.1%} "
+              f"{a['seen_all']:>6.1%} {a['heldout_all']:>6.1%} {a.get('seen_all_1_object', float('nan')):>6.1%} "
+              f"{a.get('seen_all_2_objects', float('nan')):>6.1%} {a['seen_colour']:>6.1%} "
               f"{a['background_seeds_differ']:>7.3f} {a['seen_background_tv']:>6.3f} {r['precision']:>5.2f} "
               f"{r['recall']:>5.2f} {r['fid']:>6.1f} {r['rprec']:>6.1%}")
     print(f"\nshapes_accuracy over {args.eval_n} prompts a split; the data's own: backgrounds differ about 0.75, "

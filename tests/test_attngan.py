@@ -8,12 +8,13 @@ from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from conftest import cli
 from t2i.errors import T2IError
 from t2i.models.attngan.networks import (PRESETS, AttnGanConfig, Discriminators, Generator, WordAttention,
-                                         WordCondition)
+                                         WordCondition, attention_entropy)
 from t2i.models.attngan.objective import d_stage_loss, g_stage_loss, kl_loss
 
 
@@ -67,6 +68,28 @@ def test_word_attention_sums_to_one_over_real_words():
     assert attn[1, 2:].abs().sum() == 0                       # padding words get no attention
 
 
+def test_attention_gamma_scales_the_cosine_not_the_dot_product():
+    """--attn_gamma: logits are gamma * cos(region, projected word), so tiny features still attend sharply; plain
+    AttnGAN's dot product of the same tiny features leaves the attention uniform."""
+    torch.manual_seed(0)
+    cos_att, dot_att = WordAttention(4, 6, gamma=10.0), WordAttention(4, 6)
+    dot_att.load_state_dict(cos_att.state_dict())
+    words = torch.randn(1, 3, 6)
+    cond = WordCondition(torch.zeros(1, 6), words, torch.tensor([3]))
+    e = F.linear(words, cos_att.conv_context.weight.flatten(1))[0]                     # (T, C)
+    h = 1e-3 * e[1][None, :, None, None].expand(1, 4, 2, 2).clone()                  # every region points at word 1
+    _, dot = dot_att(h, cond)
+    assert torch.allclose(dot, torch.full_like(dot, 1 / 3), atol=1e-3)
+    _, attn = cos_att(h, cond)
+    expected = (10.0 * F.cosine_similarity(e[1][None], e, dim=-1)).softmax(0)
+    assert torch.allclose(attn[0, :, 0, 0], expected, atol=1e-5) and attn[0, 1, 0, 0] > 0.5
+    assert attention_entropy(dot, torch.tensor([3])).item() == pytest.approx(1.0, abs=1e-4)
+    one_word = torch.zeros(1, 3, 2, 2)
+    one_word[:, 2] = 1.0
+    assert attention_entropy(one_word, torch.tensor([3])).item() == pytest.approx(0.0, abs=1e-6)
+    assert 0.05 < attention_entropy(attn, torch.tensor([3])).item() < 0.95
+
+
 def test_channel_attention_option():
     cfg = replace(PRESETS["test"], channel_attention=True)
     G = Generator(cfg)
@@ -97,6 +120,45 @@ def test_cond_norm_starts_as_plain_attngan_and_feeds_c_and_z_to_every_stage():
     other[:, cfg.c_dim:] += 1.0                                    # another z, read only through the modulations
     assert not torch.allclose(G.h_net2(h, cond, y)[0], G.h_net2(h, cond, other)[0])
     assert not torch.allclose(G(z, cond, eps).images[-1], plain(z, cond, eps).images[-1])
+
+
+def test_position_embedding_starts_as_attngan_and_lets_alike_regions_attend_apart():
+    """--pos_attention: a zero-initialised embedding per region (AttnGAN's output at first, its keys kept); once
+    learnt, two regions with the same features attend to different words, which plain AttnGAN cannot do."""
+    cfg = replace(PRESETS["test"], resolutions=[8, 16, 32], pos_attention=True)
+    torch.manual_seed(0)
+    G = Generator(cfg).eval()
+    plain = Generator(replace(cfg, pos_attention=False)).eval()
+    extra = plain.load_state_dict(G.state_dict(), strict=False).unexpected_keys
+    assert sorted(extra) == ["h_net2.att.position", "h_net3.att.position"]
+    assert G.h_net2.att.position.shape == (1, cfg.gf, 8, 8) and G.h_net3.att.position.shape == (1, cfg.gf, 16, 16)
+    z, cond, eps = torch.randn(2, cfg.z_dim), condition(cfg), torch.randn(2, cfg.c_dim)
+    for a, b in zip(G(z, cond, eps).images, plain(z, cond, eps).images):
+        assert torch.equal(a, b)
+    att = G.h_net2.att
+    h = torch.ones(2, cfg.gf, 8, 8)                                 # every region alike
+    assert torch.allclose(plain.h_net2.att(h, cond)[1][..., 0, 0], plain.h_net2.att(h, cond)[1][..., 7, 7])
+    with torch.no_grad():
+        att.position.normal_(0, 3.0)
+    _, attn = att(h, cond)
+    assert not torch.allclose(attn[..., 0, 0], attn[..., 7, 7])
+    assert torch.allclose(attn.sum(1), torch.ones(2, 8, 8))
+
+
+def test_init_channels_widens_the_first_stage_only():
+    """--init_channels: the first stage starts at that width and halves it, its last upsampling ending at gf as
+    AttnGAN's does; 0 keeps AttnGAN's rule (gf * 2^upsamplings), so the published layout is unchanged."""
+    cfg = replace(PRESETS["test"], resolutions=[16, 32])
+    plain, wide = Generator(cfg), Generator(replace(cfg, init_channels=64))
+    assert plain.h_net1.c0 == cfg.gf * 4 and wide.h_net1.c0 == 64
+    assert wide.h_net1.upsample1[1].out_channels == 2 * 32 and wide.h_net1.upsample2[1].out_channels == 2 * cfg.gf
+    assert plain.h_net1.upsample1[1].out_channels == 2 * 2 * cfg.gf
+    out = wide(torch.randn(2, cfg.z_dim), condition(cfg))
+    assert [tuple(i.shape) for i in out.images] == [(2, 3, 16, 16), (2, 3, 32, 32)]
+    assert {k: v.shape for k, v in Generator(cfg).state_dict().items() if not k.startswith("h_net1")} == \
+        {k: v.shape for k, v in wide.state_dict().items() if not k.startswith("h_net1")}
+    with pytest.raises(T2IError, match="init_channels 4"):
+        replace(cfg, init_channels=4)
 
 
 def test_projection_discriminator_reads_the_sentence_by_an_inner_product():
@@ -194,6 +256,13 @@ def test_d_loss_terms_by_hand():
     assert parts["cond_wrong"].item() == pytest.approx(cond_wrong, rel=1e-5)
     g = g_stage_loss(D, fake, sentence)
     assert g.item() == pytest.approx(sp(2) + sum(sp(1 - s) for s in (0, 1, 2)) / 3, rel=1e-5)
+    # --d_hard_negatives: real image k with its own caption's swapped copy joins the mismatches where one exists
+    hard = (torch.tensor([[5.0], [-1.0], [9.0]]), torch.tensor([True, True, False]))
+    loss, parts = d_stage_loss(D, real, fake, sentence, wrong, hard)
+    cond_wrong = (sp(1 + 1) + sp(1 + 5) + sp(1 - 1)) / 3
+    expected = (uncond_real + cond_real) / 2 + (uncond_fake + cond_fake + cond_wrong) / 3
+    assert parts["cond_wrong"].item() == pytest.approx(cond_wrong, rel=1e-5)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_train_attngan_cli(attngan_run):
@@ -336,3 +405,41 @@ def test_hard_negatives_in_the_generators_damsm_term(shapes16, damsm_run):
     assert batch["neg_valid"].any() and "Damsm/fake_beats_hard_negative" in hard
     assert torch.equal(hard["Loss/G_adv"], plain["Loss/G_adv"])
     assert hard["Loss/G_damsm"] > plain["Loss/G_damsm"]
+
+
+def test_hard_negatives_for_the_discriminators_only(shapes16, damsm_run):
+    """--d_hard_negatives 1: D's mismatched pairs also hold each real image with its caption's word-swapped copy
+    (so its wrong term changes), while G's step is exactly the plain one (its DAMSM term ranks no negatives); G's
+    step logs how spread its word attention is."""
+    _, _, plain = g_phase(shapes16, damsm_run, 16)
+    fam, batch, with_d = g_phase(shapes16, damsm_run, 16, d_hard_negatives=True)
+    assert batch["neg_valid"].any() and "Damsm/fake_beats_hard_negative" not in with_d
+    assert all(torch.equal(plain[k], with_d[k]) for k in plain)
+    assert 0.0 < plain["G/attention_entropy"].item() <= 1.0
+    d_phase = fam.phases()[0]
+    torch.manual_seed(2)
+    hard = fam.loss(d_phase, batch)[1]
+    fam.cfg.d_hard_negatives = False
+    torch.manual_seed(2)
+    easy = fam.loss(d_phase, batch)[1]
+    assert torch.equal(hard["D0/cond_fake"], easy["D0/cond_fake"])
+    assert not torch.equal(hard["D0/cond_wrong"], easy["D0/cond_wrong"])
+
+
+def test_joint_batch_discriminator_normalises_reals_and_fakes_together():
+    """--d_joint_batch 1: D's codes of reals and fakes come from one batch (its batch norms see both), so a fake's
+    code depends on the reals beside it; apart (AttnGAN's), the codes are those of two separate batches."""
+    from t2i.models.attngan.objective import d_features
+
+    torch.manual_seed(0)
+    D = Discriminators(PRESETS["test"]).stages[1]
+    real, fake = torch.rand(4, 3, 16, 16) * 2 - 1, torch.rand(4, 3, 16, 16) * 0.2
+    apart, joint = d_features(D, real, fake, False), d_features(D, real, fake, True)
+    assert torch.equal(apart[1], D(fake)) and torch.allclose(joint[1], D(torch.cat([real, fake]))[4:])
+    assert not torch.allclose(apart[1], joint[1])
+    other = d_features(D, -real, fake, True)[1]
+    assert not torch.allclose(other, joint[1])
+    sentence = torch.randn(4, PRESETS["test"].embed_dim)
+    towards_real = sum(F.binary_cross_entropy_with_logits(logit, torch.ones_like(logit))
+                       for logit in (D.UNCOND_DNET(joint[1]), D.COND_DNET(joint[1], sentence)))
+    assert torch.allclose(g_stage_loss(D, fake, sentence, real), towards_real)

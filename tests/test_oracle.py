@@ -77,10 +77,13 @@ def test_predict_and_score():
                                     {"shape": "circle", "colour": "black", "size": "large", "slot": "right"}]}
     assert Scene.from_dict(preds[0] | {"relation": "left of"}) == two
     perfect = score(preds, [two, one.to_dict()])
-    assert perfect == {"shape": 1.0, "colour": 1.0, "size": 1.0, "position": 1.0, "all": 1.0, "images": 2, "objects": 3}
+    assert perfect == {"shape": 1.0, "colour": 1.0, "size": 1.0, "position": 1.0, "all": 1.0, "images": 2, "objects": 3,
+                       "all_1_object": 1.0, "all_2_objects": 1.0}
     # An extra object in a slot the prompt leaves empty: attributes still right, image wrong.
     extra = [preds[0], {"objects": preds[1]["objects"] + [dict(preds[1]["objects"][0], slot="center")]}]
     assert score(extra, [two, one])["all"] == 0.5 and score(extra, [two, one])["shape"] == 1.0
+    assert score(extra, [two, one])["all_1_object"] == 0.0 and score(extra, [two, one])["all_2_objects"] == 1.0
+    assert "all_2_objects" not in score(preds[1:], [one])
     # A wrong colour and a missing object.
     wrong = [{"objects": [dict(preds[0]["objects"][0], colour="red")]}, preds[1]]
     s = score(wrong, [two, one])

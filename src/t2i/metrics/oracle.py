@@ -152,12 +152,15 @@ def score(predictions: list[dict], scenes: list) -> dict[str, float]:
 
     shape / colour / size / position are fractions of the prompt's objects whose slot holds a
     predicted object (position) with that attribute right; `all` is the fraction of images with
-    every object fully right and every other slot predicted empty.
+    every object fully right and every other slot predicted empty; `all_1_object` and `all_2_objects`
+    the same over the one- and two-object scenes alone (where there are any): a model can draw single
+    objects well and still never bind two objects' attributes.
     """
     if len(predictions) != len(scenes):
         raise ValueError(f"{len(predictions)} predictions for {len(scenes)} scenes")
     hits = {"shape": 0, "colour": 0, "size": 0, "position": 0}
     n_objects = n_all = 0
+    by_count: dict[int, list[int]] = {}     # objects in the scene -> [images, fully right]
     for pred, scene in zip(predictions, scenes):
         if isinstance(scene, dict):
             scene = shapes.Scene.from_dict(scene)
@@ -175,9 +178,13 @@ def score(predictions: list[dict], scenes: list) -> dict[str, float]:
                 hits[k] += right
                 image_right &= right
         n_all += image_right
+        tally = by_count.setdefault(len(scene.objects), [0, 0])
+        tally[0], tally[1] = tally[0] + 1, tally[1] + image_right
     n_images = max(len(scenes), 1)
+    counts = {f"all_{n}_object{'s' if n > 1 else ''}": right / images
+              for n, (images, right) in sorted(by_count.items())}
     return {k: v / max(n_objects, 1) for k, v in hits.items()} | {
-        "all": n_all / n_images, "images": len(scenes), "objects": n_objects}
+        "all": n_all / n_images, "images": len(scenes), "objects": n_objects} | counts
 
 
 def verdict(prediction: dict, scene: shapes.Scene) -> str:

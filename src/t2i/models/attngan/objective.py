@@ -159,14 +159,30 @@ def bce(logits: torch.Tensor, target: float) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
 
 
-def d_stage_loss(D, real: torch.Tensor, fake: torch.Tensor, sentence: torch.Tensor, wrong: torch.Tensor
+def d_features(D, real: torch.Tensor, fake: torch.Tensor, joint: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """D's image codes of the reals and the fakes: in two batches (AttnGAN's), or with `joint` in one, so that D's
+    batch norms normalise both by the same statistics. Apart, a fault that every fake shares (an extra object, a
+    colour cast, the same image for every z) is part of the fake batch's mean and normalised away before D can
+    see it."""
+    if not joint:
+        return D(real), D(fake)
+    return D(torch.cat([real, fake])).split([len(real), len(fake)])
+
+
+def d_stage_loss(D, real: torch.Tensor, fake: torch.Tensor, sentence: torch.Tensor, wrong: torch.Tensor,
+                 hard: tuple[torch.Tensor, torch.Tensor] | None = None, joint: bool = False
                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One stage's D loss: (real + cond_real) / 2 + (fake + cond_fake + cond_wrong) / 3, binary cross-entropy.
-    Mismatched pairs are real image k with caption k + 1, where `wrong` (B - 1,) says the captions differ."""
-    h_real, h_fake = D(real), D(fake.detach())
+    Mismatched pairs are real image k with caption k + 1, where `wrong` (B - 1,) says the captions differ. `hard`:
+    (sentences (B, D), valid (B,)) of each caption's hard negative (two interchangeable words swapped); real image k
+    with its own caption's negative joins the mismatched pairs where valid. `joint`: see `d_features`."""
+    h_real, h_fake = d_features(D, real, fake.detach(), joint)
     cond_real = bce(D.COND_DNET(h_real, sentence), 1.0)
     cond_fake = bce(D.COND_DNET(h_fake, sentence), 0.0)
     wrong_logits = D.COND_DNET(h_real[:-1], sentence[1:])
+    if hard is not None:
+        wrong_logits = torch.cat([wrong_logits, D.COND_DNET(h_real, hard[0])])
+        wrong = torch.cat([wrong, hard[1].to(wrong.dtype)])
     cond_wrong = (F.binary_cross_entropy_with_logits(wrong_logits, torch.zeros_like(wrong_logits), reduction="none")
                   * wrong).sum() / wrong.sum().clamp(min=1)
     uncond_real, uncond_fake = bce(D.UNCOND_DNET(h_real), 1.0), bce(D.UNCOND_DNET(h_fake), 0.0)
@@ -174,7 +190,8 @@ def d_stage_loss(D, real: torch.Tensor, fake: torch.Tensor, sentence: torch.Tens
     return loss, {"cond_real": cond_real.detach(), "cond_fake": cond_fake.detach(), "cond_wrong": cond_wrong.detach()}
 
 
-def g_stage_loss(D, fake: torch.Tensor, sentence: torch.Tensor) -> torch.Tensor:
-    """One stage's adversarial G loss: unconditional + conditional logits of the fakes towards 'real'."""
-    h = D(fake)
+def g_stage_loss(D, fake: torch.Tensor, sentence: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
+    """One stage's adversarial G loss: unconditional + conditional logits of the fakes towards 'real'. With `real`,
+    D sees the fakes in one batch with those reals, as in its own step (`d_features` joint)."""
+    h = D(fake) if real is None else d_features(D, real, fake, joint=True)[1]
     return bce(D.UNCOND_DNET(h), 1.0) + bce(D.COND_DNET(h, sentence), 1.0)

@@ -22,7 +22,7 @@ from t2i.errors import T2IError
 from t2i.models.attngan.captions import CaptionedImages, batch_hard_negatives
 from t2i.models.attngan.damsm import damsm_from_meta, load_damsm
 from t2i.models.attngan.networks import (PRESETS, AttnGanConfig, Discriminators, Generator, WordCondition,
-                                         checkpointed)
+                                         attention_entropy, checkpointed)
 from t2i.models.attngan.objective import (GAMMA_HELP, DamsmWeights, d_stage_loss, damsm_loss, g_stage_loss,
                                           batch_negatives, kl_loss)
 from t2i.models.mode_seeking import mode_seeking
@@ -45,11 +45,16 @@ class AttnGanTrainConfig(DamsmWeights):
     channel_attention: bool = False  # ControlGAN's word-level channel-wise attention beside the spatial one
     cond_norm: bool = False      # G's batch norms scaled and shifted per sample from (c, z)
     ca: bool = True              # conditioning augmentation (off: c = mu, no KL term)
+    pos_attention: bool = False  # word attention's region queries also carry a learned position embedding
+    attn_gamma: float = 0.0      # word attention's logits: 0 = AttnGAN's dot product; > 0 = this times the cosine
+    init_channels: int = 0       # the first stage's channels at 4x4 (0 = the preset's rule)
     d_condition: str = ""        # how D's conditional logits read the sentence: concat | projection ("" = preset's)
     ms_weight: float = 0.0       # MSGAN's mode-seeking term on the last stage (two z of one caption must differ)
     ms_clip: float = 0.0         # saturate its per-pixel distance at this (0 = plain L1)
     class_mask: bool = True      # same-class pairs are not negatives in L_DAMSM (with attributes.class_id)
     hard_negatives: bool = False  # L_DAMSM also ranks each caption's word-swapped copy below the fake
+    d_hard_negatives: bool = False  # D also rejects real images with their caption's word-swapped copy
+    d_joint_batch: bool = False  # D's batch norms see reals and fakes in one batch (AttnGAN: apart)
     subset: int = 0              # train on the first N images only (0 = all)
     grad_checkpointing: bool = False  # recompute G's attention stages, D's image codes and the DAMSM image encoder
 
@@ -79,6 +84,15 @@ HELP = {
                  "zero-initialised, so the sentence and the noise reach every layer and not only the first (AttnGAN: 0)",
     "ca": "1/0: conditioning augmentation: G's sentence code is drawn from N(mu, sigma^2) with the KL term (AttnGAN: "
           "1); 0 takes c = mu, a deterministic code of the sentence, and drops the KL term",
+    "pos_attention": "1/0: add a learned embedding of each region's position to the word attention's queries, so "
+                     "that regions that look alike can still attend to different words (the upper object to the "
+                     "words before 'above'); AttnGAN: 0, its queries are the features alone",
+    "attn_gamma": "word attention's logits: 0 takes AttnGAN's dot product of region feature and projected word; a "
+                  "value > 0 takes that value times their cosine (as the DAMSM's gamma1), which keeps the attention "
+                  "from staying uniform when the dot products are small",
+    "init_channels": "channels of the first stage at 4x4, halved at each upsampling (the last one to the stages' "
+                     "width): 0 keeps AttnGAN's rule, gf x 2^upsamplings (the paper preset's 512; the tiny preset's "
+                     "64, since its first stage is 16px); wider costs little, since those layers are small",
     "d_condition": "how each discriminator's conditional logit reads the sentence: concat (AttnGAN's jointConv, "
                    "the sentence tiled beside the 4x4 features; the paper and test presets) or projection (Miyato & "
                    "Koyama 2018: an inner product of the projected sentence with the pooled features; the tiny "
@@ -91,6 +105,13 @@ HELP = {
     "hard_negatives": "1/0: the DAMSM term also ranks each fake against its caption with two interchangeable words "
                       "swapped (as `t2i train damsm --hard_negatives 1`), so G is told which attribute goes with "
                       "which object (AttnGAN: 0)",
+    "d_hard_negatives": "1/0: each discriminator's mismatched pairs also hold every real image with its own caption "
+                        "with two interchangeable words swapped (\"a red circle above a blue square\" -> \"a blue "
+                        "circle above a red square\"), so D's conditional logit, and through it G, must check which "
+                        "attribute goes with which object (AttnGAN: 0, only other images' captions)",
+    "d_joint_batch": "1/0: each discriminator sees a step's real and fake images in one batch, so its batch norms "
+                     "normalise both alike (in G's step too, beside the same reals); AttnGAN's run them as two "
+                     "batches, where a fault that all fakes share is normalised away with the fake batch's mean",
     "subset": "train on the first N images only (0 = all)",
     "grad_checkpointing": "1/0: gradient checkpointing of G's attention stages, each D's image code and the frozen "
                           "DAMSM image encoder: their activations are recomputed in the backward pass, for less "
@@ -118,10 +139,12 @@ def validate(cfg: AttnGanTrainConfig) -> None:
         raise T2IError(f"--d_condition {cfg.d_condition!r}: choose concat or projection (or leave it to the preset)")
     if cfg.damsm_stages not in ("last", "all"):
         raise T2IError(f"--damsm_stages {cfg.damsm_stages!r}: choose last or all")
-    if cfg.g_lr <= 0 or cfg.d_lr <= 0 or min(cfg.damsm_weight, cfg.kl_weight, cfg.ms_weight, cfg.ms_clip) < 0:
+    if cfg.g_lr <= 0 or cfg.d_lr <= 0 or min(cfg.damsm_weight, cfg.kl_weight, cfg.ms_weight, cfg.ms_clip,
+                                               cfg.attn_gamma, cfg.init_channels) < 0:
         raise T2IError(f"--g_lr {cfg.g_lr}, --d_lr {cfg.d_lr}, --damsm_weight {cfg.damsm_weight}, --kl_weight "
-                       f"{cfg.kl_weight}, --ms_weight {cfg.ms_weight}, --ms_clip {cfg.ms_clip}: learning rates must "
-                       "be positive and weights non-negative")
+                       f"{cfg.kl_weight}, --ms_weight {cfg.ms_weight}, --ms_clip {cfg.ms_clip}, --attn_gamma "
+                       f"{cfg.attn_gamma}, --init_channels {cfg.init_channels}: learning rates must be positive, the "
+                       "rest non-negative")
 
 
 def describe(cfg: AttnGanTrainConfig) -> str:
@@ -150,7 +173,7 @@ class AttnGanFamily:
                       else load_damsm(cfg.damsm, d.device))
         self.data = CaptionedImages(cfg.data, cfg.subset, "t2i train attngan", log, cfg.class_mask)
         self.data.keep_known(self.damsm.vocab)
-        if cfg.hard_negatives:
+        if cfg.hard_negatives or cfg.d_hard_negatives:
             self.data.use_hard_negatives(log)
         if init is not None:
             net = AttnGanConfig(**init.meta["net"])
@@ -158,7 +181,10 @@ class AttnGanFamily:
             preset = PRESETS[cfg.preset]
             net = replace(preset, resolutions=stage_resolutions(preset, self.data.dataset.resolution[0], cfg.data),
                           embed_dim=self.damsm.arch.embed_dim, channel_attention=cfg.channel_attention,
-                          cond_norm=cfg.cond_norm, ca=cfg.ca, d_condition=cfg.d_condition or preset.d_condition)
+                          cond_norm=cfg.cond_norm, ca=cfg.ca,
+                          pos_attention=cfg.pos_attention, attn_gamma=cfg.attn_gamma,
+                          init_channels=cfg.init_channels or preset.init_channels,
+                          d_condition=cfg.d_condition or preset.d_condition)
         if net.resolutions[-1] != self.data.dataset.resolution[0]:
             raise T2IError(f"{cfg.data} has {self.data.dataset.resolution[0]}px images, the snapshot's G makes "
                            f"{net.resolutions[-1]}px; fine-tune on data of its size")
@@ -193,28 +219,38 @@ class AttnGanFamily:
         words, sentence = self.damsm.text_encoder(ids.to(self.device), lengths.to(self.device))
         return WordCondition(sentence, words, lengths.to(self.device))
 
+    def stage_reals(self, batch: dict) -> list[torch.Tensor]:
+        """The batch's real images at each stage's side (area-downsampled), in [-1, 1]."""
+        real = to_model(batch["image"].to(self.device))
+        return [real if r == real.shape[-1] else F.interpolate(real, size=(r, r), mode="area")
+                for r in self.net.resolutions]
+
     def loss(self, phase: Phase, batch: dict):
         cond = self.condition(batch["ids"], batch["lengths"])
         z = torch.randn(len(cond.sentence), self.net.z_dim, device=self.device)
         if phase.name == "D":
             with torch.no_grad():
                 fakes = self.G(z, cond).images
-            real = to_model(batch["image"].to(self.device))
             ids = batch["ids"]
             wrong = (ids[:-1] != ids[1:]).any(-1).float().to(self.device)    # mismatched pairs (k, k + 1)
+            hard = None
+            if self.cfg.d_hard_negatives:
+                negatives = batch_hard_negatives(batch, self.damsm.text_encoder, self.device)
+                hard = (negatives.sentence, negatives.valid)
             total, stats = 0.0, {}
-            for k, (D, fake) in enumerate(zip(self.D.stages, fakes)):
-                r = real if real.shape[-1] == fake.shape[-1] else F.interpolate(real, size=fake.shape[-2:], mode="area")
-                loss, parts = d_stage_loss(D, r, fake, cond.sentence, wrong)
+            for k, (D, fake, r) in enumerate(zip(self.D.stages, fakes, self.stage_reals(batch))):
+                loss, parts = d_stage_loss(D, r, fake, cond.sentence, wrong, hard, self.cfg.d_joint_batch)
                 total = total + loss
                 stats |= {f"D{k}/{name}": v for name, v in parts.items()}
             return total, {"Loss/D": total.detach(), **stats}
         eps = torch.randn(len(z), self.net.c_dim, device=self.device)     # CA's noise, drawn here for the ms term
         out = self.G(z, cond, eps)
-        adv = sum(g_stage_loss(D, fake, cond.sentence) for D, fake in zip(self.D.stages, out.images))
+        reals = self.stage_reals(batch) if self.cfg.d_joint_batch else [None] * len(out.images)
+        adv = sum(g_stage_loss(D, fake, cond.sentence, r) for D, fake, r in zip(self.D.stages, out.images, reals))
         masked = batch_negatives(batch["ids"].to(self.device), batch.get("class_id"))
         with torch.no_grad():
-            negatives = batch_hard_negatives(batch, self.damsm.text_encoder, self.device)
+            negatives = batch_hard_negatives(batch, self.damsm.text_encoder, self.device) if self.cfg.hard_negatives \
+                else None
         side = out.images[-1].shape[-2:]
         match = 0.0
         for img in out.images if self.cfg.damsm_stages == "all" else out.images[-1:]:
@@ -227,6 +263,8 @@ class AttnGanFamily:
         total = adv + self.cfg.damsm_weight * match + self.cfg.kl_weight * kl
         stats = {"Loss/G_adv": adv.detach(), "Loss/G_damsm": match.detach(), "Loss/G_kl": kl.detach(),
                  "Damsm/fake_top1": parts["Damsm/batch_top1"]}
+        if out.attention:      # 1.00: every region reads the caption's mean word (the attention does nothing)
+            stats["G/attention_entropy"] = attention_entropy(out.attention[-1].detach(), cond.lengths)
         if "Damsm/beats_hard_negative" in parts:
             stats["Damsm/fake_beats_hard_negative"] = parts["Damsm/beats_hard_negative"]
         if self.cfg.ms_weight > 0:
