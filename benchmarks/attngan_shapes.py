@@ -42,6 +42,24 @@ batch 16, 1000 prompts a split, 2026-12-02/03 (seen / held-out all attributes, c
   16.7% / 12.9%, 52.4%, 0.716, 0.095, 0.84, 0.42, 153.5, 80.9% | 14.9% / 13.0%, 59.9%, 0.688, 0.133, 0.79, 0.49,
   160.9, 80.1%: backgrounds as varied as the data's and a lower FID on both seeds, but accuracy split (+2.0 / -8.8
   seen) and steps 40% slower; not in the recipe.
+2026-12-03, the same CPU and DAMSMs; variants on top of the recipe, 20 kimg (729-789 s), 1000 prompts a split (seen /
+held-out all attributes, seen one-object / two-object scenes, colour, backgrounds differ, recall, FID, R-precision):
+  attn_gamma_pos (`--attn_gamma 5 --pos_attention 1`): 21.3% / 20.2%, 39.0% / 3.2%, 55.1%, 0.118, 0.18, 215.2, 83.5% |
+  18.8% / 18.7%, 35.8% / 1.4%, 58.7%, 0.456, 0.38, 172.9, 81.2%;
+  gp_hard (that + G's `--hard_negatives 1`): 25.3% / 21.4%, 47.5% / 2.6%, 55.0%, 0.028, 0.14, 225.1, 78.6% |
+  16.4% / 14.5%, 29.3% / 3.2%, 55.5%, 0.172, 0.24, 218.9, 77.0%;
+  gp_wide (attn_gamma_pos + `--init_channels 256`): 17.2% / 17.3%, 32.1% / 2.0%, 53.6%, 0.154, 0.20, 195.7, 83.6% |
+  13.1% / 13.1%, 23.2% / 2.8%, 57.7%, 0.188, 0.12, 277.8, 82.5%;
+  gp_joint (attn_gamma_pos + `--d_joint_batch 1`): 17.3% / 18.1%, 31.9% / 2.4%, 58.1%, 0.264, 0.27, 414.3, 82.3% |
+  17.0% / 19.4%, 32.3% / 1.4%, 63.9%, 0.514, 0.38, 238.2, 85.4%.
+  Against the recipe's 14.7% / 13.5% and 23.7% / 20.7% none wins on both seeds (the seeds alone differ by 9 points),
+  so the recipe is unchanged. Cosine attention does what it is for (`G/attention_entropy` 0.8 instead of 1.00, and
+  R-precision up on both seeds), but the generator still does not bind: two-object scenes are 1-3% right, and with
+  G's DAMSM term ranking each fake against its caption's word-swapped copy the fakes beat that copy 0.55-0.57 of the
+  time through 16 kimg (chance 0.5). Screens at 8 kimg (200 prompts; recipe 10.5% / 11.0% and 15.0% / 14.5%):
+  pos_attention alone 10.5% / 13.5% and 8.5% / 7.5% (the attention stayed uniform), attn_gamma alone 11.0% / 13.0%
+  and 6.0% / 7.5%, d_hard_negatives 9.5% / 10.0% and 5.5% / 9.5%. Per stage (`benchmarks/attngan_stages.py`) the
+  16 px stage is the weakest: 1.8% against the 72% that 16 px renders score.
 The recipe before, fp32 on a CPU with AVX-512 but no bf16 (1.25 s a step against 2.0 in bf16), 20 kimg, 2026-12-02:
 seed 0 322 s + 1589 s (31.8 min), DAMSM R@1 (image to text)
 0.58 word / 0.96 sentence, 21.9% / 20.5% all attributes seen / held-out, colour 55.5%, two seeds' backgrounds differ
