@@ -60,6 +60,13 @@ held-out all attributes, seen one-object / two-object scenes, colour, background
   pos_attention alone 10.5% / 13.5% and 8.5% / 7.5% (the attention stayed uniform), attn_gamma alone 11.0% / 13.0%
   and 6.0% / 7.5%, d_hard_negatives 9.5% / 10.0% and 5.5% / 9.5%. Per stage (`benchmarks/attngan_stages.py`) the
   16 px stage is the weakest: 1.8% against the 72% that 16 px renders score.
+2026-12-03, screens at 8 kimg on top of the recipe (`--kimg 8 --eval_n 200`, one run a core beside another, 316-324 s;
+same columns as above; the recipe drew 10.5% / 11.0% and 15.0% / 14.5%):
+  contrastive (`--d_contrastive 1`, LAFITE's itd on every D): 11.0% / 11.5%, 18.3% / 2.2%, 45.7%, 0.425, 0.40, 299.8,
+  70.5% | 7.5% / 7.5%, 13.8% / 0.0%, 57.0%, 0.500, 0.36, 341.0, 76.5%;
+  r1 (`--d_r1 0.05`, lazy every 4 steps): 10.5% / 9.0%, 19.3% / 0.0%, 43.3%, 0.250, 0.04, 523.6, 80.5% |
+  9.0% / 6.0%, 15.6% / 1.1%, 48.8%, 0.350, 0.14, 389.3, 80.5%.
+  Neither beats the recipe on either seed at this budget; the contrastive term doubles recall and background variety.
 The recipe before, fp32 on a CPU with AVX-512 but no bf16 (1.25 s a step against 2.0 in bf16), 20 kimg, 2026-12-02:
 seed 0 322 s + 1589 s (31.8 min), DAMSM R@1 (image to text)
 0.58 word / 0.96 sentence, 21.9% / 20.5% all attributes seen / held-out, colour 55.5%, two seeds' backgrounds differ
@@ -117,7 +124,8 @@ VARIANTS = {"recipe": "", "pos_attention": "--pos_attention 1",
             "ca_noise": "--ca 1 --kl_weight 0", "gp_wide": "--attn_gamma 5 --pos_attention 1 --init_channels 256",
             "gp_hard": "--attn_gamma 5 --pos_attention 1 --hard_negatives 1",
             "gp_joint": "--attn_gamma 5 --pos_attention 1 --d_joint_batch 1",
-            "no_channel_attention": "--channel_attention 0", "concat_d": "--d_condition concat"}
+            "no_channel_attention": "--channel_attention 0", "concat_d": "--d_condition concat",
+            "contrastive": "--d_contrastive 1", "r1": "--d_r1 0.05", "contrastive_r1": "--d_contrastive 1 --d_r1 0.05"}
 
 
 def one_seed(seed: int, variant: str, args, data: Path, test: Path, work: Path) -> dict:

@@ -15,7 +15,7 @@ from conftest import cli
 from t2i.errors import T2IError
 from t2i.models.attngan.networks import (PRESETS, AttnGanConfig, Discriminators, Generator, WordAttention,
                                          WordCondition, attention_entropy)
-from t2i.models.attngan.objective import d_stage_loss, g_stage_loss, kl_loss
+from t2i.models.attngan.objective import Contrastive, d_stage_loss, g_stage_loss, kl_loss, r1_penalty
 
 
 def condition(cfg: AttnGanConfig, lengths=(5, 3)) -> WordCondition:
@@ -373,7 +373,7 @@ def g_phase(shapes16, damsm_run, n: int = 8, **options):
                 SimpleNamespace(device=torch.device("cpu")), lambda _: None)
     batch = fam.data.fetch(torch.arange(n), torch.Generator().manual_seed(0), fam.damsm.vocab, fam.damsm.words)
     torch.manual_seed(1)
-    return fam, batch, fam.loss(fam.phases()[1], batch)[1]
+    return fam, batch, fam.loss(next(ph for ph in fam.phases() if ph.name == "G"), batch)[1]
 
 
 def test_damsm_term_on_every_stage(shapes16, damsm_run):
@@ -443,3 +443,69 @@ def test_joint_batch_discriminator_normalises_reals_and_fakes_together():
     towards_real = sum(F.binary_cross_entropy_with_logits(logit, torch.ones_like(logit))
                        for logit in (D.UNCOND_DNET(joint[1]), D.COND_DNET(joint[1], sentence)))
     assert torch.allclose(g_stage_loss(D, fake, sentence, real), towards_real)
+
+
+def test_contrastive_discriminator_term_by_hand():
+    """--d_contrastive: InfoNCE between each image's pooled projection-D features and its projected sentence,
+    recomputed by hand (both directions, temperature, a duplicate caption counted as a positive), on the reals in
+    D's loss and on the fakes in G's; a concat D has no such features and says which option to give."""
+    torch.manual_seed(0)
+    cfg = replace(PRESETS["test"], d_condition="projection")
+    D = Discriminators(cfg).stages[1]
+    real, fake = torch.rand(3, 3, 16, 16) * 2 - 1, torch.rand(3, 3, 16, 16) * 2 - 1
+    sentence = torch.randn(3, cfg.embed_dim)
+    wrong = torch.ones(2)
+    dup = torch.eye(3, dtype=torch.bool)
+    dup[0, 2] = dup[2, 0] = True                                 # captions 0 and 2 are the same text
+
+    def by_hand(x):
+        img = D(x).sum((2, 3))
+        img = img / img.norm(dim=1, keepdim=True)
+        txt = D.COND_DNET.embed(sentence)
+        txt = txt / txt.norm(dim=1, keepdim=True)
+        logits = img @ txt.t() / 0.5
+        # each row (image) and column (caption): minus the mean log-probability of its positives
+        rows = [-(logits[i][dup[i]] - torch.logsumexp(logits[i], 0)).mean() for i in range(3)]
+        cols = [-(logits[:, j][dup[:, j]] - torch.logsumexp(logits[:, j], 0)).mean() for j in range(3)]
+        return 2.0 * 0.5 * (sum(rows) / 3 + sum(cols) / 3)
+
+    term = Contrastive(2.0, 0.5, dup)
+    plain, _ = d_stage_loss(D, real, fake, sentence, wrong)
+    with_term, parts = d_stage_loss(D, real, fake, sentence, wrong, contrastive=term)
+    assert parts["contrastive"].item() == pytest.approx(by_hand(real).item(), rel=1e-4)
+    assert (with_term - plain).item() == pytest.approx(by_hand(real).item(), rel=1e-4)
+    g_plain, g_term = g_stage_loss(D, fake, sentence), g_stage_loss(D, fake, sentence, contrastive=term)
+    assert (g_term - g_plain).item() == pytest.approx(by_hand(fake).item(), rel=1e-4)
+    concat = Discriminators(PRESETS["test"]).stages[1]
+    with pytest.raises(T2IError, match="--d_condition projection"):
+        g_stage_loss(concat, fake, sentence, contrastive=term)
+
+
+def test_r1_penalty_by_hand():
+    """R1: the squared norm of d(uncond + cond logit)/d(real image), batch mean. With D's features the image's
+    mean h, uncond = h^2 and cond = h + sentence, the gradient is (2h + 1) / N at each of the N pixels."""
+    D = ScriptedD(lambda h, s: h + s[:, 0], lambda h: h ** 2)
+    real = torch.stack([torch.full((3, 4, 4), 0.5), torch.full((3, 4, 4), -1.0)])
+    penalty = r1_penalty(D, real, torch.tensor([[3.0], [-2.0]]))
+    n = 3 * 4 * 4
+    assert penalty.item() == pytest.approx(((2 * 0.5 + 1) ** 2 / n + (2 * -1.0 + 1) ** 2 / n) / 2, rel=1e-6)
+
+
+def test_contrastive_and_r1_options_in_training(shapes16, damsm_run):
+    """--d_contrastive and --d_r1 in the family: D's step logs each stage's contrastive term (near log B for a fresh
+    D), G's adversarial term carries it, a lazy R1 phase shares D's optimizer and scales the penalty by its
+    interval; --d_contrastive with AttnGAN's concat D is refused with the fix."""
+    _, _, plain = g_phase(shapes16, damsm_run, 8, d_condition="projection")
+    fam, batch, with_term = g_phase(shapes16, damsm_run, 8, d_condition="projection", d_contrastive=1.0, d_r1=0.5,
+                                    d_reg_interval=3)
+    assert not torch.equal(with_term["Loss/G_adv"], plain["Loss/G_adv"])
+    d_phase, reg, g = fam.phases()
+    assert (reg.name, reg.interval, reg.opt, reg.module) == ("D_reg", 3, d_phase.opt, fam.D) and g.name == "G"
+    stats = fam.loss(d_phase, batch)[1]
+    assert all(0.5 * math.log(8) < stats[f"D{k}/contrastive"].item() < 2 * math.log(8) for k in range(2))
+    loss, stats = fam.loss(reg, batch)
+    assert loss.item() == pytest.approx(stats["Loss/D_r1"].item() * 0.5 / 2 * 3, rel=1e-5)
+    loss.backward()
+    assert all(p.grad is not None for p in fam.D.stages[0].img_code_s16.parameters())
+    with pytest.raises(T2IError, match="--d_condition projection"):
+        g_phase(shapes16, damsm_run, 8, d_condition="concat", d_contrastive=1.0)

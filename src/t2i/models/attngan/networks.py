@@ -368,6 +368,15 @@ class Logits(nn.Module):
             out = out + (self.embed(sentence) * h.sum((2, 3))).sum(-1)
         return out
 
+    def pair_features(self, h: torch.Tensor, sentence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two sides of the projection term, L2-normalised: pooled features (B, 8df) and projected sentences
+        (B, 8df), whose inner product the conditional logit adds; a contrastive loss reads them."""
+        if self.embed is None:
+            raise T2IError("a contrastive discriminator term needs the projection discriminator: give "
+                           "--d_condition projection")
+        return (F.normalize(h.sum((2, 3)).float(), dim=-1, eps=1e-8),
+                F.normalize(self.embed(sentence).float(), dim=-1, eps=1e-8))
+
 
 class StageDiscriminator(nn.Module):
     """D for one resolution: images (B, 3, r, r) -> features (B, 8df, 4, 4); `UNCOND_DNET` and `COND_DNET` give

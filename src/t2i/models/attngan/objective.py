@@ -13,6 +13,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from t2i.clip.loss import info_nce
+
 
 @dataclass
 class DamsmWeights:
@@ -169,13 +171,30 @@ def d_features(D, real: torch.Tensor, fake: torch.Tensor, joint: bool) -> tuple[
     return D(torch.cat([real, fake])).split([len(real), len(fake)])
 
 
+class Contrastive(NamedTuple):
+    """LAFITE's / XMC-GAN's contrastive discriminator term: `weight` x InfoNCE (temperature `temp`) between each
+    image's D features and its sentence against the batch's other sentences; `positives` (B, B) marks the pairs
+    with the same caption (not negatives of each other)."""
+
+    weight: float
+    temp: float
+    positives: torch.Tensor
+
+
+def contrastive_term(D, h: torch.Tensor, sentence: torch.Tensor, term: Contrastive) -> torch.Tensor:
+    """The weighted InfoNCE of image codes h (B, 8df, 4, 4) against their sentences, on D's projection features."""
+    img, txt = D.COND_DNET.pair_features(h, sentence)
+    return term.weight * info_nce(img, txt, term.temp, term.positives)
+
+
 def d_stage_loss(D, real: torch.Tensor, fake: torch.Tensor, sentence: torch.Tensor, wrong: torch.Tensor,
-                 hard: tuple[torch.Tensor, torch.Tensor] | None = None, joint: bool = False
-                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                 hard: tuple[torch.Tensor, torch.Tensor] | None = None, joint: bool = False,
+                 contrastive: Contrastive | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One stage's D loss: (real + cond_real) / 2 + (fake + cond_fake + cond_wrong) / 3, binary cross-entropy.
     Mismatched pairs are real image k with caption k + 1, where `wrong` (B - 1,) says the captions differ. `hard`:
     (sentences (B, D), valid (B,)) of each caption's hard negative (two interchangeable words swapped); real image k
-    with its own caption's negative joins the mismatched pairs where valid. `joint`: see `d_features`."""
+    with its own caption's negative joins the mismatched pairs where valid. `joint`: see `d_features`.
+    `contrastive`: adds that term on the real images."""
     h_real, h_fake = d_features(D, real, fake.detach(), joint)
     cond_real = bce(D.COND_DNET(h_real, sentence), 1.0)
     cond_fake = bce(D.COND_DNET(h_fake, sentence), 0.0)
@@ -187,11 +206,31 @@ def d_stage_loss(D, real: torch.Tensor, fake: torch.Tensor, sentence: torch.Tens
                   * wrong).sum() / wrong.sum().clamp(min=1)
     uncond_real, uncond_fake = bce(D.UNCOND_DNET(h_real), 1.0), bce(D.UNCOND_DNET(h_fake), 0.0)
     loss = (uncond_real + cond_real) / 2 + (uncond_fake + cond_fake + cond_wrong) / 3
-    return loss, {"cond_real": cond_real.detach(), "cond_fake": cond_fake.detach(), "cond_wrong": cond_wrong.detach()}
+    stats = {"cond_real": cond_real.detach(), "cond_fake": cond_fake.detach(), "cond_wrong": cond_wrong.detach(),
+             "uncond_real": uncond_real.detach(), "uncond_fake": uncond_fake.detach()}
+    if contrastive is not None:
+        itd = contrastive_term(D, h_real, sentence, contrastive)
+        loss = loss + itd
+        stats["contrastive"] = itd.detach()
+    return loss, stats
 
 
-def g_stage_loss(D, fake: torch.Tensor, sentence: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
+def g_stage_loss(D, fake: torch.Tensor, sentence: torch.Tensor, real: torch.Tensor | None = None,
+                 contrastive: Contrastive | None = None) -> torch.Tensor:
     """One stage's adversarial G loss: unconditional + conditional logits of the fakes towards 'real'. With `real`,
-    D sees the fakes in one batch with those reals, as in its own step (`d_features` joint)."""
+    D sees the fakes in one batch with those reals, as in its own step (`d_features` joint). `contrastive`: adds
+    that term on the fakes (each fake's D features must pick its own sentence from the batch's)."""
     h = D(fake) if real is None else d_features(D, real, fake, joint=True)[1]
-    return bce(D.UNCOND_DNET(h), 1.0) + bce(D.COND_DNET(h, sentence), 1.0)
+    loss = bce(D.UNCOND_DNET(h), 1.0) + bce(D.COND_DNET(h, sentence), 1.0)
+    return loss if contrastive is None else loss + contrastive_term(D, h, sentence, contrastive)
+
+
+def r1_penalty(D, real: torch.Tensor, sentence: torch.Tensor) -> torch.Tensor:
+    """R1 (Mescheder et al. 2018) on one stage: the squared norm of the gradient of D's unconditional plus
+    conditional logit with respect to the real images, averaged over the batch; fp32 (a double backward)."""
+    real = real.detach().float().requires_grad_(True)
+    with torch.autocast(device_type=real.device.type, enabled=False):
+        h = D(real)
+        logits = D.UNCOND_DNET(h) + D.COND_DNET(h, sentence.float())
+        (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
+    return grad.square().sum([1, 2, 3]).mean()

@@ -23,8 +23,8 @@ from t2i.models.attngan.captions import CaptionedImages, batch_hard_negatives
 from t2i.models.attngan.damsm import damsm_from_meta, load_damsm
 from t2i.models.attngan.networks import (PRESETS, AttnGanConfig, Discriminators, Generator, WordCondition,
                                          attention_entropy, checkpointed)
-from t2i.models.attngan.objective import (GAMMA_HELP, DamsmWeights, d_stage_loss, damsm_loss, g_stage_loss,
-                                          batch_negatives, kl_loss)
+from t2i.models.attngan.objective import (GAMMA_HELP, Contrastive, DamsmWeights, batch_negatives, d_stage_loss,
+                                          damsm_loss, g_stage_loss, kl_loss, r1_penalty, same_caption)
 from t2i.models.mode_seeking import mode_seeking
 from t2i.training.loop import Phase
 from t2i.training.run import grid_picks, save_grid
@@ -55,6 +55,10 @@ class AttnGanTrainConfig(DamsmWeights):
     hard_negatives: bool = False  # L_DAMSM also ranks each caption's word-swapped copy below the fake
     d_hard_negatives: bool = False  # D also rejects real images with their caption's word-swapped copy
     d_joint_batch: bool = False  # D's batch norms see reals and fakes in one batch (AttnGAN: apart)
+    d_contrastive: float = 0.0   # weight of the contrastive D-feature/sentence term (LAFITE's itd; 0 = AttnGAN's)
+    contrastive_temp: float = 0.5  # its InfoNCE temperature
+    d_r1: float = 0.0            # R1 weight: d_r1 / 2 * ||grad_x D(real)||^2 per stage (0 = AttnGAN's: none)
+    d_reg_interval: int = 4      # R1 every N steps (lazy regularisation, scaled by N)
     subset: int = 0              # train on the first N images only (0 = all)
     grad_checkpointing: bool = False  # recompute G's attention stages, D's image codes and the DAMSM image encoder
 
@@ -112,6 +116,16 @@ HELP = {
     "d_joint_batch": "1/0: each discriminator sees a step's real and fake images in one batch, so its batch norms "
                      "normalise both alike (in G's step too, beside the same reals); AttnGAN's run them as two "
                      "batches, where a fault that all fakes share is normalised away with the fake batch's mean",
+    "d_contrastive": "weight of a contrastive term on every discriminator (LAFITE's itd, XMC-GAN's): InfoNCE "
+                     "between each image's pooled D features and its projected sentence against the batch's other "
+                     "sentences, on the real images in D's step and on the fakes in G's, so G is told which caption "
+                     "of the batch its image must match, by a critic that keeps learning (AttnGAN: 0; needs "
+                     "--d_condition projection)",
+    "contrastive_temp": "temperature of that InfoNCE (LAFITE's 0.5)",
+    "d_r1": "R1 gradient penalty weight (gamma): gamma / 2 x the squared gradient norm of each discriminator's "
+            "unconditional + conditional logit at the real images (AttnGAN: 0, none; StyleGAN2's rule of thumb at "
+            "64px and batch 16: 0.05)",
+    "d_reg_interval": "apply R1 every N steps, scaled by N (lazy regularisation, StyleGAN2)",
     "subset": "train on the first N images only (0 = all)",
     "grad_checkpointing": "1/0: gradient checkpointing of G's attention stages, each D's image code and the frozen "
                           "DAMSM image encoder: their activations are recomputed in the backward pass, for less "
@@ -140,11 +154,14 @@ def validate(cfg: AttnGanTrainConfig) -> None:
     if cfg.damsm_stages not in ("last", "all"):
         raise T2IError(f"--damsm_stages {cfg.damsm_stages!r}: choose last or all")
     if cfg.g_lr <= 0 or cfg.d_lr <= 0 or min(cfg.damsm_weight, cfg.kl_weight, cfg.ms_weight, cfg.ms_clip,
-                                               cfg.attn_gamma, cfg.init_channels) < 0:
+                                               cfg.attn_gamma, cfg.init_channels, cfg.d_contrastive, cfg.d_r1) < 0:
         raise T2IError(f"--g_lr {cfg.g_lr}, --d_lr {cfg.d_lr}, --damsm_weight {cfg.damsm_weight}, --kl_weight "
                        f"{cfg.kl_weight}, --ms_weight {cfg.ms_weight}, --ms_clip {cfg.ms_clip}, --attn_gamma "
-                       f"{cfg.attn_gamma}, --init_channels {cfg.init_channels}: learning rates must be positive, the "
-                       "rest non-negative")
+                       f"{cfg.attn_gamma}, --init_channels {cfg.init_channels}, --d_contrastive {cfg.d_contrastive}, "
+                       f"--d_r1 {cfg.d_r1}: learning rates must be positive, the rest non-negative")
+    if cfg.contrastive_temp <= 0 or cfg.d_reg_interval < 1:
+        raise T2IError(f"--contrastive_temp {cfg.contrastive_temp}, --d_reg_interval {cfg.d_reg_interval}: give a "
+                       "positive temperature and an interval of at least 1")
 
 
 def describe(cfg: AttnGanTrainConfig) -> str:
@@ -185,6 +202,9 @@ class AttnGanFamily:
                           pos_attention=cfg.pos_attention, attn_gamma=cfg.attn_gamma,
                           init_channels=cfg.init_channels or preset.init_channels,
                           d_condition=cfg.d_condition or preset.d_condition)
+        if cfg.d_contrastive and net.d_condition != "projection":
+            raise T2IError(f"--d_contrastive {cfg.d_contrastive} reads the projection discriminator's features; "
+                           f"this run's D reads the sentence by {net.d_condition}: add --d_condition projection")
         if net.resolutions[-1] != self.data.dataset.resolution[0]:
             raise T2IError(f"{cfg.data} has {self.data.dataset.resolution[0]}px images, the snapshot's G makes "
                            f"{net.resolutions[-1]}px; fine-tune on data of its size")
@@ -207,7 +227,15 @@ class AttnGanFamily:
 
     def phases(self) -> list[Phase]:
         adam = lambda m, lr: torch.optim.Adam(m.parameters(), lr=lr, betas=(0.5, 0.999))  # noqa: E731
-        return [Phase("D", self.D, adam(self.D, self.cfg.d_lr)), Phase("G", self.G, adam(self.G, self.cfg.g_lr))]
+        d_opt = adam(self.D, self.cfg.d_lr)
+        reg = [Phase("D_reg", self.D, d_opt, self.cfg.d_reg_interval)] if self.cfg.d_r1 > 0 else []
+        return [Phase("D", self.D, d_opt), *reg, Phase("G", self.G, adam(self.G, self.cfg.g_lr))]
+
+    def contrastive(self, ids: torch.Tensor) -> Contrastive | None:
+        """The contrastive D term of a batch with these encoded captions (None when off)."""
+        if not self.cfg.d_contrastive:
+            return None
+        return Contrastive(self.cfg.d_contrastive, self.cfg.contrastive_temp, same_caption(ids.to(self.device)))
 
     def batches(self, step, batch, rank, world, seed):
         fetch = lambda idx, g: self.data.fetch(idx, g, self.damsm.vocab, self.damsm.words)  # noqa: E731
@@ -227,6 +255,9 @@ class AttnGanFamily:
 
     def loss(self, phase: Phase, batch: dict):
         cond = self.condition(batch["ids"], batch["lengths"])
+        if phase.name == "D_reg":
+            penalty = sum(r1_penalty(D, r, cond.sentence) for D, r in zip(self.D.stages, self.stage_reals(batch)))
+            return penalty * (self.cfg.d_r1 / 2) * phase.interval, {"Loss/D_r1": penalty.detach()}
         z = torch.randn(len(cond.sentence), self.net.z_dim, device=self.device)
         if phase.name == "D":
             with torch.no_grad():
@@ -239,14 +270,16 @@ class AttnGanFamily:
                 hard = (negatives.sentence, negatives.valid)
             total, stats = 0.0, {}
             for k, (D, fake, r) in enumerate(zip(self.D.stages, fakes, self.stage_reals(batch))):
-                loss, parts = d_stage_loss(D, r, fake, cond.sentence, wrong, hard, self.cfg.d_joint_batch)
+                loss, parts = d_stage_loss(D, r, fake, cond.sentence, wrong, hard, self.cfg.d_joint_batch,
+                                           self.contrastive(ids))
                 total = total + loss
                 stats |= {f"D{k}/{name}": v for name, v in parts.items()}
             return total, {"Loss/D": total.detach(), **stats}
         eps = torch.randn(len(z), self.net.c_dim, device=self.device)     # CA's noise, drawn here for the ms term
         out = self.G(z, cond, eps)
         reals = self.stage_reals(batch) if self.cfg.d_joint_batch else [None] * len(out.images)
-        adv = sum(g_stage_loss(D, fake, cond.sentence, r) for D, fake, r in zip(self.D.stages, out.images, reals))
+        term = self.contrastive(batch["ids"])
+        adv = sum(g_stage_loss(D, fake, cond.sentence, r, term) for D, fake, r in zip(self.D.stages, out.images, reals))
         masked = batch_negatives(batch["ids"].to(self.device), batch.get("class_id"))
         with torch.no_grad():
             negatives = batch_hard_negatives(batch, self.damsm.text_encoder, self.device) if self.cfg.hard_negatives \
