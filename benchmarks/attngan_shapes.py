@@ -81,6 +81,8 @@ backgrounds differ, recall, FID, R-precision; seed 0 | seed 1):
   0.50, 95.8, 89.7%;
   120 kimg: 40.6% / 28.7%, 71.5% / 9.1%, 65.4%, 0.521, 0.53, 96.9, 89.8% | 37.4% / 29.9%, 67.9% / 6.3%, 66.0%, 0.629,
   0.55, 90.8, 89.4%.
+  One run on both cores (`OMP_NUM_THREADS=2`, nothing else running) takes 22-23 s/kimg against 35 on one core, so the
+  half hour holds about 70 kimg, not more.
   Three times the budget buys single objects (45% -> 70%), FID, recall and background variety, but two-object scenes
   (about half the prompts) stay below 10%, so all-attribute accuracy levels off near 40%: the target is not a matter of
   a few more minutes.
@@ -149,7 +151,7 @@ VARIANTS = {"recipe": "", "pos_attention": "--pos_attention 1",
             "gp_hard": "--attn_gamma 5 --pos_attention 1 --hard_negatives 1",
             "gp_joint": "--attn_gamma 5 --pos_attention 1 --d_joint_batch 1",
             "no_channel_attention": "--channel_attention 0", "concat_d": "--d_condition concat",
-            "contrastive": "--d_contrastive 1", "r1": "--d_r1 0.05", "contrastive_r1": "--d_contrastive 1 --d_r1 0.05"}
+            "contrastive": "--d_contrastive 1", "r1": "--d_r1 0.05"}
 
 
 def one_seed(seed: int, variant: str, args, data: Path, test: Path, work: Path) -> dict:
