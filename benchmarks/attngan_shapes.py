@@ -61,12 +61,15 @@ held-out all attributes, seen one-object / two-object scenes, colour, background
   and 6.0% / 7.5%, d_hard_negatives 9.5% / 10.0% and 5.5% / 9.5%. Per stage (`benchmarks/attngan_stages.py`) the
   16 px stage is the weakest: 1.8% against the 72% that 16 px renders score.
 2026-12-03, screens at 8 kimg on top of the recipe (`--kimg 8 --eval_n 200`, one run a core beside another, 316-324 s;
-same columns as above; the recipe drew 10.5% / 11.0% and 15.0% / 14.5%):
+same columns as above, R-precision last):
+  recipe (scored before the one/two-object split): 10.5% / 11.0%, 48.8%, 0.370, 0.30, 319.3, 74.5% |
+  15.0% / 14.5%, 59.1%, 0.500, 0.45, 300.7, 76.0%;
   contrastive (`--d_contrastive 1`, LAFITE's itd on every D): 11.0% / 11.5%, 18.3% / 2.2%, 45.7%, 0.425, 0.40, 299.8,
   70.5% | 7.5% / 7.5%, 13.8% / 0.0%, 57.0%, 0.500, 0.36, 341.0, 76.5%;
   r1 (`--d_r1 0.05`, lazy every 4 steps): 10.5% / 9.0%, 19.3% / 0.0%, 43.3%, 0.250, 0.04, 523.6, 80.5% |
   9.0% / 6.0%, 15.6% / 1.1%, 48.8%, 0.350, 0.14, 389.3, 80.5%.
-  Neither beats the recipe on either seed at this budget; the contrastive term doubles recall and background variety.
+  Neither beats the recipe on both seeds: the contrastive term +0.5 / -7.5 seen, its diversity about the recipe's; R1
+  0.0 / -6.0 seen, and worse held-out accuracy, recall and FID on both, though a higher R-precision.
 Longer than the half hour: attn_gamma_pos's 40 kimg runs resumed exactly to 120 kimg (`t2i train attngan ... --kimg
 120 --resume RUN` with the benchmark's options; 40 -> 120 kimg in 3754 / 3748 s, part of it beside other jobs), each
 snapshot evaluated on 1000 prompts a split (seen / held-out all attributes, seen one-object / two-object scenes, colour,
