@@ -268,10 +268,9 @@ class AttnGanFamily:
             if self.cfg.d_hard_negatives:
                 negatives = batch_hard_negatives(batch, self.damsm.text_encoder, self.device)
                 hard = (negatives.sentence, negatives.valid)
-            total, stats = 0.0, {}
+            total, stats, term = 0.0, {}, self.contrastive(ids)
             for k, (D, fake, r) in enumerate(zip(self.D.stages, fakes, self.stage_reals(batch))):
-                loss, parts = d_stage_loss(D, r, fake, cond.sentence, wrong, hard, self.cfg.d_joint_batch,
-                                           self.contrastive(ids))
+                loss, parts = d_stage_loss(D, r, fake, cond.sentence, wrong, hard, self.cfg.d_joint_batch, term)
                 total = total + loss
                 stats |= {f"D{k}/{name}": v for name, v in parts.items()}
             return total, {"Loss/D": total.detach(), **stats}
